@@ -1,0 +1,218 @@
+"""Values that cross layers: frozen dataclasses and enums, nothing else.
+
+Everything here is plain data. Pure stages (parse, thread, rules) take and
+return these; services turn them into rows; the CLI renders them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class Direction(StrEnum):
+    """Which way a message travelled."""
+
+    INCOMING = "in"
+    OUTGOING = "out"
+
+
+class MessageKind(StrEnum):
+    """What a stored message is to the ticket (design.md §3)."""
+
+    CUSTOMER = "customer"
+    AGENT_REPLY = "agent_reply"
+    NOTE = "note"
+    AUTO_REPLY = "auto_reply"
+    FORWARD = "forward"
+    SYSTEM = "system"
+
+
+class TicketStatus(StrEnum):
+    """Life cycle of a ticket; `resolved` reopens on a requester reply, `closed` is final."""
+
+    NEW = "new"
+    OPEN = "open"
+    PENDING = "pending"
+    RESOLVED = "resolved"
+    CLOSED = "closed"
+
+
+class Priority(StrEnum):
+    """Ticket priority, lowest first."""
+
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    URGENT = "urgent"
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """One mailbox from an address header; `address` is lower-cased for comparison."""
+
+    address: str
+    name: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.name} <{self.address}>" if self.name else self.address
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentPart:
+    """A decoded attachment with a file name that is safe to write anywhere."""
+
+    filename: str
+    content_type: str
+    content: bytes
+    sha256: str
+    inline: bool = False
+    content_id: str | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.content)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMessage:
+    """Everything ingest needs from one raw mail, decoded and normalised.
+
+    `message_id`, `in_reply_to` and `references` hold ids without angle
+    brackets. When the mail has no Message-ID, `message_id` is derived from
+    `content_hash` and `message_id_synthetic` is true, so that a redelivery of
+    the same mail is still recognised.
+    """
+
+    message_id: str
+    message_id_synthetic: bool
+    subject: str
+    from_: Address | None
+    to: tuple[Address, ...] = ()
+    cc: tuple[Address, ...] = ()
+    reply_to: tuple[Address, ...] = ()
+    date: datetime | None = None
+    in_reply_to: tuple[str, ...] = ()
+    references: tuple[str, ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+    text: str = ""
+    new_text: str = ""
+    quoted_text: str = ""
+    html: str | None = None
+    attachments: tuple[AttachmentPart, ...] = ()
+    defects: tuple[str, ...] = ()
+    content_hash: str = ""
+    size: int = 0
+
+    def header(self, name: str) -> str | None:
+        """The first decoded value of header `name` (case-insensitive), or None."""
+        wanted = name.lower()
+        for key, value in self.headers:
+            if key.lower() == wanted:
+                return value
+        return None
+
+    def header_all(self, name: str) -> tuple[str, ...]:
+        """Every decoded value of header `name`, in order."""
+        wanted = name.lower()
+        return tuple(value for key, value in self.headers if key.lower() == wanted)
+
+    @property
+    def thread_ids(self) -> tuple[str, ...]:
+        """Ids this mail answers, nearest first: In-Reply-To, then References newest first."""
+        seen: dict[str, None] = {}
+        for mid in (*self.in_reply_to, *reversed(self.references)):
+            seen.setdefault(mid, None)
+        return tuple(seen)
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a raw message came from; IMAP origins identify the exact server copy."""
+
+    source: str  # "stdin", "file", "maildir", "mbox", "imap", "lmtp", "demo", "retry"
+    mailbox: str | None = None
+    uidvalidity: int | None = None
+    uid: int | None = None
+    path: str | None = None
+    recipient: str | None = None
+
+    def describe(self) -> str:
+        """A short human description, for logs and the CLI."""
+        if self.source == "imap":
+            return f"imap:{self.mailbox} uid {self.uid} (uidvalidity {self.uidvalidity})"
+        if self.path:
+            return f"{self.source}:{self.path}"
+        return self.source
+
+
+@dataclass(frozen=True, slots=True)
+class TicketView:
+    """A frozen snapshot of a ticket, as pure logic (threading, rules) sees it."""
+
+    id: int
+    status: TicketStatus
+    subject: str = ""
+    requester: str | None = None
+    participants: frozenset[str] = frozenset()
+    merged_into: int | None = None
+    team: str | None = None
+    assignee: str | None = None
+    priority: Priority = Priority.NORMAL
+    tags: frozenset[str] = frozenset()
+
+
+class ThreadReason(StrEnum):
+    """Why a message was attached to a ticket (or not)."""
+
+    TAG = "tag"
+    IN_REPLY_TO = "in_reply_to"
+    REFERENCES = "references"
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadNote:
+    """Something threading decided that belongs in the audit trail."""
+
+    kind: str  # "foreign_tag", "closed_ticket", "merged", "unknown_tag"
+    ticket_id: int
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadMatch:
+    """The threading verdict: append to `ticket_id`, or open a new ticket when it is None."""
+
+    ticket_id: int | None
+    reason: ThreadReason
+    reopen: bool = False
+    related_ticket_id: int | None = None
+    notes: tuple[ThreadNote, ...] = ()
+
+    @property
+    def is_new(self) -> bool:
+        return self.ticket_id is None
+
+
+class OutcomeKind(StrEnum):
+    """What ingest did with one message."""
+
+    NEW_TICKET = "new_ticket"
+    REPLY = "reply"
+    DUPLICATE = "duplicate"
+    QUARANTINED = "quarantined"
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOutcome:
+    """The result of ingesting one raw message; ingest never raises for bad input."""
+
+    kind: OutcomeKind
+    ticket_id: int | None = None
+    message_row_id: int | None = None
+    message_id: str | None = None
+    quarantine_id: int | None = None
+    error: str | None = None
+    notes: tuple[str, ...] = field(default=())
