@@ -1,0 +1,161 @@
+"""The `helpdesk` command: `helpdesk <noun> <verb>`.
+
+The root group loads settings lazily (so `--help` needs no config), keeps one
+`AppContext` per invocation, and maps our errors to exit codes in one place:
+0 success, 1 not found or invalid input, 2 usage, 75 (EX_TEMPFAIL) when the
+store is unavailable so an MTA retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from helpdesk import __version__, directory
+from helpdesk.errors import (
+    ConfigError,
+    HelpdeskError,
+    InvalidInput,
+    NotFound,
+    SchemaOutdated,
+    StoreUnavailable,
+)
+from helpdesk.ingest import IngestContext
+from helpdesk.logs import configure_logging
+from helpdesk.settings import Settings, load_settings
+from helpdesk.store.db import check_schema, make_engine, make_session_factory
+from helpdesk.thread import ThreadPolicy
+
+EX_TEMPFAIL = 75
+
+
+@dataclass
+class AppContext:
+    """Per-invocation state: where the config is, and the store once opened."""
+
+    config_path: Path | None
+    json_output: bool = False
+    _settings: Settings | None = None
+    _engine: Engine | None = None
+    _factory: sessionmaker[Session] | None = field(default=None, repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config_path, os.environ)
+        return self._settings
+
+    def use_settings(self, settings: Settings) -> None:
+        """Replace the loaded settings (the demo brings its own)."""
+        self._settings = settings
+        self._engine = None
+        self._factory = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = make_engine(self.settings.database.url)
+        return self._engine
+
+    def sessions(self, *, check: bool = True) -> sessionmaker[Session]:
+        """The session factory; verifies the schema and syncs the directory first."""
+        if self._factory is None:
+            if check:
+                check_schema(self.engine)
+            self._factory = make_session_factory(self.engine)
+            if check:
+                with self._factory.begin() as session:
+                    directory.sync(session, self.settings.teams, self.settings.agents)
+        return self._factory
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One unit of work: commit on success, roll back on error."""
+        with self.sessions().begin() as session:
+            yield session
+
+    def ingest_context(self) -> IngestContext:
+        s = self.settings
+        return IngestContext(
+            tag_prefix=s.helpdesk.tag_prefix,
+            policy=ThreadPolicy(
+                foreign_tag=s.threading.foreign_tag, closed_ticket=s.threading.closed_ticket
+            ),
+            is_own_address=s.is_own_address,
+        )
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+class Failure(click.ClickException):
+    """An error shown as `error: ...` with the exit code its kind deserves."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class HelpdeskGroup(click.Group):
+    """The root group; maps helpdesk's errors to exit codes in this one place."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except StoreUnavailable as exc:
+            raise Failure(f"store unavailable, try again later: {exc}", EX_TEMPFAIL) from exc
+        except ConfigError as exc:
+            raise Failure(f"invalid configuration\n{exc}") from exc
+        except (NotFound, InvalidInput, SchemaOutdated, HelpdeskError) as exc:
+            raise Failure(str(exc)) from exc
+
+
+@click.group(cls=HelpdeskGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="HELPDESK_CONFIG",
+    help="Configuration file (default: ./helpdesk.toml, then /etc/helpdesk/helpdesk.toml).",
+)
+@click.option("-v", "--verbose", count=True, help="Log more (repeat for debug).")
+@click.version_option(__version__, prog_name="helpdesk")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, verbose: int) -> None:
+    """An e-mail help desk: every message to support@ becomes a threaded ticket."""
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    configure_logging("auto", level)
+    app = AppContext(config_path=config_path)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+def _register() -> None:
+    # Imported here so each command module can import `cli` and `pass_app`.
+    from helpdesk.cli import db, demo, ingest, quarantine, tickets
+
+    cli.add_command(db.db)
+    cli.add_command(demo.demo)
+    cli.add_command(ingest.ingest)
+    cli.add_command(quarantine.quarantine)
+    cli.add_command(tickets.tickets)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `helpdesk` console script."""
+    cli.main(args=argv, prog_name="helpdesk")

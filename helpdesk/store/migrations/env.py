@@ -1,0 +1,29 @@
+"""Alembic environment: runs our migrations on the engine the caller passes in."""
+
+from alembic import context
+
+from helpdesk.store.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def run_migrations_online() -> None:
+    engine = config.attributes.get("engine")
+    if engine is None:  # `alembic` run by hand: take the URL from the ini file
+        from helpdesk.store.db import make_engine
+
+        engine = make_engine(config.get_main_option("sqlalchemy.url") or "")
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+        connection.commit()
+
+
+run_migrations_online()
