@@ -70,7 +70,10 @@ def ingest(session: Session, raw: bytes, origin: Origin, ctx: IngestContext) -> 
         message_id=outcome.message_id,
         quarantine_id=outcome.quarantine_id,
         error=outcome.error,
-        origin=origin.describe(),
+        source=origin.source,
+        mailbox=origin.mailbox,
+        uid=origin.uid,
+        path=origin.path,
         size=len(raw),
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
     )

@@ -101,11 +101,13 @@ pass_app = click.make_pass_decorator(AppContext)
 
 
 class Failure(click.ClickException):
-    """An error shown as `error: ...` with the exit code its kind deserves."""
+    """Not found or invalid input: exit 1."""
 
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+
+class TempFailure(click.ClickException):
+    """The store is unavailable: exit 75, so an MTA keeps the mail and retries."""
+
+    exit_code = EX_TEMPFAIL
 
 
 class HelpdeskGroup(click.Group):
@@ -115,7 +117,7 @@ class HelpdeskGroup(click.Group):
         try:
             return super().invoke(ctx)
         except StoreUnavailable as exc:
-            raise Failure(f"store unavailable, try again later: {exc}", EX_TEMPFAIL) from exc
+            raise TempFailure(f"store unavailable, try again later: {exc}") from exc
         except ConfigError as exc:
             raise Failure(f"invalid configuration\n{exc}") from exc
         except (NotFound, InvalidInput, SchemaOutdated, HelpdeskError) as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import mailbox
 import sys
 from collections import Counter
@@ -42,10 +44,17 @@ def _from_maildir(root: Path) -> Iterator[tuple[RawSource, Origin]]:
                 yield path.read_bytes, Origin(source="maildir", path=str(path))
 
 
-def _from_mbox(path: Path) -> Iterator[tuple[RawSource, Origin]]:
+def _from_mbox(path: Path) -> tuple[int, Iterator[tuple[RawSource, Origin]]]:
     box = mailbox.mbox(str(path), create=False)
-    for key in box.iterkeys():
-        yield (lambda key=key: box.get_bytes(key)), Origin(source="mbox", path=f"{path}#{key}")
+
+    def each() -> Iterator[tuple[RawSource, Origin]]:
+        try:
+            for key in box.iterkeys():
+                yield functools.partial(box.get_bytes, key), Origin("mbox", path=f"{path}#{key}")
+        finally:
+            box.close()
+
+    return len(box), each()
 
 
 @click.command()
@@ -70,20 +79,26 @@ def ingest(
     Exits 75 (EX_TEMPFAIL) when the store is unavailable, so an MTA retries.
     Unparseable mail is quarantined, not rejected: see `helpdesk quarantine list`.
     """
+    total = 0
     sources: list[Iterator[tuple[RawSource, Origin]]] = []
     if files:
+        total += len(files)
         sources.append(_from_files(files))
     if maildir:
-        sources.append(_from_maildir(maildir))
+        listed = list(_from_maildir(maildir))
+        total += len(listed)
+        sources.append(iter(listed))
     if mbox:
-        sources.append(_from_mbox(mbox))
+        count, each = _from_mbox(mbox)
+        total += count
+        sources.append(each)
     if not sources:
         if sys.stdin.isatty():
             raise click.UsageError("no input: give FILE ..., `-`, --maildir or --mbox")
+        total = 1
         sources.append(_from_files(("-",)))
 
-    items = [item for source in sources for item in source]
-    counts = _run(app, items)
+    counts = _run(app, itertools.chain.from_iterable(sources), total)
     summary = {
         "new_tickets": counts[OutcomeKind.NEW_TICKET],
         "replies": counts[OutcomeKind.REPLY],
@@ -99,15 +114,18 @@ def ingest(
         )
 
 
-def _run(app: AppContext, items: list[tuple[RawSource, Origin]]) -> Counter[OutcomeKind]:
+def _run(
+    app: AppContext, items: Iterator[tuple[RawSource, Origin]], total: int
+) -> Counter[OutcomeKind]:
     factory = app.sessions()
     ctx = app.ingest_context()
     counts: Counter[OutcomeKind] = Counter()
     with click.progressbar(
         items,
+        length=total,
         label="Ingesting",
         file=sys.stderr,
-        hidden=len(items) < PROGRESS_THRESHOLD or not sys.stderr.isatty(),
+        hidden=total < PROGRESS_THRESHOLD or not sys.stderr.isatty(),
     ) as bar:
         for read, origin in bar:
             try:
