@@ -1,4 +1,4 @@
-"""Real servers for the tests, on free loopback ports; skipped locally when missing, failed in CI."""
+"""Real servers for tests, on free loopback ports: skipped locally when missing, failed in CI."""
 
 from __future__ import annotations
 

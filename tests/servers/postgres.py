@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -63,11 +64,9 @@ class PgServer:
         return f"postgresql+psycopg://{self.db_user}@127.0.0.1:{self.port}/{database}"
 
     def stop(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             self._run(f"{self.bindir}/pg_ctl", "-D", str(self.data), "-m", "immediate", "-w",
                       "stop")
-        except subprocess.CalledProcessError:
-            pass
 
     def cleanup(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
