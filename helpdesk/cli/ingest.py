@@ -12,8 +12,9 @@ from pathlib import Path
 
 import click
 
-from helpdesk.cli import AppContext, pass_app
+from helpdesk.cli import AppContext, TempFailure, pass_app
 from helpdesk.cli.output import emit_json
+from helpdesk.errors import ConfigError, SchemaOutdated
 from helpdesk.ingest import ingest as ingest_message
 from helpdesk.values import Origin, OutcomeKind
 
@@ -98,7 +99,14 @@ def ingest(
         total = 1
         sources.append(_from_files(("-",)))
 
-    counts = _run(app, itertools.chain.from_iterable(sources), total)
+    try:
+        counts = _run(app, itertools.chain.from_iterable(sources), total)
+    except (ConfigError, SchemaOutdated) as exc:
+        if "-" in files or not files and not maildir and not mbox:
+            # An MTA bounces mail on any exit but 75: a broken config or an
+            # un-upgraded database is ours to fix, not the sender's problem.
+            raise TempFailure(str(exc)) from exc
+        raise
     summary = {
         "new_tickets": counts[OutcomeKind.NEW_TICKET],
         "replies": counts[OutcomeKind.REPLY],

@@ -220,3 +220,12 @@ def test_invalid_config_lists_every_problem(tmp_path: Path) -> None:
     assert str(config) in result.output
     assert "foreign_tag" in result.output
     assert "closed_ticket" in result.output
+
+
+def test_pipe_into_unupgraded_database_is_tempfail(tmp_path: Path) -> None:
+    """An MTA pipe into a database that needs `db upgrade` defers the mail (75), never bounces."""
+    config = tmp_path / "helpdesk.toml"
+    config.write_text(CONFIG.format(url=f"sqlite:///{tmp_path / 'empty.db'}"))
+    result = run(config, "ingest", stdin=make_mail())
+    assert result.exit_code == EX_TEMPFAIL
+    assert "helpdesk db upgrade" in result.output
