@@ -102,7 +102,7 @@ def ingest(
     try:
         counts = _run(app, itertools.chain.from_iterable(sources), total)
     except (ConfigError, SchemaOutdated) as exc:
-        if "-" in files or not files and not maildir and not mbox:
+        if "-" in files or (not files and not maildir and not mbox):
             # An MTA bounces mail on any exit but 75: a broken config or an
             # un-upgraded database is ours to fix, not the sender's problem.
             raise TempFailure(str(exc)) from exc
