@@ -17,7 +17,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool, StaticPool
 
 from helpdesk.errors import SchemaOutdated, StoreUnavailable
 
@@ -39,9 +39,19 @@ def _sqlite_engine(url: str, *, echo: bool) -> Engine:
     parsed = make_url(url)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    # NullPool: a file database is cheap to open, and pooled SQLite connections
-    # shared across the daemon's worker threads are a source of subtle bugs.
-    engine = create_engine(url, echo=echo, poolclass=NullPool, future=True)
+    # A pool of connections: opening one per transaction re-runs the pragmas and
+    # makes SQLite checkpoint the WAL on every close, which cost ~3 ms a message.
+    # pysqlite connections may move between threads when the pool hands them out
+    # (one thread at a time), hence check_same_thread=False.
+    memory = parsed.database in (None, "", ":memory:")
+    engine = create_engine(
+        url,
+        echo=echo,
+        future=True,
+        poolclass=StaticPool if memory else QueuePool,
+        connect_args={"check_same_thread": False},
+        **({} if memory else {"pool_size": 5, "max_overflow": 10}),
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -8,7 +8,7 @@ Alembic (`helpdesk/store/migrations`), never `create_all` outside tests.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
     JSON,
@@ -21,6 +21,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -345,3 +346,8 @@ class QuarantineItem(Base):
     origin_uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
     origin_uid: Mapped[int | None] = mapped_column(BigInteger)
     origin_path: Mapped[str | None] = mapped_column(Text)
+
+
+def table(model: type[Base]) -> Table:
+    """The Core table behind a model, for the hot paths that skip the ORM."""
+    return cast(Table, model.__table__)

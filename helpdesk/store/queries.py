@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -20,41 +22,72 @@ from helpdesk.store.models import (
     Team,
     Ticket,
     TicketTag,
+    table,
 )
 from helpdesk.values import Origin, Priority, TicketStatus, TicketView
 
 
-def message_by_origin(session: Session, origin: Origin) -> Message | None:
+@dataclass(frozen=True, slots=True)
+class StoredRef:
+    """Where a stored message is: enough to report a duplicate."""
+
+    id: int
+    ticket_id: int
+    message_id: str
+
+
+_messages = table(Message)
+_REF_COLUMNS = (_messages.c.id, _messages.c.ticket_id, _messages.c.message_id)
+_BY_ORIGIN = (
+    select(*_REF_COLUMNS)
+    .where(
+        _messages.c.origin_mailbox == bindparam("mailbox"),
+        _messages.c.origin_uidvalidity == bindparam("uidvalidity"),
+        _messages.c.origin_uid == bindparam("uid"),
+    )
+    .limit(1)
+)
+_BY_CONTENT = (
+    select(*_REF_COLUMNS)
+    .where(
+        _messages.c.message_id == bindparam("message_id"),
+        _messages.c.content_hash == bindparam("content_hash"),
+    )
+    .limit(1)
+)
+
+
+def message_by_origin(session: Session, origin: Origin) -> StoredRef | None:
     """The stored message that came from exactly this server copy (IMAP mailbox+UIDVALIDITY+UID)."""
     if origin.mailbox is None or origin.uid is None or origin.uidvalidity is None:
         return None
-    return session.scalars(
-        select(Message).where(
-            Message.origin_mailbox == origin.mailbox,
-            Message.origin_uidvalidity == origin.uidvalidity,
-            Message.origin_uid == origin.uid,
-        ).limit(1)
+    row = session.connection().execute(
+        _BY_ORIGIN,
+        {"mailbox": origin.mailbox, "uidvalidity": origin.uidvalidity, "uid": origin.uid},
     ).first()
+    return StoredRef(*row) if row else None
 
 
-def message_by_content(session: Session, message_id: str, content_hash: str) -> Message | None:
+def message_by_content(session: Session, message_id: str, content_hash: str) -> StoredRef | None:
     """The stored message with this Message-ID and content, if any."""
-    return session.scalars(
-        select(Message)
-        .where(Message.message_id == message_id, Message.content_hash == content_hash)
-        .limit(1)
+    row = session.connection().execute(
+        _BY_CONTENT, {"message_id": message_id, "content_hash": content_hash}
     ).first()
+    return StoredRef(*row) if row else None
+
+
+_TICKETS_BY_IDS = (
+    select(_messages.c.message_id, _messages.c.ticket_id)
+    .where(_messages.c.message_id.in_(bindparam("ids", expanding=True)))
+    .order_by(_messages.c.id)
+)
 
 
 def tickets_by_message_ids(session: Session, message_ids: Sequence[str]) -> dict[str, int]:
     """Map each known Message-ID (incoming or outgoing) to the ticket it is on."""
     if not message_ids:
         return {}
-    rows = session.execute(
-        select(Message.message_id, Message.ticket_id)
-        .where(Message.message_id.in_(list(message_ids)))
-        .order_by(Message.id)
-    )
+    rows = session.connection().execute(_TICKETS_BY_IDS, {"ids": list(message_ids)})
     found: dict[str, int] = {}
     for mid, ticket_id in rows:
         found.setdefault(mid, ticket_id)  # the first stored copy wins
@@ -83,6 +116,46 @@ def ticket_view(session: Session, ticket_id: int) -> TicketView | None:
     )
 
 
+_tickets = table(Ticket)
+_THREAD_VIEW = (
+    select(_tickets.c.id, _tickets.c.status, _tickets.c.subject, _tickets.c.merged_into_id,
+           table(Contact).c.address)
+    .outerjoin(table(Contact), table(Contact).c.id == _tickets.c.requester_id)
+    .where(_tickets.c.id == bindparam("ticket_id"))
+)
+_PARTICIPANTS = select(table(Participant).c.address).where(
+    table(Participant).c.ticket_id == bindparam("ticket_id")
+)
+
+
+def thread_view(session: Session, ticket_id: int) -> TicketView | None:
+    """The part of a ticket threading needs (status, requester, participants), in two queries."""
+    conn = session.connection()
+    row = conn.execute(_THREAD_VIEW, {"ticket_id": ticket_id}).first()
+    if row is None:
+        return None
+    participants = conn.execute(_PARTICIPANTS, {"ticket_id": ticket_id}).scalars().all()
+    return TicketView(
+        id=row.id,
+        status=TicketStatus(row.status),
+        subject=row.subject,
+        requester=row.address,
+        participants=frozenset(participants),
+        merged_into=row.merged_into_id,
+    )
+
+
+_IS_AGENT = select(table(AgentAddress).c.id).where(
+    table(AgentAddress).c.address == bindparam("address")
+).limit(1)
+
+
+def is_agent_address(session: Session, address: str) -> bool:
+    """Whether `address` belongs to an agent (active or not)."""
+    found = session.connection().execute(_IS_AGENT, {"address": address.lower()}).first()
+    return found is not None
+
+
 def agent_by_address(session: Session, address: str) -> Agent | None:
     """The agent who writes from `address`, active or not."""
     return session.scalars(
@@ -94,27 +167,49 @@ def team_by_name(session: Session, name: str) -> Team | None:
     return session.scalars(select(Team).where(Team.name == name)).first()
 
 
-def get_or_create_contact(session: Session, address: str, name: str = "") -> Contact:
-    """The contact for `address`, created if new; safe against a concurrent insert."""
-    contact = session.scalars(select(Contact).where(Contact.address == address)).first()
-    if contact is not None:
-        if name and not contact.name:
-            contact.name = name
-        return contact
+_contacts = table(Contact)
+_CONTACT_ID = select(_contacts.c.id).where(_contacts.c.address == bindparam("address"))
+_INSERT_CONTACT = insert(_contacts).returning(_contacts.c.id)
+
+
+def contact_id(session: Session, address: str, name: str, now: datetime) -> int:
+    """The id of the contact for `address`, created if new; safe against a concurrent insert."""
+    found = session.connection().execute(_CONTACT_ID, {"address": address}).scalar()
+    if found is not None:
+        return int(found)
     try:
         with session.begin_nested():
-            contact = Contact(address=address, name=name)
-            session.add(contact)
+            # The connection must be asked for inside the savepoint: the session
+            # emits SAVEPOINT when it hands the connection out.
+            new_id = session.connection().execute(
+                _INSERT_CONTACT, {"address": address, "name": name, "created_at": now}
+            ).scalar_one()
     except IntegrityError:
         # Another daemon inserted the same address between our select and insert.
-        contact = session.scalars(select(Contact).where(Contact.address == address)).one()
-    return contact
+        return int(session.connection().execute(_CONTACT_ID, {"address": address}).scalar_one())
+    return int(new_id)
 
 
-def add_participant(session: Session, ticket_id: int, address: str, role: str) -> None:
-    """Record `address` as a participant of the ticket, once."""
-    if session.get(Participant, (ticket_id, address)) is None:
-        session.add(Participant(ticket_id=ticket_id, address=address, role=role))
+_ADD_PARTICIPANT = {
+    "postgresql": pg_insert(table(Participant)).on_conflict_do_nothing(),
+    "sqlite": sqlite_insert(table(Participant)).on_conflict_do_nothing(),
+}
+
+
+def add_participants(session: Session, ticket_id: int, people: Sequence[tuple[str, str]]) -> None:
+    """Record (address, role) pairs as participants of the ticket; known ones are kept as they are.
+
+    ON CONFLICT DO NOTHING, so two daemons adding the same person to a ticket
+    at once cannot fail each other's transaction.
+    """
+    roles: dict[str, str] = {}
+    for address, role in people:
+        roles.setdefault(address, role)  # the first role given wins
+    if not roles:
+        return
+    conn = session.connection()
+    rows = [{"ticket_id": ticket_id, "address": a, "role": r} for a, r in roles.items()]
+    conn.execute(_ADD_PARTICIPANT[conn.dialect.name], rows)
 
 
 @dataclass(frozen=True)
