@@ -12,7 +12,7 @@ from helpdesk.ingest import IngestContext, ingest
 from helpdesk.store.models import Attachment, Contact, Event, Message, QuarantineItem, Ticket
 from helpdesk.thread import ThreadPolicy
 from helpdesk.values import Origin, OutcomeKind
-from tests.conftest import Clock, Store
+from tests.conftest import MESSAGES, Clock, Store
 from tests.mailfactory import delivered_via, make_mail
 
 FILE = Origin(source="file", path="test.eml")
@@ -340,3 +340,18 @@ def test_twenty_megabyte_attachment_is_stored(store: Store, clock: Clock) -> Non
         ).all()
         assert att.size == len(blob)
         assert att.content == blob
+
+
+def test_whole_corpus_is_stored_once_on_both_stores(store: Store, clock: Clock) -> None:
+    """Every fixture mail (clients, charsets, hostile input) is stored or quarantined, once."""
+    corpus = sorted(MESSAGES.rglob("*.eml"))
+    assert len(corpus) >= 30
+    first = {p.name: run(store, p.read_bytes(), clock, Origin("file", path=str(p)))
+             for p in corpus}
+    quarantined = sorted(n for n, o in first.items() if o.kind is OutcomeKind.QUARANTINED)
+    assert quarantined == ["garbage.eml"]
+    assert all(o.kind is OutcomeKind.NEW_TICKET for n, o in first.items() if n != "garbage.eml")
+    again = [run(store, p.read_bytes(), clock, Origin("file", path=str(p))) for p in corpus]
+    assert {o.kind for o in again} == {OutcomeKind.DUPLICATE, OutcomeKind.QUARANTINED}
+    assert count(store, Message) == len(corpus) - 1
+    assert count(store, QuarantineItem) == 1
