@@ -216,3 +216,159 @@ class IngestOutcome:
     quarantine_id: int | None = None
     error: str | None = None
     notes: tuple[str, ...] = field(default=())
+
+
+# --------------------------------------------------------------------------
+# Classification of automated mail (RFC 3834 and what real servers send)
+
+
+class MailClass(StrEnum):
+    """What kind of sender wrote a mail, as far as loop protection is concerned."""
+
+    HUMAN = "human"
+    AUTO_REPLY = "auto_reply"  # out-of-office, vacation, autoresponders
+    BOUNCE = "bounce"  # DSNs and non-delivery reports
+    LIST = "list"  # mailing lists and bulk mail
+    OWN = "own"  # our own addresses or our X-Loop
+
+
+@dataclass(frozen=True, slots=True)
+class BounceRecipient:
+    """One recipient of a delivery status notification (RFC 3464)."""
+
+    address: str
+    action: str  # failed, delayed, delivered, relayed, expanded
+    status: str  # e.g. "5.1.1"
+    diagnostic: str = ""
+
+    @property
+    def permanent(self) -> bool:
+        """A 5.x.x status of a failed delivery: the address will not work next time either."""
+        return self.action == "failed" and self.status.startswith("5")
+
+
+@dataclass(frozen=True, slots=True)
+class BounceReport:
+    """What a bounce says: who failed, how, and which mail of ours it returns."""
+
+    recipients: tuple[BounceRecipient, ...]
+    original_message_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The classification of one mail; automated mail is stored but never answered."""
+
+    mail_class: MailClass
+    reasons: tuple[str, ...] = ()
+    bounce: BounceReport | None = None
+
+    @property
+    def automated(self) -> bool:
+        return self.mail_class is not MailClass.HUMAN
+
+
+# --------------------------------------------------------------------------
+# Rules: actions and the evaluation trace
+
+
+@dataclass(frozen=True, slots=True)
+class SetTeam:
+    team: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetAssignee:
+    agent: str  # an agent's address
+
+
+@dataclass(frozen=True, slots=True)
+class SetPriority:
+    priority: Priority
+
+
+@dataclass(frozen=True, slots=True)
+class AddTags:
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SetStatus:
+    status: TicketStatus
+
+
+@dataclass(frozen=True, slots=True)
+class AutoReply:
+    """Answer the sender with a template (never to automated mail; rate-limited)."""
+
+    template: str
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Forward the mail to a team's address or to an address, with a template."""
+
+    template: str
+    team: str | None = None
+    address: str | None = None
+
+
+Action = SetTeam | SetAssignee | SetPriority | AddTags | SetStatus | AutoReply | Forward
+
+
+@dataclass(frozen=True, slots=True)
+class RuleInput:
+    """What rules know about a mail besides its content."""
+
+    mailbox: str | None = None
+    recipients: tuple[str, ...] = ()  # envelope recipients, or To/Cc when unknown
+    is_new: bool = True
+    verdict: Verdict = Verdict(MailClass.HUMAN)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleTrace:
+    """One rule's result: whether it matched, why, and what it contributed."""
+
+    rule: str
+    file: str
+    matched: bool
+    reasons: tuple[str, ...] = ()
+    actions: tuple[Action, ...] = ()
+    stopped: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """The actions to take, in order, and the trace of every rule looked at."""
+
+    actions: tuple[Action, ...] = ()
+    trace: tuple[RuleTrace, ...] = ()
+
+    @property
+    def fired(self) -> tuple[str, ...]:
+        return tuple(t.rule for t in self.trace if t.matched)
+
+
+# --------------------------------------------------------------------------
+# Outgoing mail
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMail:
+    """A mail we send, before it is composed into bytes."""
+
+    kind: MessageKind
+    ticket_id: int | None
+    from_: Address
+    to: tuple[Address, ...]
+    subject: str
+    body: str
+    cc: tuple[Address, ...] = ()
+    reply_to: Address | None = None
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    automated: bool = False  # adds Auto-Submitted, X-Auto-Response-Suppress
+    thread_topic: str | None = None  # the ticket's subject, for Outlook's Thread-Topic
+    attachments: tuple[AttachmentPart, ...] = ()
+    extra_headers: tuple[tuple[str, str], ...] = ()
