@@ -69,6 +69,7 @@ __all__ = [
 CONFIG_ENV = "HELPDESK_CONFIG"
 DATABASE_URL_ENV = "HELPDESK_DATABASE_URL"
 SMTP_PASSWORD_ENV = "HELPDESK_SMTP_PASSWORD"  # noqa: S105 - a variable name, not a secret
+SECRET_ENV = "HELPDESK_SECRET"  # noqa: S105 - a variable name, not a secret
 CONFIG_FILENAME = "helpdesk.toml"
 # Looked up at call time (not bound as a default) so tests can point it elsewhere.
 SYSTEM_CONFIG = Path("/etc/helpdesk/helpdesk.toml")
@@ -206,6 +207,12 @@ def _seconds(value: float) -> float:
     return value
 
 
+def _positive(value: int) -> int:
+    if value < 1:
+        raise ValueError(f"must be at least 1 (got {value})")
+    return value
+
+
 def _batch_size(value: int) -> int:
     if not 1 <= value <= 10000:
         raise ValueError(f"must be from 1 to 10000 (got {value})")
@@ -326,6 +333,9 @@ class HelpdeskSettings(_Section):
     domain: Domain = "localhost"
     # Subject tags look like "[#1042]".
     tag_prefix: TagPrefix = "#"
+    # Key that signs our Message-IDs (from secret, secret_file or HELPDESK_SECRET).
+    # Unset: a random key is generated once and kept in the database.
+    secret: Password | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -413,6 +423,32 @@ class SmtpSettings(_Section):
         return _derive_port(data, SMTP_PORTS, Tls.NONE)
 
 
+class AutoReplySettings(_Section):
+    """``[auto_reply]``: how many automatic replies one sender may get."""
+
+    # At most this many automatic replies per sender address within the window.
+    max_per_sender: Annotated[StrictInt, AfterValidator(_positive)] = 10
+    window_hours: Seconds = 24.0
+
+
+class BounceSettings(_Section):
+    """``[bounces]``: what a permanent delivery failure does."""
+
+    # No automatic mail to an address that bounced permanently, for this many days.
+    suppress_days: Seconds = 7.0
+
+
+class OutboxSettings(_Section):
+    """``[outbox]``: retries of outgoing mail."""
+
+    # A mail refused with 5xx this many times is marked failed.
+    max_permanent_failures: Annotated[StrictInt, AfterValidator(_positive)] = 3
+    # Temporary failures (4xx, connection) are retried with capped exponential backoff...
+    retry_max_delay: Seconds = 3600.0
+    # ...until the mail is this old, then it is marked failed.
+    give_up_after_hours: Seconds = 120.0
+
+
 class ThreadingPolicy(_Section):
     """``[threading]``: the two judgement calls when matching mail to tickets."""
 
@@ -464,6 +500,9 @@ class Settings(_Section):
     mailboxes: tuple[MailboxSettings, ...] = ()
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     threading: ThreadingPolicy = Field(default_factory=ThreadingPolicy)
+    auto_reply: AutoReplySettings = Field(default_factory=AutoReplySettings)
+    bounces: BounceSettings = Field(default_factory=BounceSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     rules: RulesSettings = Field(default_factory=RulesSettings)
     templates: TemplatesSettings = Field(default_factory=TemplatesSettings)
     teams: tuple[TeamSettings, ...] = ()
@@ -490,6 +529,9 @@ _TABLES: dict[str, type[_Section]] = {
     "mailbox": MailboxSettings,
     "smtp": SmtpSettings,
     "threading": ThreadingPolicy,
+    "auto_reply": AutoReplySettings,
+    "bounces": BounceSettings,
+    "outbox": OutboxSettings,
     "rules": RulesSettings,
     "templates": TemplatesSettings,
     "team": TeamSettings,
@@ -498,6 +540,7 @@ _TABLES: dict[str, type[_Section]] = {
 _ARRAYS = frozenset({"mailbox", "team", "agent"})
 # Keys the loader consumes before the model sees the table.
 _EXTRA_KEYS: dict[str, tuple[str, ...]] = {
+    "helpdesk": ("secret_file",),
     "mailbox": ("password_file",),
     "smtp": ("password_file",),
 }
@@ -611,6 +654,9 @@ class _Loader:
             "mailboxes": self._array(document, "mailbox"),
             "smtp": self._table(document, "smtp"),
             "threading": self._table(document, "threading"),
+            "auto_reply": self._table(document, "auto_reply"),
+            "bounces": self._table(document, "bounces"),
+            "outbox": self._table(document, "outbox"),
             "rules": self._table(document, "rules"),
             "templates": self._table(document, "templates"),
             "teams": self._array(document, "team"),
@@ -648,6 +694,10 @@ class _Loader:
             data = {**data, **(overrides or {})}
             if section == "smtp":
                 self._take_secret(data, "smtp", SMTP_PASSWORD_ENV, required=False)
+            if section == "helpdesk":
+                self._take_secret(
+                    data, "helpdesk", SECRET_ENV, required=False, key="secret"
+                )
         return self._validate(section, data, section)
 
     def _array(self, document: Mapping[str, Any], section: str) -> tuple[_Section | None, ...]:
@@ -692,31 +742,36 @@ class _Loader:
         return {"url": _resolve_sqlite_url(url, self.cwd)}
 
     def _take_secret(
-        self, table: dict[str, Any], where: str, env_var: str | None, *, required: bool
+        self,
+        table: dict[str, Any],
+        where: str,
+        env_var: str | None,
+        *,
+        required: bool,
+        key: str = "password",
     ) -> None:
-        """Put the password into `table["password"]` from wherever it is configured.
+        """Put the secret into `table[key]` from wherever it is configured.
 
         The environment wins over the file, so a deployment can override a
         checked-in config without editing it.
         """
-        password_file = table.pop("password_file", None)
-        if "password" in table and password_file is not None:
-            self._problem(
-                f"{where}.password_file", "set either password or password_file, not both"
-            )
+        file_key = f"{key}_file"
+        secret_file = table.pop(file_key, None)
+        if key in table and secret_file is not None:
+            self._problem(f"{where}.{file_key}", f"set either {key} or {file_key}, not both")
             return
         from_env = self.environ.get(env_var) if env_var else None
         if from_env:
-            table["password"] = from_env
-        elif password_file is not None:
-            secret = self._read_secret(password_file, f"{where}.password_file")
+            table[key] = from_env
+        elif secret_file is not None:
+            secret = self._read_secret(secret_file, f"{where}.{file_key}")
             if secret is None:
-                self._reported.add(f"{where}.password")  # don't also say "is required"
+                self._reported.add(f"{where}.{key}")  # don't also say "is required"
             else:
-                table["password"] = secret
-        elif "password" not in table and required:
+                table[key] = secret
+        elif key not in table and required:
             via = f", or the environment variable {env_var}" if env_var else ""
-            self._problem(f"{where}.password", f"is required: set password or password_file{via}")
+            self._problem(f"{where}.{key}", f"is required: set {key} or {file_key}{via}")
 
     def _read_secret(self, value: object, key: str) -> str | None:
         if not isinstance(value, str):

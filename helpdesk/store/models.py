@@ -234,6 +234,8 @@ class Message(Base):
     raw: Mapped[bytes | None] = mapped_column(Blob)
     size: Mapped[int] = mapped_column(Integer, default=0)
     defects: Mapped[str] = mapped_column(Text, default="")
+    # human, auto_reply, bounce, list or own (helpdesk.mail.classify).
+    mail_class: Mapped[str] = mapped_column(String(20), default="human")
     origin_source: Mapped[str] = mapped_column(String(20), default="")
     origin_mailbox: Mapped[str | None] = mapped_column(String(200))
     origin_uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
@@ -298,8 +300,12 @@ class OutboxItem(Base):
     envelope_from: Mapped[str] = mapped_column(String(320))
     envelope_to: Mapped[list[str]] = mapped_column(JSON)
     raw: Mapped[bytes] = mapped_column(Blob)
+    kind: Mapped[str] = mapped_column(String(20), default="system")
     state: Mapped[str] = mapped_column(String(10), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    permanent_failures: Mapped[int] = mapped_column(Integer, default=0)
+    # Follows a message from the mail that caused it to the mail it causes, in logs.
+    correlation_id: Mapped[str | None] = mapped_column(String(100))
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -346,6 +352,39 @@ class QuarantineItem(Base):
     origin_uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
     origin_uid: Mapped[int | None] = mapped_column(BigInteger)
     origin_path: Mapped[str | None] = mapped_column(Text)
+
+
+class AutoReplyLog(Base):
+    """One automatic reply sent to an address; the rate limit counts these."""
+
+    __tablename__ = "auto_replies"
+    __table_args__ = (Index("ix_auto_replies_address_sent", "address", "sent_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    address: Mapped[str] = mapped_column(String(320))
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id", ondelete="SET NULL"))
+    sent_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Suppression(Base):
+    """No automatic mail to this address until a time: it bounced permanently."""
+
+    __tablename__ = "suppressions"
+
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    until: Mapped[datetime]
+    reason: Mapped[str] = mapped_column(Text, default="")
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StoreValue(Base):
+    """Small values the help desk keeps for itself, such as a generated signing key."""
+
+    __tablename__ = "store_values"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
 
 
 def table(model: type[Base]) -> Table:
