@@ -1,0 +1,49 @@
+"""Routing and triggers: rule files in, actions and a trace out.
+
+``rules/*.toml`` are read in file-name order by `load_rules` into a validated
+`RuleSet` (every problem of every file reported at once as a `RuleError`);
+`evaluate` runs a rule set over one mail and returns an `Evaluation`: the
+`Action` values to apply, in order, and a `RuleTrace` for every rule looked
+at. Condition kinds live in `CONDITIONS`, keyed by their TOML key.
+
+The modules, in data-flow order: `conditions` (one predicate per condition
+kind), `schema` (TOML tables to `Rule` objects), `files` (the directory), and
+`engine` (the interpreter).
+"""
+
+from __future__ import annotations
+
+from helpdesk.rules.conditions import CONDITIONS, ConditionKind, Facts
+from helpdesk.rules.engine import evaluate
+from helpdesk.rules.files import load_rules, rule_files
+from helpdesk.rules.schema import (
+    ACTION_KEYS,
+    AnyOf,
+    Condition,
+    ConditionGroup,
+    KnownNames,
+    Rule,
+    RuleError,
+    RuleProblem,
+    RuleSet,
+    build_rule_set,
+)
+
+__all__ = [
+    "ACTION_KEYS",
+    "CONDITIONS",
+    "AnyOf",
+    "Condition",
+    "ConditionGroup",
+    "ConditionKind",
+    "Facts",
+    "KnownNames",
+    "Rule",
+    "RuleError",
+    "RuleProblem",
+    "RuleSet",
+    "build_rule_set",
+    "evaluate",
+    "load_rules",
+    "rule_files",
+]
