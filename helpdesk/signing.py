@@ -1,0 +1,35 @@
+"""The key that signs our Message-IDs: configured, or generated once and kept in the store.
+
+A help desk that nobody configured still signs its mail: the first process
+that needs a key generates one and stores it, and every later process (and
+every other daemon on the same PostgreSQL) reads the same key.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from helpdesk.store.models import StoreValue, table
+
+KEY_NAME = "message_id_signing_key"
+
+
+def signing_key(session: Session, configured: str | None = None) -> bytes:
+    """The configured secret, else the stored one (generated on first use)."""
+    if configured:
+        return configured.encode("utf-8")
+    conn = session.connection()
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    # Two processes starting at once both try; ON CONFLICT keeps the first key.
+    conn.execute(
+        insert(table(StoreValue))
+        .values(key=KEY_NAME, value=secrets.token_hex(32))
+        .on_conflict_do_nothing()
+    )
+    value = conn.execute(select(StoreValue.value).where(StoreValue.key == KEY_NAME)).scalar_one()
+    return bytes.fromhex(value)
