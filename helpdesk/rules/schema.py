@@ -407,8 +407,9 @@ def _parse_actions(value: object, report: _Report, known: KnownNames) -> tuple[A
 def _label(table: Mapping[str, object], index: int) -> str:
     name = table.get("name")
     # Counted from 1, as an admin counts the [[rule]] blocks of a file.
-    named = isinstance(name, str) and name.strip()
-    return f'rule "{name.strip()}"' if named else f"rule[{index + 1}]"
+    if isinstance(name, str) and name.strip():
+        return f'rule "{name.strip()}"'
+    return f"rule[{index + 1}]"
 
 
 def _parse_rule(
