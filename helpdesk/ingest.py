@@ -10,35 +10,45 @@ the caller leaves the message unacknowledged and retries later.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import bindparam, insert, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
+from helpdesk import bounces
 from helpdesk import quarantine as quarantine_service
+from helpdesk.actions import ActionContext, Applied, apply_actions
 from helpdesk.errors import StoreUnavailable
+from helpdesk.mail.classify import classify
 from helpdesk.mail.parse import parse as parse_message
+from helpdesk.rules import RuleSet, evaluate
 from helpdesk.store import queries
 from helpdesk.store.models import Attachment, Event, Message, Ticket, table, utcnow
 from helpdesk.thread import ThreadPolicy, clean_subject, match_thread
 from helpdesk.values import (
+    Address,
     AttachmentPart,
     Direction,
     IngestOutcome,
+    MailClass,
     MessageKind,
     Origin,
     OutcomeKind,
     ParsedMessage,
+    RuleInput,
     ThreadMatch,
+    ThreadReason,
     TicketStatus,
     TicketView,
+    Verdict,
 )
 
 log = structlog.get_logger()
@@ -46,6 +56,10 @@ log = structlog.get_logger()
 # Message-IDs longer than this are stored as a digest: some mailers produce
 # kilobyte-long ids, and an index entry must stay well under PostgreSQL's limit.
 MAX_MESSAGE_ID = 500
+
+
+# Stands in for the sender of a bounce that names none (a bare `MAILER-DAEMON`).
+BOUNCE_SENDER = Address("mailer-daemon@unknown.invalid", "Mail Delivery System")
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,17 @@ class IngestContext:
     is_own_address: Callable[[str], bool] = lambda _address: False
     parse: Callable[[bytes], ParsedMessage] = parse_message
     clock: Callable[[], datetime] = utcnow
+    # Our X-Loop value (the support address): mail carrying it is our own.
+    loop_id: str = ""
+    # The ticket a Message-ID we signed belongs to; None for others and forgeries.
+    verify_signed_id: Callable[[str], int | None] = lambda _message_id: None
+    # Rules and what their actions need; None: store and thread only.
+    rules: RuleSet | None = None
+    actions: ActionContext | None = None
+    # The team a new ticket from a mailbox starts with ([[mailbox]] team).
+    mailbox_teams: Mapping[str, str] = field(default_factory=dict)
+    # No automatic mail to an address that bounced permanently, for this long.
+    bounce_suppression: timedelta = timedelta(days=7)
 
 
 def ingest(session: Session, raw: bytes, origin: Origin, ctx: IngestContext) -> IngestOutcome:
@@ -73,6 +98,10 @@ def ingest(session: Session, raw: bytes, origin: Origin, ctx: IngestContext) -> 
         message_id=outcome.message_id,
         quarantine_id=outcome.quarantine_id,
         error=outcome.error,
+        mail_class=outcome.mail_class,
+        rules_fired=list(outcome.rules_fired),
+        mails_queued=list(outcome.mails_queued),
+        suppressed=list(outcome.suppressed),
         source=origin.source,
         mailbox=origin.mailbox,
         uid=origin.uid,
@@ -95,6 +124,10 @@ def _ingest(session: Session, raw: bytes, origin: Origin, ctx: IngestContext) ->
     except Exception as exc:  # noqa: BLE001 - parse promises not to raise; if it does, keep the mail
         return _quarantine(session, raw, origin, f"parser failed: {exc!r}", None)
 
+    verdict = classify(msg, raw, own_addresses=ctx.is_own_address, loop_id=ctx.loop_id)
+    if msg.from_ is None and msg.headers and verdict.mail_class is MailClass.BOUNCE:
+        # A bounce is worth keeping on the ticket it returns, sender or not.
+        msg = dataclasses.replace(msg, from_=BOUNCE_SENDER)
     problem = _unusable(msg)
     if problem:
         return _quarantine(session, raw, origin, problem, msg)
@@ -106,7 +139,7 @@ def _ingest(session: Session, raw: bytes, origin: Origin, ctx: IngestContext) ->
 
     try:
         with session.begin_nested():
-            return _store(session, raw, origin, msg, message_id, ctx)
+            return _store(session, raw, origin, msg, message_id, verdict, ctx)
     except IntegrityError as exc:
         # Two daemons raced on the same mail: the unique (message_id, content)
         # constraint lets exactly one of them win.
@@ -194,6 +227,7 @@ def _store(
     origin: Origin,
     msg: ParsedMessage,
     message_id: str,
+    verdict: Verdict,
     ctx: IngestContext,
 ) -> IngestOutcome:
     now = ctx.clock()
@@ -210,7 +244,7 @@ def _store(
     def is_agent(address: str) -> bool:
         return sender_is_agent if address == sender else queries.is_agent_address(session, address)
 
-    match = match_thread(
+    match = _bounce_match(session, verdict) or match_thread(
         msg,
         get_ticket=get_ticket,
         find_by_message_ids=lambda ids: queries.tickets_by_message_ids(
@@ -219,12 +253,14 @@ def _store(
         is_agent=is_agent,
         policy=ctx.policy,
         tag_prefix=ctx.tag_prefix,
+        verify_signed_id=ctx.verify_signed_id,
     )
 
     conn = session.connection()
     view = get_ticket(match.ticket_id) if match.ticket_id is not None else None
     if view is None:
-        ticket_id = _open_ticket(session, msg, sender, now, ctx)
+        team = ctx.mailbox_teams.get(origin.mailbox or "")
+        ticket_id = _open_ticket(session, msg, sender, now, ctx, team)
         requester: str | None = sender
         known: frozenset[str] = frozenset()
         kind = OutcomeKind.NEW_TICKET
@@ -232,21 +268,23 @@ def _store(
         ticket_id, requester, known = view.id, view.requester, view.participants
         kind = OutcomeKind.REPLY
 
-    message_kind = MessageKind.AGENT_REPLY if sender_is_agent else MessageKind.CUSTOMER
+    message_kind = _message_kind(verdict, sender_is_agent)
     # The unique (message_id, content) constraint speaks here, inside the savepoint.
     row_id = conn.execute(
-        _INSERT_MESSAGE, _message_values(msg, raw, origin, message_id, ticket_id, message_kind, now)
+        _INSERT_MESSAGE,
+        _message_values(msg, raw, origin, message_id, ticket_id, message_kind, verdict, now),
     ).scalar_one()
     if msg.attachments:
         conn.execute(_INSERT_ATTACHMENT, [_attachment_values(row_id, a) for a in msg.attachments])
 
-    role = "requester" if sender == requester else ("agent" if sender_is_agent else "cc")
-    _record_participants(session, ticket_id, msg, role, known, ctx)
+    if not verdict.automated:
+        role = "requester" if sender == requester else ("agent" if sender_is_agent else "cc")
+        _record_participants(session, ticket_id, msg, role, known, ctx)
     events = _events(ticket_id, row_id, message_id, msg, match, kind, sender, now)
-    if view is not None and match.reopen and view.status in (
-        TicketStatus.RESOLVED,
-        TicketStatus.CLOSED,
-    ):
+    # Only a person reopens a ticket: an out-of-office answering our
+    # resolution notice must not.
+    reopen = match.reopen and not verdict.automated
+    if view is not None and reopen and view.status in (TicketStatus.RESOLVED, TicketStatus.CLOSED):
         conn.execute(_REOPEN_TICKET, {"ticket_id": ticket_id, "now": now})
         events.append(
             _event(ticket_id, row_id, sender, "status.changed",
@@ -255,22 +293,103 @@ def _store(
         )
     elif view is not None:
         conn.execute(_TOUCH_TICKET, {"ticket_id": ticket_id, "now": now})
+    if verdict.automated:
+        events.append(_event(ticket_id, row_id, "system", "message.classified",
+                             {"class": verdict.mail_class.value,
+                              "reasons": list(verdict.reasons)}, now))
+    if verdict.bounce is not None:
+        events += bounces.record(session, verdict.bounce, ticket_id=ticket_id,
+                                 message_row_id=row_id, now=now,
+                                 suppress_for=ctx.bounce_suppression)
     conn.execute(_INSERT_EVENT, events)
+
+    fired: tuple[str, ...] = ()
+    applied = Applied()
+    if ctx.rules is not None and ctx.actions is not None:
+        fired, applied = _run_rules(session, ticket_id, row_id, msg, verdict, origin,
+                                    kind is OutcomeKind.NEW_TICKET, message_id, ctx, now)
     return IngestOutcome(
         kind,
         ticket_id=ticket_id,
         message_row_id=row_id,
         message_id=message_id,
         notes=tuple(f"{n.kind}: {n.detail}" for n in match.notes),
+        mail_class=verdict.mail_class.value,
+        rules_fired=fired,
+        mails_queued=tuple(applied.mails),
+        suppressed=tuple(applied.suppressed),
     )
 
 
+def _bounce_match(session: Session, verdict: Verdict) -> ThreadMatch | None:
+    """A bounce of one of our mails belongs to that mail's ticket, whatever its subject."""
+    report = verdict.bounce
+    if report is None or not report.original_message_id:
+        return None
+    hits = queries.tickets_by_message_ids(session, [_storable_id(report.original_message_id)])
+    ticket_id = next(iter(hits.values()), None)
+    return ThreadMatch(ticket_id, ThreadReason.REFERENCES) if ticket_id is not None else None
+
+
+def _message_kind(verdict: Verdict, sender_is_agent: bool) -> MessageKind:
+    if verdict.mail_class in (MailClass.BOUNCE, MailClass.OWN):
+        return MessageKind.SYSTEM
+    if verdict.mail_class is MailClass.AUTO_REPLY:
+        return MessageKind.AUTO_REPLY
+    return MessageKind.AGENT_REPLY if sender_is_agent else MessageKind.CUSTOMER
+
+
+def _run_rules(
+    session: Session,
+    ticket_id: int,
+    row_id: int,
+    msg: ParsedMessage,
+    verdict: Verdict,
+    origin: Origin,
+    is_new: bool,
+    correlation_id: str,
+    ctx: IngestContext,
+    now: datetime,
+) -> tuple[tuple[str, ...], Applied]:
+    assert ctx.rules is not None
+    assert ctx.actions is not None
+    view = queries.ticket_view(session, ticket_id)
+    recipients = (origin.recipient,) if origin.recipient else ()
+    rule_input = RuleInput(mailbox=origin.mailbox, recipients=recipients, is_new=is_new,
+                           verdict=verdict)
+    evaluation = evaluate(ctx.rules, msg, view, rule_input, now=now)
+    try:
+        with session.begin_nested():
+            applied = apply_actions(
+                session, ticket_id=ticket_id, message_row_id=row_id, msg=msg, verdict=verdict,
+                evaluation=evaluation, ctx=ctx.actions, now=now, correlation_id=correlation_id,
+            )
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception as exc:
+        log.exception("actions.failed", ticket_id=ticket_id)
+        session.connection().execute(_INSERT_EVENT, [
+            _event(ticket_id, row_id, "system", "actions.failed",
+                   {"error": f"{type(exc).__name__}: {exc}", "rules": list(evaluation.fired)},
+                   now)
+        ])
+        return evaluation.fired, Applied()
+    return evaluation.fired, applied
+
+
 def _open_ticket(
-    session: Session, msg: ParsedMessage, sender: str, now: datetime, ctx: IngestContext
+    session: Session,
+    msg: ParsedMessage,
+    sender: str,
+    now: datetime,
+    ctx: IngestContext,
+    team: str | None,
 ) -> int:
     assert msg.from_ is not None
     requester_id = queries.contact_id(session, sender, msg.from_.name[:200], now)
+    team_row = queries.team_by_name(session, team) if team else None
     values = {
+        "team_id": team_row.id if team_row is not None else None,
         "subject": clean_subject(msg.subject, ctx.tag_prefix),
         "status": TicketStatus.NEW.value,
         "priority": "normal",
@@ -288,9 +407,11 @@ def _message_values(
     message_id: str,
     ticket_id: int,
     kind: MessageKind,
+    verdict: Verdict,
     now: datetime,
 ) -> dict[str, object]:
     return {
+        "mail_class": verdict.mail_class.value,
         "ticket_id": ticket_id,
         "direction": Direction.INCOMING.value,
         "kind": kind.value,

@@ -79,6 +79,11 @@ def clean_subject(subject: str, prefix: str = "#") -> str:
 TicketLookup = Callable[[int], TicketView | None]
 MessageIdLookup = Callable[[Sequence[str]], dict[str, int]]
 AgentCheck = Callable[[str], bool]
+SignedIdCheck = Callable[[str], int | None]
+
+
+def _no_signed_ids(_message_id: str) -> int | None:
+    return None
 
 
 def match_thread(
@@ -89,15 +94,25 @@ def match_thread(
     is_agent: AgentCheck,
     policy: ThreadPolicy,
     tag_prefix: str = "#",
+    verify_signed_id: SignedIdCheck = _no_signed_ids,
 ) -> ThreadMatch:
     """Decide whether `msg` continues a ticket, and which; never raises for odd input.
 
     `find_by_message_ids` maps each known Message-ID to its ticket id;
-    `get_ticket` returns a snapshot or None; `is_agent` tells staff addresses.
+    `get_ticket` returns a snapshot or None; `is_agent` tells staff addresses;
+    `verify_signed_id` returns the ticket a Message-ID we signed belongs to
+    (None for any other id, and for a forged one).
     """
     sender = msg.from_.address if msg.from_ else ""
     notes: list[ThreadNote] = []
     header_hits = find_by_message_ids(msg.thread_ids) if msg.thread_ids else {}
+    # Our own signed ids thread even when the stored copy is gone (a restored
+    # backup, another installation's database); a forged id verifies to nothing.
+    for mid in msg.thread_ids:
+        if mid not in header_hits:
+            signed = verify_signed_id(mid)
+            if signed is not None:
+                header_hits[mid] = signed
 
     found = _by_tag(msg, sender, header_hits, get_ticket, is_agent, policy, tag_prefix, notes)
     if found is None:

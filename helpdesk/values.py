@@ -216,6 +216,11 @@ class IngestOutcome:
     quarantine_id: int | None = None
     error: str | None = None
     notes: tuple[str, ...] = field(default=())
+    mail_class: str = "human"
+    rules_fired: tuple[str, ...] = ()
+    mails_queued: tuple[str, ...] = ()
+    # Why automatic mail was not sent (auto-replies suppressed by reason).
+    suppressed: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import click
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from helpdesk import __version__, directory
+from helpdesk import __version__, context, directory
 from helpdesk.errors import (
     ConfigError,
     HelpdeskError,
@@ -30,9 +30,10 @@ from helpdesk.errors import (
 )
 from helpdesk.ingest import IngestContext
 from helpdesk.logs import configure_logging
+from helpdesk.rules import RuleError
 from helpdesk.settings import Settings, load_settings
 from helpdesk.store.db import check_schema, make_engine, make_session_factory
-from helpdesk.thread import ThreadPolicy
+from helpdesk.templates import TemplateError
 
 EX_TEMPFAIL = 75
 
@@ -46,6 +47,7 @@ class AppContext:
     _settings: Settings | None = None
     _engine: Engine | None = None
     _factory: sessionmaker[Session] | None = field(default=None, repr=False)
+    _configured: context.Configured | None = None
 
     @property
     def settings(self) -> Settings:
@@ -58,6 +60,7 @@ class AppContext:
         self._settings = settings
         self._engine = None
         self._factory = None
+        self._configured = None
 
     @property
     def engine(self) -> Engine:
@@ -82,15 +85,18 @@ class AppContext:
         with self.sessions().begin() as session:
             yield session
 
-    def ingest_context(self) -> IngestContext:
-        s = self.settings
-        return IngestContext(
-            tag_prefix=s.helpdesk.tag_prefix,
-            policy=ThreadPolicy(
-                foreign_tag=s.threading.foreign_tag, closed_ticket=s.threading.closed_ticket
-            ),
-            is_own_address=s.is_own_address,
-        )
+    def configured(self) -> context.Configured:
+        """Rules and templates; a broken file is an error naming it."""
+        if self._configured is None:
+            with self.transaction() as session:
+                self._configured = context.load_configured(session, self.settings)
+        return self._configured
+
+    def ingest_context(self, *, with_rules: bool = True) -> IngestContext:
+        """What ingest needs; rules and their mail only when `with_rules`."""
+        configured = self.configured() if with_rules else None
+        with self.transaction() as session:
+            return context.ingest_context(session, self.settings, configured)
 
     def close(self) -> None:
         if self._engine is not None:
@@ -120,6 +126,10 @@ class HelpdeskGroup(click.Group):
             raise TempFailure(f"store unavailable, try again later: {exc}") from exc
         except ConfigError as exc:
             raise Failure(f"invalid configuration\n{exc}") from exc
+        except RuleError as exc:
+            raise Failure(f"invalid rules\n{exc}") from exc
+        except TemplateError as exc:
+            raise Failure(f"invalid templates\n{exc}") from exc
         except (NotFound, InvalidInput, SchemaOutdated, HelpdeskError) as exc:
             raise Failure(str(exc)) from exc
 
@@ -146,12 +156,14 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: int) -> None:
 
 def _register() -> None:
     # Imported here so each command module can import `cli` and `pass_app`.
-    from helpdesk.cli import db, demo, ingest, quarantine, tickets
+    from helpdesk.cli import db, demo, ingest, outbox, quarantine, rules, tickets
 
     cli.add_command(db.db)
     cli.add_command(demo.demo)
     cli.add_command(ingest.ingest)
+    cli.add_command(outbox.outbox)
     cli.add_command(quarantine.quarantine)
+    cli.add_command(rules.rules)
     cli.add_command(tickets.tickets)
 
 

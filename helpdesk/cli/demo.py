@@ -9,8 +9,9 @@ from pathlib import Path
 
 import click
 
+from helpdesk import outbox as outbox_service
 from helpdesk.cli import AppContext, pass_app
-from helpdesk.cli.output import table, when
+from helpdesk.cli.output import table
 from helpdesk.ingest import ingest
 from helpdesk.settings import load_settings
 from helpdesk.store import db as store_db
@@ -26,9 +27,39 @@ domain = "example.com"
 
 [database]
 url = "sqlite:///{db}"
+
+[rules]
+dir = "{rules}"
+
+[templates]
+dir = "{templates}"
+
+[[team]]
+name = "support"
+address = "it-support@example.com"
+
+[[team]]
+name = "networking"
+address = "network-team@example.com"
+
+[[team]]
+name = "infrastructure"
+address = "infra@example.com"
+
+[[team]]
+name = "identity-and-access"
+address = "iam@example.com"
+
+[[team]]
+name = "security"
+address = "security@example.com"
 """
 
-DESCRIBE = {
+# In a source checkout the example rules and templates sit beside the package;
+# an installed wheel has none, and the demo then only stores and threads.
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+DESCRIBE: dict[OutcomeKind, str] = {
     OutcomeKind.NEW_TICKET: "opened ticket {ref}",
     OutcomeKind.REPLY: "added to ticket {ref}",
     OutcomeKind.DUPLICATE: "duplicate of a message on {ref}",
@@ -57,7 +88,16 @@ def demo(app: AppContext, keep: Path | None) -> None:
     db_path = (workdir / "demo.db").resolve()
     db_path.unlink(missing_ok=True)
     config = workdir / "helpdesk.toml"
-    config.write_text(DEMO_CONFIG.format(db=db_path.as_posix()), encoding="utf-8")
+    rules = CHECKOUT / "rules"
+    templates = CHECKOUT / "templates"
+    config.write_text(
+        DEMO_CONFIG.format(
+            db=db_path.as_posix(),
+            rules=(rules if rules.is_dir() else workdir / "rules").as_posix(),
+            templates=(templates if templates.is_dir() else workdir / "templates").as_posix(),
+        ),
+        encoding="utf-8",
+    )
     try:
         _run_demo(app, config)
     finally:
@@ -83,12 +123,25 @@ def _run_demo(app: AppContext, config: Path) -> None:
         text = DESCRIBE[outcome.kind].format(
             ref=ref, qid=outcome.quarantine_id, error=outcome.error
         )
+        if outcome.mail_class != "human":
+            text += f" ({outcome.mail_class.replace('_', '-')})"
+        extras = [*outcome.mails_queued, *(f"no auto-reply: {s}" for s in outcome.suppressed)]
+        if outcome.rules_fired:
+            extras.insert(0, "rules " + ", ".join(outcome.rules_fired))
         click.echo(f"  {name:<28} {text}")
+        for extra in extras:
+            click.echo(f"  {'':<28}   {extra}")
     click.echo()
     with app.transaction() as session:
         rows = queries.list_tickets(session, queries.TicketFilter(limit=100))
     table(
-        ["REF", "STATUS", "REQUESTER", "MSGS", "CREATED", "SUBJECT"],
-        [[format_tag(r.id, prefix), r.status, r.requester, r.message_count, when(r.created_at),
+        ["REF", "STATUS", "TEAM", "PRIO", "REQUESTER", "MSGS", "SUBJECT"],
+        [[format_tag(r.id, prefix), r.status, r.team, r.priority, r.requester, r.message_count,
           r.subject] for r in reversed(rows)],
     )
+    with app.transaction() as session:
+        queued = outbox_service.list_items(session, limit=100)
+    if queued:
+        click.echo("\nQueued in the outbox (sent by `helpdesk run` or `helpdesk outbox send`):")
+        for item in reversed(queued):
+            click.echo(f"  {item.kind:<11} to {', '.join(item.envelope_to)}")

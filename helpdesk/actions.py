@@ -1,0 +1,359 @@
+"""Actions: what the rules decided, applied to a ticket inside the ingest transaction.
+
+Field changes (team, assignee, priority, tags, status) become ticket updates
+and events naming the rule. Mail (auto-replies, forwards) becomes outbox rows
+through `outbox.enqueue`, in the same transaction. This is the last line of
+loop protection: whatever the rules say, no automatic reply goes to automated
+mail, to our own addresses, to no-reply senders, to an address that bounced
+permanently, or to a sender who already had `[auto_reply] max_per_sender`
+replies in the window (design.md §4, RFC 3834 §2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from helpdesk import outbox
+from helpdesk.mail.classify import is_noreply_address
+from helpdesk.store import queries
+from helpdesk.store.models import AutoReplyLog, Event, Suppression, Ticket, TicketTag
+from helpdesk.templates import (
+    RenderedTemplate,
+    TemplateRenderError,
+    TemplateSet,
+    build_context,
+    fallback,
+)
+from helpdesk.thread import format_tag
+from helpdesk.values import (
+    Action,
+    Address,
+    AddTags,
+    AutoReply,
+    Evaluation,
+    Forward,
+    MessageKind,
+    OutgoingMail,
+    ParsedMessage,
+    SetAssignee,
+    SetPriority,
+    SetStatus,
+    SetTeam,
+    Verdict,
+)
+
+log = structlog.get_logger()
+
+LIMIT_NOTICE = (
+    "\n\n--\nThis is the last automatic reply you will receive from us today; "
+    "we have read every message you sent and will answer in person."
+)
+
+
+@dataclass(frozen=True)
+class ActionContext:
+    """Everything actions need that is not in the message or the ticket."""
+
+    helpdesk_name: str
+    support_address: str
+    tag_prefix: str
+    signer: outbox.Signer
+    templates: TemplateSet = field(default_factory=TemplateSet)
+    teams: Mapping[str, str | None] = field(default_factory=dict)
+    is_own_address: Callable[[str], bool] = lambda _address: False
+    auto_reply_limit: int = 10
+    auto_reply_window: timedelta = timedelta(hours=24)
+
+    @property
+    def support(self) -> Address:
+        return Address(self.support_address, self.helpdesk_name)
+
+
+@dataclass
+class Applied:
+    """What applying the actions did, for the per-message log line and counters."""
+
+    changes: list[str] = field(default_factory=list)
+    mails: list[str] = field(default_factory=list)
+    suppressed: list[str] = field(default_factory=list)
+
+
+def apply_actions(
+    session: Session,
+    *,
+    ticket_id: int,
+    message_row_id: int | None,
+    msg: ParsedMessage,
+    verdict: Verdict,
+    evaluation: Evaluation,
+    ctx: ActionContext,
+    now: datetime,
+    correlation_id: str | None = None,
+) -> Applied:
+    """Apply `evaluation` to the ticket; returns what was done and what was suppressed."""
+    ticket = session.get_one(Ticket, ticket_id)
+    applied = Applied()
+    events: list[Event] = []
+
+    def event(actor: str, kind: str, detail: dict[str, object]) -> None:
+        events.append(Event(ticket_id=ticket_id, message_row_id=message_row_id, actor=actor,
+                            kind=kind, detail=detail, created_at=now))
+
+    for trace in evaluation.trace:
+        if trace.matched:
+            event(f"rule:{trace.rule}", "rule.matched",
+                  {"file": trace.file, "reasons": list(trace.reasons)})
+
+    _apply_fields(session, ticket, _last_wins(evaluation), event, applied)
+    mail_sent = False
+    for rule, action in _each_action(evaluation):
+        if isinstance(action, AutoReply):
+            if mail_sent:
+                event(rule, "auto_reply.skipped", {"reason": "one automatic reply per message"})
+                continue
+            mail_sent = _auto_reply(session, ticket, msg, verdict, action, rule, ctx, now,
+                                    correlation_id, event, applied)
+        elif isinstance(action, Forward):
+            _forward(session, ticket, msg, action, rule, ctx, now, correlation_id, event, applied)
+    ticket.updated_at = now
+    session.add_all(events)
+    session.flush()
+    return applied
+
+
+def _each_action(evaluation: Evaluation) -> list[tuple[str, Action]]:
+    return [(f"rule:{t.rule}", a) for t in evaluation.trace if t.matched for a in t.actions]
+
+
+def _last_wins(evaluation: Evaluation) -> dict[str, tuple[str, Action]]:
+    """One value per field: when two rules set the team, the later rule wins (file order)."""
+    final: dict[str, tuple[str, Action]] = {}
+    tags: list[str] = []
+    tag_rule = ""
+    for rule, action in _each_action(evaluation):
+        if isinstance(action, AddTags):
+            tags.extend(action.tags)
+            tag_rule = rule
+        elif not isinstance(action, AutoReply | Forward):
+            final[type(action).__name__] = (rule, action)
+    if tags:
+        final["AddTags"] = (tag_rule, AddTags(tuple(dict.fromkeys(tags))))
+    return final
+
+
+def _apply_fields(
+    session: Session,
+    ticket: Ticket,
+    final: dict[str, tuple[str, Action]],
+    event: Callable[[str, str, dict[str, object]], None],
+    applied: Applied,
+) -> None:
+    for rule, action in final.values():
+        if isinstance(action, SetTeam):
+            team = queries.team_by_name(session, action.team)
+            if team is None:
+                event(rule, "action.failed", {"action": "team", "error": f"no team {action.team}"})
+            elif ticket.team_id != team.id:
+                before = ticket.team.name if ticket.team else None
+                ticket.team = team
+                event(rule, "team.changed", {"from": before, "to": team.name})
+                applied.changes.append(f"team={team.name}")
+        elif isinstance(action, SetAssignee):
+            agent = queries.agent_by_address(session, action.agent)
+            if agent is None or not agent.active:
+                event(rule, "action.failed",
+                      {"action": "assignee", "error": f"no active agent {action.agent}"})
+            elif ticket.assignee_id != agent.id:
+                before = ticket.assignee.primary_address if ticket.assignee else None
+                ticket.assignee = agent
+                event(rule, "assignee.changed", {"from": before, "to": agent.primary_address})
+                applied.changes.append(f"assignee={agent.primary_address}")
+        elif isinstance(action, SetPriority) and ticket.priority != action.priority.value:
+            event(rule, "priority.changed", {"from": ticket.priority, "to": action.priority.value})
+            ticket.priority = action.priority.value
+            applied.changes.append(f"priority={action.priority.value}")
+        elif isinstance(action, SetStatus) and ticket.status != action.status.value:
+            event(rule, "status.changed", {"from": ticket.status, "to": action.status.value})
+            ticket.status = action.status.value
+            applied.changes.append(f"status={action.status.value}")
+        elif isinstance(action, AddTags):
+            have = {t.tag for t in ticket.tags}
+            new = [t for t in action.tags if t not in have]
+            for tag in new:
+                ticket.tags.append(TicketTag(tag=tag))
+            if new:
+                event(rule, "tags.added", {"tags": new})
+                applied.changes.append("tags+=" + ",".join(new))
+
+
+def _auto_reply(
+    session: Session,
+    ticket: Ticket,
+    msg: ParsedMessage,
+    verdict: Verdict,
+    action: AutoReply,
+    rule: str,
+    ctx: ActionContext,
+    now: datetime,
+    correlation_id: str | None,
+    event: Callable[[str, str, dict[str, object]], None],
+    applied: Applied,
+) -> bool:
+    assert msg.from_ is not None
+    recipient = msg.from_
+    reason, sent_in_window = _why_not_auto_reply(session, recipient.address, verdict, ctx, now)
+    if reason is not None:
+        event(rule, "auto_reply.suppressed", {"template": action.template, "reason": reason,
+                                              "to": recipient.address})
+        applied.suppressed.append(reason.split(":")[0])
+        return False
+    rendered = _render(session, ticket, msg, action.template, None, rule, ctx, event)
+    body = rendered.body
+    if sent_in_window == ctx.auto_reply_limit - 1:
+        body = body.rstrip("\n") + LIMIT_NOTICE + "\n"
+    mail = OutgoingMail(
+        kind=MessageKind.AUTO_REPLY,
+        ticket_id=ticket.id,
+        from_=ctx.support,
+        to=(recipient,),
+        subject=_with_tag(rendered.subject, ticket.id, ctx.tag_prefix),
+        body=body,
+        reply_to=ctx.support,
+        in_reply_to=None if msg.message_id_synthetic else msg.message_id,
+        references=_references(msg),
+        automated=True,
+        thread_topic=ticket.subject,
+    )
+    item = outbox.enqueue(session, mail, ctx.signer, now=now, correlation_id=correlation_id)
+    session.add(AutoReplyLog(address=recipient.address, ticket_id=ticket.id, sent_at=now))
+    event(rule, "auto_reply.queued", {"template": action.template, "to": recipient.address,
+                                      "message_id": item.message_id})
+    applied.mails.append(f"auto_reply:{action.template}")
+    return True
+
+
+def _why_not_auto_reply(
+    session: Session, address: str, verdict: Verdict, ctx: ActionContext, now: datetime
+) -> tuple[str | None, int]:
+    """The reason not to answer `address` automatically (None: go ahead) and the count so far."""
+    if verdict.automated:
+        why = verdict.reasons[0] if verdict.reasons else ""
+        return f"automated: {verdict.mail_class.value} ({why})", 0
+    if ctx.is_own_address(address):
+        return "own_address: mail from one of our own addresses", 0
+    if is_noreply_address(address):
+        return f"noreply: {address} does not take replies", 0
+    suppressed = _suppressed_until(session, address, now)
+    if suppressed is not None:
+        return f"bounced: {address} bounced permanently; suppressed until {suppressed:%Y-%m-%d}", 0
+    since = now - ctx.auto_reply_window
+    count = session.scalar(
+        select(func.count())
+        .select_from(AutoReplyLog)
+        .where(AutoReplyLog.address == address, AutoReplyLog.sent_at > since)
+    ) or 0
+    if count >= ctx.auto_reply_limit:
+        return (f"rate_limit: {count} automatic replies to {address} in the last "
+                f"{ctx.auto_reply_window.total_seconds() / 3600:g} h"), count
+    return None, count
+
+
+def _suppressed_until(session: Session, address: str, now: datetime) -> datetime | None:
+    row = session.get(Suppression, address)
+    return row.until if row is not None and row.until > now else None
+
+
+def _forward(
+    session: Session,
+    ticket: Ticket,
+    msg: ParsedMessage,
+    action: Forward,
+    rule: str,
+    ctx: ActionContext,
+    now: datetime,
+    correlation_id: str | None,
+    event: Callable[[str, str, dict[str, object]], None],
+    applied: Applied,
+) -> None:
+    if action.team is not None:
+        address = ctx.teams.get(action.team)
+        team = Address(address or "", action.team)
+        if not address:
+            event(rule, "forward.skipped",
+                  {"team": action.team, "reason": "the team has no address configured"})
+            applied.suppressed.append("no_team_address")
+            return
+    else:
+        assert action.address is not None
+        address, team = action.address, None
+    if _suppressed_until(session, address, now) is not None:
+        event(rule, "forward.skipped", {"to": address, "reason": "address bounced permanently"})
+        applied.suppressed.append("bounced")
+        return
+    rendered = _render(session, ticket, msg, action.template, team, rule, ctx, event)
+    mail = OutgoingMail(
+        kind=MessageKind.FORWARD,
+        ticket_id=ticket.id,
+        from_=ctx.support,
+        to=(Address(address, team.name if team else ""),),
+        subject=_with_tag(rendered.subject, ticket.id, ctx.tag_prefix),
+        body=rendered.body,
+        # Answers from the team go to the help desk, so they land on the ticket.
+        reply_to=ctx.support,
+        references=_references(msg),
+        automated=True,
+        thread_topic=ticket.subject,
+        attachments=tuple(a for a in msg.attachments if not a.inline),
+    )
+    item = outbox.enqueue(session, mail, ctx.signer, now=now, correlation_id=correlation_id)
+    event(rule, "forward.queued", {"template": action.template, "to": address,
+                                   "message_id": item.message_id})
+    applied.mails.append(f"forward:{address}")
+
+
+def _render(
+    session: Session,
+    ticket: Ticket,
+    msg: ParsedMessage,
+    template: str,
+    team: Address | None,
+    rule: str,
+    ctx: ActionContext,
+    event: Callable[[str, str, dict[str, object]], None],
+) -> RenderedTemplate:
+    view = queries.ticket_view(session, ticket.id)
+    assert view is not None
+    context = build_context(
+        helpdesk_name=ctx.helpdesk_name,
+        support_address=ctx.support_address,
+        ticket=view,
+        reference=format_tag(ticket.id, ctx.tag_prefix),
+        created_at=ticket.created_at,
+        message=msg,
+        requester=Address(view.requester or "", ticket.requester.name if ticket.requester else ""),
+        team=team,
+    )
+    try:
+        return ctx.templates.render(template, context)
+    except (TemplateRenderError, KeyError) as exc:
+        # The ticket must not suffer from a broken template: send the built-in text.
+        event(rule, "template.failed", {"template": template, "error": str(exc)})
+        log.warning("template.failed", template=template, error=str(exc), ticket_id=ticket.id)
+        return fallback(template, context)
+
+
+def _with_tag(subject: str, ticket_id: int, prefix: str) -> str:
+    tag = format_tag(ticket_id, prefix)
+    return subject if tag in subject else f"{tag} {subject}".strip()
+
+
+def _references(msg: ParsedMessage) -> tuple[str, ...]:
+    if msg.message_id_synthetic:
+        return msg.references
+    return (*msg.references, msg.message_id)
