@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import re
 import sys
 from pathlib import Path
@@ -179,10 +181,23 @@ def _report(app: AppContext, session: Session, outcome: Any) -> dict[str, Any]:
         .order_by(OutboxItem.id)
     )
     report["mails"] = [
-        {"kind": m.kind, "to": m.envelope_to, "raw": m.raw.decode("utf-8", "replace")}
+        {"kind": m.kind, "to": m.envelope_to, "raw": m.raw.decode("utf-8", "replace"),
+         "text": readable(m.raw)}
         for m in mails
     ]
     return report
+
+
+def readable(raw: bytes) -> str:
+    """A composed mail as a person reads it: decoded headers, then the text."""
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    lines = [f"{name}: {value}" for name, value in msg.items()
+             if name.lower() not in ("content-transfer-encoding", "mime-version")]
+    body = msg.get_body(("plain",))
+    text = body.get_content() if body is not None else ""
+    names = [part.get_filename() for part in msg.iter_attachments()]
+    attached = [f"[attachment: {n}]" for n in names if n]
+    return "\n".join([*lines, "", text.rstrip(), *attached])
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -205,4 +220,4 @@ def _print_report(report: dict[str, Any]) -> None:
     for mail in report["mails"]:
         click.echo(click.style(f"\nWould send ({mail['kind']}) to {', '.join(mail['to'])}:",
                                bold=True))
-        click.echo(mail["raw"].replace("\r\n", "\n").rstrip())
+        click.echo(mail["text"])
