@@ -400,6 +400,34 @@ class MailboxSettings(_Section):
         return _derive_port(data, IMAP_PORTS, Tls.SSL)
 
 
+class MaildirSettings(_Section):
+    """One ``[[maildir]]``: a Maildir an MTA delivers to; new/ moves to cur/ after commit."""
+
+    name: NonEmptyStr
+    path: ResolvedPath
+    team: NonEmptyStr | None = None
+    poll_interval: Seconds = 5.0
+
+
+class LmtpSettings(_Section):
+    """``[lmtp]``: listen for LMTP deliveries from the local MTA (only when the section exists)."""
+
+    host: NonEmptyStr = "127.0.0.1"
+    # 24 is LMTP's registered port, but it needs root; 2424 does not.
+    port: Port = 2424
+
+
+class DaemonSettings(_Section):
+    """``[daemon]``: how `helpdesk run` behaves."""
+
+    # A message whose parsing takes longer than this is quarantined.
+    message_time_limit: Seconds = 60.0
+    # A mailbox is worked by the holder of a lease of this length, renewed while working.
+    lease_seconds: Seconds = 60.0
+    # How often the outbox is checked for due mail when idle.
+    send_interval: Seconds = 2.0
+
+
 class SmtpSettings(_Section):
     """``[smtp]``: where outgoing mail is handed over.
 
@@ -498,6 +526,9 @@ class Settings(_Section):
     helpdesk: HelpdeskSettings = Field(default_factory=HelpdeskSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     mailboxes: tuple[MailboxSettings, ...] = ()
+    maildirs: tuple[MaildirSettings, ...] = ()
+    lmtp: LmtpSettings | None = None
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     threading: ThreadingPolicy = Field(default_factory=ThreadingPolicy)
     auto_reply: AutoReplySettings = Field(default_factory=AutoReplySettings)
@@ -527,6 +558,9 @@ _TABLES: dict[str, type[_Section]] = {
     "helpdesk": HelpdeskSettings,
     "database": DatabaseSettings,
     "mailbox": MailboxSettings,
+    "maildir": MaildirSettings,
+    "lmtp": LmtpSettings,
+    "daemon": DaemonSettings,
     "smtp": SmtpSettings,
     "threading": ThreadingPolicy,
     "auto_reply": AutoReplySettings,
@@ -537,7 +571,7 @@ _TABLES: dict[str, type[_Section]] = {
     "team": TeamSettings,
     "agent": AgentSettings,
 }
-_ARRAYS = frozenset({"mailbox", "team", "agent"})
+_ARRAYS = frozenset({"mailbox", "maildir", "team", "agent"})
 # Keys the loader consumes before the model sees the table.
 _EXTRA_KEYS: dict[str, tuple[str, ...]] = {
     "helpdesk": ("secret_file",),
@@ -652,6 +686,9 @@ class _Loader:
             "helpdesk": self._table(document, "helpdesk"),
             "database": self._table(document, "database", self._database_env()),
             "mailboxes": self._array(document, "mailbox"),
+            "maildirs": self._array(document, "maildir"),
+            "lmtp": self._table(document, "lmtp") if "lmtp" in document else None,
+            "daemon": self._table(document, "daemon"),
             "smtp": self._table(document, "smtp"),
             "threading": self._table(document, "threading"),
             "auto_reply": self._table(document, "auto_reply"),
@@ -807,9 +844,10 @@ class _Loader:
 
     def _check_references(self, document: Mapping[str, Any]) -> None:
         self._unique_names(document, "mailbox")
+        self._unique_names(document, "maildir")
         teams = self._unique_names(document, "team")
         self._unique_names(document, "agent")
-        for label, entry in _entries(document, "mailbox"):
+        for label, entry in [*_entries(document, "mailbox"), *_entries(document, "maildir")]:
             team = entry.get("team")
             if teams and isinstance(team, str) and team and team not in teams:
                 self._problem(f"{label}.team", _unknown_team(team, teams))

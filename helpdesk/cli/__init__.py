@@ -156,11 +156,13 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: int) -> None:
 
 def _register() -> None:
     # Imported here so each command module can import `cli` and `pass_app`.
-    from helpdesk.cli import db, demo, ingest, outbox, quarantine, rules, tickets
+    from helpdesk.cli import db, demo, ingest, mailbox, outbox, quarantine, rules, run, tickets
 
     cli.add_command(db.db)
     cli.add_command(demo.demo)
     cli.add_command(ingest.ingest)
+    cli.add_command(mailbox.mailbox)
+    cli.add_command(run.run)
     cli.add_command(outbox.outbox)
     cli.add_command(quarantine.quarantine)
     cli.add_command(rules.rules)

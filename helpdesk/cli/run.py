@@ -1,0 +1,44 @@
+"""`helpdesk run`: the daemon in the foreground (systemd runs it so, too)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from helpdesk.cli import AppContext, pass_app
+from helpdesk.daemon import STARTUP_FAILURE, Daemon
+from helpdesk.errors import HelpdeskError
+from helpdesk.logs import LogFormat, configure_logging
+
+
+@click.command()
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "console", "json"]),
+    default="auto",
+    show_default=True,
+    help="auto: readable on a terminal, JSON otherwise (journald).",
+)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info",
+              show_default=True)
+@pass_app
+def run(app: AppContext, log_format: LogFormat, log_level: str) -> None:
+    """Watch the configured mailboxes, ingest every message, send the outbox.
+
+    Exits 0 on SIGTERM/SIGINT after finishing the message in hand, 3 when it
+    cannot start (no mailbox configured, a broken rule file, an old schema).
+    """
+    configure_logging(log_format, getattr(logging, log_level.upper()), stream=sys.stdout)
+    try:
+        settings = app.settings
+    except HelpdeskError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(STARTUP_FAILURE)
+    daemon = Daemon(settings, config_path=app.config_path, environ=os.environ)
+    code = daemon.run()
+    if code == STARTUP_FAILURE:
+        click.echo("Error: helpdesk could not start; see the log line above.", err=True)
+    sys.exit(code)

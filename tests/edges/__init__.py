@@ -1,0 +1,1 @@
+"""Edge tests: sources against real servers (Dovecot, aiosmtpd) and a real store."""

@@ -1,0 +1,143 @@
+"""The Maildir source on a real directory and a real store (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from helpdesk.errors import StoreUnavailable
+from helpdesk.sources.base import Backoff, Sink
+from helpdesk.sources.maildir import MaildirSource
+from helpdesk.values import IngestOutcome, Origin
+from tests.conftest import Store
+from tests.edges.conftest import mails, running, stored_ids, wait_for
+
+
+@pytest.fixture
+def maildir(tmp_path: Path) -> Path:
+    for sub in ("new", "cur", "tmp"):
+        (tmp_path / "Maildir" / sub).mkdir(parents=True)
+    return tmp_path / "Maildir"
+
+
+def deliver(maildir: Path, raw: bytes, name: str) -> Path:
+    """Deliver as an MDA does: write in tmp/, then rename into new/."""
+    (maildir / "tmp" / name).write_bytes(raw)
+    os.rename(maildir / "tmp" / name, maildir / "new" / name)
+    return maildir / "new" / name
+
+
+def test_new_mail_is_ingested_then_moved_to_cur_as_seen(
+    maildir: Path, store: Store, sink: Sink
+) -> None:
+    """Each file in new/ is stored, then renamed into cur/ with the :2,S info."""
+    for i, raw in enumerate(mails(3)):
+        deliver(maildir, raw, f"1700000000.M{i}P1.host")
+    source = MaildirSource(maildir, sink, name="local")
+
+    assert source.run_once() == 3
+
+    assert os.listdir(maildir / "new") == []
+    assert sorted(os.listdir(maildir / "cur")) == [
+        f"1700000000.M{i}P1.host:2,S" for i in range(3)
+    ]
+    assert sorted(stored_ids(store)) == [f"m-{i}@mail.example.com" for i in range(3)]
+    assert source.run_once() == 0
+
+
+def test_existing_flags_are_kept(maildir: Path, store: Store, sink: Sink) -> None:
+    """A file already carrying Maildir flags keeps them, with S added in order."""
+    deliver(maildir, mails(1)[0], "1700000000.M1P1.host:2,F")
+    MaildirSource(maildir, sink, name="local").run_once()
+    assert os.listdir(maildir / "cur") == ["1700000000.M1P1.host:2,FS"]
+
+
+def test_origin_names_the_file(maildir: Path, sink: Sink) -> None:
+    """The sink sees source "maildir", the configured name and the file name."""
+    seen: list[Origin] = []
+
+    def recording(raw: bytes, origin: Origin) -> IngestOutcome:
+        seen.append(origin)
+        return sink(raw, origin)
+
+    deliver(maildir, mails(1)[0], "1700000000.M1P1.host")
+    MaildirSource(maildir, recording, name="local").run_once()
+    assert seen == [Origin(source="maildir", mailbox="local", path="1700000000.M1P1.host")]
+
+
+def test_store_unavailable_leaves_files_in_new(
+    maildir: Path, store: Store, sink: Sink
+) -> None:
+    """Nothing moves to cur/ when the store is down; the next pass ingests it."""
+
+    def down(raw: bytes, origin: Origin) -> IngestOutcome:
+        raise StoreUnavailable("database is locked")
+
+    deliver(maildir, mails(1)[0], "1700000000.M1P1.host")
+    with pytest.raises(StoreUnavailable):
+        MaildirSource(maildir, down, name="local").run_once()
+    assert os.listdir(maildir / "new") == ["1700000000.M1P1.host"]
+    assert stored_ids(store) == []
+
+    assert MaildirSource(maildir, sink, name="local").run_once() == 1
+    assert os.listdir(maildir / "new") == []
+
+
+def test_vanished_file_is_skipped(maildir: Path, store: Store, sink: Sink) -> None:
+    """A file another reader took away between listing and reading is skipped quietly."""
+    first = deliver(maildir, mails(2)[0], "1700000000.M1P1.host")
+    second = deliver(maildir, mails(2)[1], "1700000000.M2P1.host")
+
+    def racing(raw: bytes, origin: Origin) -> IngestOutcome:
+        if second.exists():
+            second.unlink()  # another MUA moved it meanwhile
+        return sink(raw, origin)
+
+    assert MaildirSource(maildir, racing, name="local").run_once() == 1
+    assert not first.exists()
+    assert stored_ids(store) == ["m-0@mail.example.com"]
+
+
+def test_a_sink_bug_leaves_the_file_and_goes_on(
+    maildir: Path, store: Store, sink: Sink
+) -> None:
+    """An unexpected exception is logged; that file stays in new/ and the next one is ingested."""
+
+    def buggy(raw: bytes, origin: Origin) -> IngestOutcome:
+        if origin.path == "1700000000.M1P1.host":
+            raise RuntimeError("a bug")
+        return sink(raw, origin)
+
+    deliver(maildir, mails(2)[0], "1700000000.M1P1.host")
+    deliver(maildir, mails(2)[1], "1700000000.M2P1.host")
+    source = MaildirSource(maildir, buggy, name="local")
+    with capture_logs() as logs:
+        assert source.run_once() == 1
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["maildir.message_failed"]
+    assert os.listdir(maildir / "new") == ["1700000000.M1P1.host"]
+    assert source.stats.errors == 1
+
+
+def test_run_polls_until_stopped(maildir: Path, store: Store, sink: Sink) -> None:
+    """run() picks up mail delivered while it runs, and survives a store outage."""
+    broken = [True]
+
+    def flaky(raw: bytes, origin: Origin) -> IngestOutcome:
+        if broken[0]:
+            raise StoreUnavailable("database is locked")
+        return sink(raw, origin)
+
+    source = MaildirSource(maildir, flaky, name="local", backoff=Backoff(base=0.02, cap=0.1))
+    with capture_logs() as logs, running(source, poll_interval=0.05):
+        deliver(maildir, mails(1)[0], "1700000000.M1P1.host")
+        assert wait_for(lambda: source.backoff.attempts >= 3)
+        broken[0] = False
+        assert wait_for(lambda: len(stored_ids(store)) == 1)
+        deliver(maildir, mails(2)[1], "1700000000.M2P1.host")
+        assert wait_for(lambda: len(stored_ids(store)) == 2)
+    assert [e["event"] for e in logs if e["event"].endswith(("unavailable", "recovered"))] == [
+        "store.unavailable", "maildir.recovered"
+    ]
