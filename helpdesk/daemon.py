@@ -292,8 +292,10 @@ class Daemon:
         for worker in self.workers:
             stats = worker.source.stats
             last = stats.last_poll_at.strftime("%H:%M:%S") if stats.last_poll_at else "never"
+            suppressed = sum(stats.suppressed.values())
             parts.append(f"{worker.name}: {stats.ingested} ingested, {stats.duplicates} dup, "
-                         f"{stats.quarantined} quarantined, last poll {last}")
+                         f"{stats.quarantined} quarantined, {suppressed} auto-replies "
+                         f"suppressed, last poll {last}")
         sent = self.sender.sent if self.sender else 0
         return "; ".join([*parts, f"{sent} mails sent"])
 

@@ -100,6 +100,8 @@ class SourceStats:
     quarantined: int = 0
     errors: int = 0
     last_poll_at: datetime | None = field(default=None)
+    # Automatic replies not sent, by reason (automated, rate_limit, bounced, ...).
+    suppressed: dict[str, int] = field(default_factory=dict)
 
     def count(self, outcome: IngestOutcome) -> dict[str, int]:
         """Add one message's outcome; returns the deltas, for `mailboxes.add_counters`."""
@@ -110,13 +112,20 @@ class SourceStats:
             deltas["quarantined"] = 1
         else:
             deltas["ingested"] = 1
+        for reason in outcome.suppressed:
+            key = f"suppressed_{reason}"
+            deltas[key] = deltas.get(key, 0) + 1
         self.add(deltas)
         return deltas
 
     def add(self, deltas: dict[str, int]) -> None:
         """Add counter deltas by name."""
         for name, delta in deltas.items():
-            setattr(self, name, getattr(self, name) + delta)
+            if name.startswith("suppressed_"):
+                reason = name.removeprefix("suppressed_")
+                self.suppressed[reason] = self.suppressed.get(reason, 0) + delta
+            else:
+                setattr(self, name, getattr(self, name) + delta)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -125,5 +134,6 @@ class SourceStats:
             "duplicates": self.duplicates,
             "quarantined": self.quarantined,
             "errors": self.errors,
+            "suppressed": dict(self.suppressed),
             "last_poll_at": self.last_poll_at.isoformat() if self.last_poll_at else None,
         }

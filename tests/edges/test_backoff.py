@@ -60,7 +60,9 @@ def test_stats_count_outcomes() -> None:
     stats.count(IngestOutcome(OutcomeKind.REPLY))
     assert stats.count(IngestOutcome(OutcomeKind.DUPLICATE)) == {"fetched": 1, "duplicates": 1}
     stats.count(IngestOutcome(OutcomeKind.QUARANTINED))
+    deltas = stats.count(IngestOutcome(OutcomeKind.NEW_TICKET, suppressed=("automated",)))
+    assert deltas == {"fetched": 1, "ingested": 1, "suppressed_automated": 1}
     assert stats.as_dict() == {
-        "fetched": 4, "ingested": 2, "duplicates": 1, "quarantined": 1, "errors": 0,
-        "last_poll_at": None,
+        "fetched": 5, "ingested": 3, "duplicates": 1, "quarantined": 1, "errors": 0,
+        "suppressed": {"automated": 1}, "last_poll_at": None,
     }
