@@ -382,7 +382,7 @@ def test_example_config_loads() -> None:
 def test_example_mailboxes_are_valid_once_uncommented(tmp_path: Path) -> None:
     """The commented-out [[mailbox]] entries load when uncommented as the file says."""
     text = EXAMPLE.read_text(encoding="utf-8")
-    start, end = text.index("#[[mailbox]]"), text.index("\n[smtp]")
+    start, end = text.index("#[[mailbox]]"), text.index("\n# --- Other sources")
     uncommented = re.sub(r"(?m)^#", "", text[start:end])
     config = write(tmp_path / "helpdesk.toml", text[:start] + uncommented + text[end:])
     env = {
@@ -400,6 +400,23 @@ def test_example_mailboxes_are_valid_once_uncommented(tmp_path: Path) -> None:
         ("access-requests", 143, Tls.STARTTLS, AfterProcessing.FLAG, "identity-and-access"),
     ]
     assert loaded.mailboxes[1].poll_interval == 30.0
+
+
+def test_example_maildir_and_lmtp_are_valid_once_uncommented(tmp_path: Path) -> None:
+    """The commented-out [[maildir]] and [lmtp] sections load when uncommented."""
+    text = EXAMPLE.read_text(encoding="utf-8")
+    start, end = text.index("#[[maildir]]"), text.index("\n[daemon]")
+    # Uncomment the settings, not the prose: those lines start with "#[" or "#key".
+    uncommented = re.sub(r"(?m)^#(?=[\[a-z])", "", text[start:end])
+    config = write(tmp_path / "helpdesk.toml", text[:start] + uncommented + text[end:])
+
+    loaded = load_settings(config, {}, cwd=tmp_path)
+
+    assert [(m.name, str(m.path), m.team) for m in loaded.maildirs] == [
+        ("local-support", "/var/mail/support", "support")
+    ]
+    assert loaded.lmtp is not None
+    assert (loaded.lmtp.host, loaded.lmtp.port) == ("127.0.0.1", 2424)
 
 
 def test_secrets_never_appear_in_repr(tmp_path: Path) -> None:
