@@ -36,13 +36,18 @@ def sync(session: Session, teams: Sequence[TeamSpec], agents: Sequence[AgentSpec
     """Create or update the configured teams and agents in the store."""
     by_name = {t.name: t for t in session.scalars(select(Team))}
     for spec in teams:
+        # A lead address is optional in a spec (settings have it, ad-hoc specs may not).
+        lead: str | None = getattr(spec, "lead", None)
         team = by_name.get(spec.name)
         if team is None:
-            team = Team(name=spec.name, address=spec.address)
+            team = Team(name=spec.name, address=spec.address, lead_address=lead)
             session.add(team)
             by_name[spec.name] = team
-        elif team.address != spec.address:
-            team.address = spec.address
+        else:
+            if team.address != spec.address:
+                team.address = spec.address
+            if team.lead_address != lead:
+                team.lead_address = lead
     session.flush()
     for agent_spec in agents:
         _sync_agent(session, agent_spec, by_name)

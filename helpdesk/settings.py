@@ -333,6 +333,9 @@ class HelpdeskSettings(_Section):
     domain: Domain = "localhost"
     # Subject tags look like "[#1042]".
     tag_prefix: TagPrefix = "#"
+    # Mail to this address (or whose first line is "#note") from an agent is an
+    # internal note; default: support_address with "+note" (support+note@...).
+    note_address: Email | None = None
     # Key that signs our Message-IDs (from secret, secret_file or HELPDESK_SECRET).
     # Unset: a random key is generated once and kept in the database.
     secret: Password | None = None
@@ -354,6 +357,14 @@ class HelpdeskSettings(_Section):
         support = info.data.get("support_address")
         everything = (support, *value) if isinstance(support, str) else value
         return tuple(dict.fromkeys(everything))  # de-duplicated, order kept
+
+    @property
+    def notes_to(self) -> str:
+        """The address whose mail from agents is an internal note."""
+        if self.note_address:
+            return self.note_address
+        local, _, domain = self.support_address.partition("@")
+        return f"{local}+note@{domain}"
 
     def is_own_address(self, address: str) -> bool:
         """True for our addresses and their ``+tag`` sub-addresses, in any case."""
@@ -505,6 +516,17 @@ class TeamSettings(_Section):
 
     name: NonEmptyStr
     address: Email | None = None
+    # Escalations (time-driven rules) go here; default: the team address.
+    lead: Email | None = None
+
+
+class SecuritySettings(_Section):
+    """``[security]``: who may act as an agent by e-mail."""
+
+    # When set, agent powers by e-mail (relay, notes, commands) need an
+    # Authentication-Results header from this host (our MX) with DKIM or SPF
+    # pass aligned to the From domain. Unset: the From address is trusted.
+    trusted_authserv_id: NonEmptyStr | None = None
 
 
 class AgentSettings(_Section):
@@ -531,6 +553,7 @@ class Settings(_Section):
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     threading: ThreadingPolicy = Field(default_factory=ThreadingPolicy)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
     auto_reply: AutoReplySettings = Field(default_factory=AutoReplySettings)
     bounces: BounceSettings = Field(default_factory=BounceSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
@@ -563,6 +586,7 @@ _TABLES: dict[str, type[_Section]] = {
     "daemon": DaemonSettings,
     "smtp": SmtpSettings,
     "threading": ThreadingPolicy,
+    "security": SecuritySettings,
     "auto_reply": AutoReplySettings,
     "bounces": BounceSettings,
     "outbox": OutboxSettings,
@@ -691,6 +715,7 @@ class _Loader:
             "daemon": self._table(document, "daemon"),
             "smtp": self._table(document, "smtp"),
             "threading": self._table(document, "threading"),
+            "security": self._table(document, "security"),
             "auto_reply": self._table(document, "auto_reply"),
             "bounces": self._table(document, "bounces"),
             "outbox": self._table(document, "outbox"),

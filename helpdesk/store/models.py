@@ -98,6 +98,8 @@ class Team(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     address: Mapped[str | None] = mapped_column(String(320))
+    # Where escalations go (time-driven rules); the team address when unset.
+    lead_address: Mapped[str | None] = mapped_column(String(320))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

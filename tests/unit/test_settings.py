@@ -306,7 +306,7 @@ def test_unknown_keys_are_errors(tmp_path: Path) -> None:
     problems = problems_of(exc)
     assert problems["helpdesk.nmae"] == (
         "unknown key; allowed keys: name, support_address, own_addresses, domain, tag_prefix, "
-        "secret, secret_file"
+        "note_address, secret, secret_file"
     )
     assert problems["mail"].startswith("unknown key; allowed sections: helpdesk, database,")
     assert len(problems) == 2
