@@ -45,6 +45,7 @@ from helpdesk.rules.conditions import (
     given,
     parse_strings,
 )
+from helpdesk.rules.timers import Timer, parse_timer
 from helpdesk.values import (
     Action,
     AddTags,
@@ -160,6 +161,8 @@ class RuleSet:
 
     rules: tuple[Rule, ...] = ()
     files: tuple[Path, ...] = ()
+    # Time-driven rules ([[timer]]), in file order; see helpdesk.rules.timers.
+    timers: tuple[Timer, ...] = ()
 
     def __iter__(self) -> Iterator[Rule]:
         return iter(self.rules)
@@ -471,8 +474,9 @@ def _field(
 def _rule_tables(data: Mapping[str, object], report: _Report) -> list[object]:
     """The ``[[rule]]`` array of one file; anything else at the top level is a problem."""
     for key in data:
-        if key != "rule":
-            report.add(key, "unknown top-level key; a rules file holds only [[rule]] tables")
+        if key not in ("rule", "timer"):
+            report.add(key, "unknown top-level key; a rules file holds [[rule]] and [[timer]] "
+                            "tables")
     tables = data.get("rule", [])
     if isinstance(tables, dict):
         report.add("rule", "must be an array of tables: write [[rule]], not [rule]")
@@ -497,6 +501,7 @@ def build_rule_set(
     """
     found = list(problems)
     rules: list[Rule] = []
+    timers: list[Timer] = []
     seen: dict[str, Path] = {}
     for path, data in documents:
         report = _Report(path, found)
@@ -510,11 +515,42 @@ def build_rule_set(
             rule = _parse_rule(table, path, report, known)
             if rule is not None:
                 rules.append(rule)
+        timers.extend(_timers(data, path, report, known, seen))
     if found:
         # Stable: by file, and within a file in the order the problems were found.
         found.sort(key=lambda problem: str(problem.path))
         raise RuleError(found)
-    return RuleSet(tuple(rules), tuple(path for path, _ in documents))
+    return RuleSet(tuple(rules), tuple(path for path, _ in documents), tuple(timers))
+
+
+def _timers(
+    data: Mapping[str, object],
+    path: Path,
+    report: _Report,
+    known: KnownNames,
+    seen: dict[str, Path],
+) -> list[Timer]:
+    """The ``[[timer]]`` tables of one file (helpdesk.rules.timers)."""
+    tables = data.get("timer", [])
+    if not isinstance(tables, list):
+        report.rule = None
+        report.add("timer", "must be an array of tables: write [[timer]]")
+        return []
+    timers = []
+    for index, table in enumerate(tables):
+        name = table.get("name") if isinstance(table, dict) else None
+        report.rule = (f'timer "{name.strip()}"' if isinstance(name, str) and name.strip()
+                       else f"timer[{index + 1}]")
+        if not isinstance(table, dict):
+            report.add("", f"must be a table ({given(table)})")
+            continue
+        _check_unique(name, path, seen, report)
+        timer, problems = parse_timer(table, path, known.templates)
+        for key, problem in problems:
+            report.add(key, problem)
+        if timer is not None:
+            timers.append(timer)
+    return timers
 
 
 def _check_unique(name: object, path: Path, seen: dict[str, Path], report: _Report) -> None:

@@ -69,7 +69,7 @@ def test_rules_check_ok_without_a_database(tmp_path: Path) -> None:
     config = write_config(tmp_path, f"sqlite:///{tmp_path / 'none.db'}", 25)
     result = run(config, "rules", "check")
     assert result.exit_code == 0, result.output
-    assert "rules in 8 files" in result.output
+    assert "rules in 9 files" in result.output
     assert result.output.rstrip().endswith("OK")
 
 
