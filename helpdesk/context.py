@@ -107,7 +107,12 @@ def ingest_context(
         ),
         rules=configured.rules if configured else None,
         actions=actions,
-        mailbox_teams={m.name: m.team for m in settings.mailboxes if m.team},
+        mailbox_teams={
+            **{m.name: m.team for m in settings.mailboxes if m.team},
+            **{m.name: m.team for m in settings.maildirs if m.team},
+        },
+        trusted_authserv_id=settings.security.trusted_authserv_id,
+        note_address=hd.notes_to,
         bounce_suppression=timedelta(days=settings.bounces.suppress_days),
     )
 

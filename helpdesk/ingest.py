@@ -23,12 +23,15 @@ from sqlalchemy import bindparam, insert, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from helpdesk import bounces
+from helpdesk import agentmail, bounces, notify
 from helpdesk import quarantine as quarantine_service
 from helpdesk.actions import ActionContext, Applied, apply_actions
 from helpdesk.errors import StoreUnavailable
 from helpdesk.mail.classify import classify
+from helpdesk.mail.commands import parse_commands
+from helpdesk.mail.forwarded import ForwardedMail, find_forwarded
 from helpdesk.mail.parse import parse as parse_message
+from helpdesk.mail.trust import authenticated_sender
 from helpdesk.rules import RuleSet, evaluate
 from helpdesk.store import queries
 from helpdesk.store.models import Attachment, Event, Message, Ticket, table, utcnow
@@ -82,6 +85,12 @@ class IngestContext:
     mailbox_teams: Mapping[str, str] = field(default_factory=dict)
     # No automatic mail to an address that bounced permanently, for this long.
     bounce_suppression: timedelta = timedelta(days=7)
+    # Agent powers by mail need our MX's Authentication-Results when this is set.
+    trusted_authserv_id: str | None = None
+    # Mail from an agent to this address is an internal note.
+    note_address: str | None = None
+    # Tell the assignee (or the team) about customer replies.
+    notify: bool = True
 
 
 def ingest(session: Session, raw: bytes, origin: Origin, ctx: IngestContext) -> IngestOutcome:
@@ -233,7 +242,8 @@ def _store(
     now = ctx.clock()
     assert msg.from_ is not None  # _unusable() made sure
     sender = msg.from_.address
-    sender_is_agent = queries.is_agent_address(session, sender)
+    events: list[dict[str, object]] = []
+    agent_powers = _agent_powers(session, msg, verdict, ctx, events)
     views: dict[int, TicketView | None] = {}
 
     def get_ticket(ticket_id: int) -> TicketView | None:
@@ -242,7 +252,7 @@ def _store(
         return views[ticket_id]
 
     def is_agent(address: str) -> bool:
-        return sender_is_agent if address == sender else queries.is_agent_address(session, address)
+        return agent_powers if address == sender else queries.is_agent_address(session, address)
 
     match = _bounce_match(session, verdict) or match_thread(
         msg,
@@ -256,34 +266,60 @@ def _store(
         verify_signed_id=ctx.verify_signed_id,
     )
 
+    # An agent's mail: commands, note or reply; or a customer's mail forwarded on their behalf.
+    block = parse_commands(msg.new_text or msg.text) if agent_powers else None
+    to_note = agent_powers and _addressed_to(msg, origin, ctx.note_address)
+    forwarded = None
+    if agent_powers and match.is_new and block is not None and not (block.is_note or to_note):
+        forwarded = find_forwarded(msg)
+    effective = _on_behalf(msg, forwarded) if forwarded is not None else msg
+    assert effective.from_ is not None
+    author = effective.from_.address  # the requester's address for a forward on behalf
+
     conn = session.connection()
     view = get_ticket(match.ticket_id) if match.ticket_id is not None else None
     if view is None:
         team = ctx.mailbox_teams.get(origin.mailbox or "")
-        ticket_id = _open_ticket(session, msg, sender, now, ctx, team)
-        requester: str | None = sender
+        ticket_id = _open_ticket(session, effective, author, now, ctx, team)
+        requester: str | None = author
         known: frozenset[str] = frozenset()
         kind = OutcomeKind.NEW_TICKET
     else:
         ticket_id, requester, known = view.id, view.requester, view.participants
         kind = OutcomeKind.REPLY
 
-    message_kind = _message_kind(verdict, sender_is_agent)
+    working = agent_powers and view is not None and block is not None
+    if working:
+        assert block is not None
+        message_kind = agentmail.classify_agent_mail(block, to_note)
+        effective = dataclasses.replace(msg, new_text=block.remaining)
+    else:
+        message_kind = _message_kind(verdict, False)
     # The unique (message_id, content) constraint speaks here, inside the savepoint.
     row_id = conn.execute(
         _INSERT_MESSAGE,
-        _message_values(msg, raw, origin, message_id, ticket_id, message_kind, verdict, now),
+        _message_values(effective, raw, origin, message_id, ticket_id, message_kind, verdict,
+                        now),
     ).scalar_one()
-    if msg.attachments:
-        conn.execute(_INSERT_ATTACHMENT, [_attachment_values(row_id, a) for a in msg.attachments])
+    if effective.attachments:
+        conn.execute(_INSERT_ATTACHMENT,
+                     [_attachment_values(row_id, a) for a in effective.attachments])
 
     if not verdict.automated:
-        role = "requester" if sender == requester else ("agent" if sender_is_agent else "cc")
-        _record_participants(session, ticket_id, msg, role, known, ctx)
-    events = _events(ticket_id, row_id, message_id, msg, match, kind, sender, now)
+        role = "requester" if author == requester else ("agent" if agent_powers else "cc")
+        _record_participants(session, ticket_id, effective, role, known, ctx)
+        if forwarded is not None:
+            queries.add_participants(session, ticket_id, [(sender, "agent")])
+    events = _events(ticket_id, row_id, message_id, effective, match, kind, author, now) + [
+        {**e, "ticket_id": ticket_id, "message_row_id": row_id} for e in events
+    ]
+    if forwarded is not None:
+        events.append(_event(ticket_id, row_id, sender, "ticket.opened_on_behalf",
+                             {"requester": author, "found": forwarded.how},
+                             now))
     # Only a person reopens a ticket: an out-of-office answering our
-    # resolution notice must not.
-    reopen = match.reopen and not verdict.automated
+    # resolution notice must not; nor does an agent's note.
+    reopen = match.reopen and not verdict.automated and not working
     if view is not None and reopen and view.status in (TicketStatus.RESOLVED, TicketStatus.CLOSED):
         conn.execute(_REOPEN_TICKET, {"ticket_id": ticket_id, "now": now})
         events.append(
@@ -305,9 +341,19 @@ def _store(
 
     fired: tuple[str, ...] = ()
     applied = Applied()
-    if ctx.rules is not None and ctx.actions is not None:
-        fired, applied = _run_rules(session, ticket_id, row_id, msg, verdict, origin,
+    if working:
+        assert block is not None
+        agentmail.handle(session, ticket_id=ticket_id, message_row_id=row_id, msg=msg,
+                         block=block, kind=message_kind, ctx=ctx.actions, now=now)
+    elif ctx.rules is not None and ctx.actions is not None:
+        fired, applied = _run_rules(session, ticket_id, row_id, effective, verdict, origin,
                                     kind is OutcomeKind.NEW_TICKET, message_id, ctx, now)
+    if (kind is OutcomeKind.REPLY and not agent_powers and not verdict.automated
+            and ctx.notify and ctx.actions is not None):
+        to = notify.customer_replied(session, ticket_id=ticket_id, message_row_id=row_id,
+                                     msg=msg, ctx=ctx.actions, now=now)
+        if to:
+            applied.mails.append(f"notify:{to}")
     return IngestOutcome(
         kind,
         ticket_id=ticket_id,
@@ -318,6 +364,56 @@ def _store(
         rules_fired=fired,
         mails_queued=tuple(applied.mails),
         suppressed=tuple(applied.suppressed),
+    )
+
+
+def _agent_powers(
+    session: Session,
+    msg: ParsedMessage,
+    verdict: Verdict,
+    ctx: IngestContext,
+    events: list[dict[str, object]],
+) -> bool:
+    """Whether this mail may act as an agent: an agent's address, and trusted when required."""
+    assert msg.from_ is not None
+    if verdict.automated or not queries.is_agent_address(session, msg.from_.address):
+        return False
+    if not ctx.trusted_authserv_id:
+        return True
+    trust = authenticated_sender(msg, trusted_authserv_id=ctx.trusted_authserv_id)
+    if not trust.trusted:
+        # From addresses are forgeable: without our MX's word this is a customer's mail.
+        events.append({"actor": "system", "kind": "agent.untrusted",
+                       "detail": {"from": msg.from_.address, "reason": trust.reason},
+                       "created_at": ctx.clock()})
+    return trust.trusted
+
+
+def _addressed_to(msg: ParsedMessage, origin: Origin, address: str | None) -> bool:
+    if not address:
+        return False
+    wanted = address.lower()
+    recipients = [a.address for a in (*msg.to, *msg.cc)]
+    if origin.recipient:
+        recipients.append(origin.recipient.lower())
+    return wanted in recipients
+
+
+def _on_behalf(msg: ParsedMessage, forwarded: ForwardedMail) -> ParsedMessage:
+    """The customer's mail inside an agent's forward, as if the customer had sent it."""
+    return dataclasses.replace(
+        msg,
+        from_=forwarded.sender,
+        subject=forwarded.subject or msg.subject,
+        date=forwarded.date or msg.date,
+        text=forwarded.text,
+        new_text=forwarded.text,
+        quoted_text="",
+        attachments=forwarded.attachments or msg.attachments,
+        to=(),
+        cc=(),
+        in_reply_to=(),
+        references=(),
     )
 
 

@@ -31,6 +31,7 @@ import binascii
 import codecs
 import hashlib
 import io
+import quopri
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -708,9 +709,17 @@ class _Walker:
         """A message/rfc822 part is kept whole as "<subject>.eml"."""
         payload = part.get_payload()
         subject = ""
+        encoding = str(part.get("content-transfer-encoding", "")).strip().lower()
         if isinstance(payload, list) and payload and isinstance(payload[0], Message):
             inner = payload[0]
             data = _flatten(inner)
+            if encoding in ("base64", "quoted-printable"):
+                # RFC 2046 §5.2.1 forbids encoding a message/rfc822 part, but
+                # mailers (Python's own add_attachment among them) do it; the
+                # parser then sees the encoded text as the forwarded mail.
+                data = (_b64_lenient(data, self.defects) if encoding == "base64"
+                        else quopri.decodestring(data))
+                inner = message_from_bytes(data, policy=compat32)
             subject_raw = _raw_header(inner, "subject")
             if subject_raw is not None:
                 subject = " ".join(_decode_header(subject_raw, self.defects).split())

@@ -1,0 +1,154 @@
+"""Agents working from their mail client: replies, internal notes and #commands.
+
+Called by ingest for a mail from an agent (whose agent powers were trusted)
+that threads onto a ticket. Commands at the top of the mail (`#assign`,
+`#team`, `#status`, `#priority`, `#tag`) are applied as events and cut from
+the text; an unknown command is answered to the agent with a short error mail
+and nothing is relayed; a note (`#note` as the first line, or mail to the note
+address) is stored and never relayed; otherwise the new text is relayed to
+the requester and the people copied (`helpdesk.relay`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from helpdesk import outbox, relay, tickets
+from helpdesk.actions import ActionContext
+from helpdesk.errors import HelpdeskError
+from helpdesk.mail.commands import Command, CommandBlock
+from helpdesk.store.models import Event, TicketTag
+from helpdesk.thread import format_tag
+from helpdesk.values import Address, MessageKind, OutgoingMail, ParsedMessage, Priority
+
+
+@dataclass
+class AgentMailResult:
+    """What an agent's mail did."""
+
+    kind: MessageKind
+    applied: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    relayed: bool = False
+
+
+def classify_agent_mail(block: CommandBlock, to_note_address: bool) -> MessageKind:
+    """How an agent's mail is stored: a note, or a reply (commands alone are a note)."""
+    if block.is_note or to_note_address or block.unknown or not block.remaining.strip():
+        return MessageKind.NOTE
+    return MessageKind.AGENT_REPLY
+
+
+def handle(
+    session: Session,
+    *,
+    ticket_id: int,
+    message_row_id: int,
+    msg: ParsedMessage,
+    block: CommandBlock,
+    kind: MessageKind,
+    ctx: ActionContext | None,
+    now: datetime,
+) -> AgentMailResult:
+    """Apply the commands, then relay the reply or keep the note; see the module docstring."""
+    assert msg.from_ is not None
+    agent = msg.from_
+    result = AgentMailResult(kind=kind)
+    for command in block.commands:
+        try:
+            result.applied.append(_apply(session, ticket_id, command, agent.address, now))
+        except HelpdeskError as exc:
+            result.rejected.append(f"{command.line}: {exc}")
+    result.rejected.extend(f"{line}: {reason}" for line, reason in block.unknown)
+    if result.rejected:
+        session.add(Event(ticket_id=ticket_id, message_row_id=message_row_id,
+                          actor=agent.address, kind="commands.rejected",
+                          detail={"rejected": result.rejected}, created_at=now))
+        if ctx is not None:
+            _error_mail(session, ticket_id, msg, result.rejected, ctx, now)
+        return result
+    if kind is MessageKind.NOTE:
+        session.add(Event(ticket_id=ticket_id, message_row_id=message_row_id,
+                          actor=agent.address, kind="note.added", detail={}, created_at=now))
+        return result
+    if ctx is None:
+        session.add(Event(ticket_id=ticket_id, message_row_id=message_row_id,
+                          actor=agent.address, kind="relay.skipped",
+                          detail={"reason": "no outgoing mail configured"}, created_at=now))
+        return result
+    item = relay.agent_reply(
+        session, ticket_id=ticket_id, agent=agent, text=block.remaining, ctx=ctx, now=now,
+        correlation_id=msg.message_id, message_row_id=message_row_id,
+    )
+    result.relayed = item is not None
+    return result
+
+
+def _apply(session: Session, ticket_id: int, command: Command, actor: str, now: datetime) -> str:
+    name, argument = command.name.lower(), command.argument.strip()
+    if name == "assign":
+        tickets.assign(session, ticket_id, agent=argument, actor=actor, now=now)
+    elif name == "team":
+        tickets.assign(session, ticket_id, team=argument, actor=actor, now=now)
+    elif name == "status":
+        tickets.set_status(session, ticket_id, argument, actor=actor, now=now)
+    elif name == "priority":
+        _set_priority(session, ticket_id, argument, actor, now)
+    elif name == "tag":
+        _add_tags(session, ticket_id, argument.replace(",", " ").split(), actor, now)
+    else:
+        raise HelpdeskError(f"unknown command #{name}")
+    return f"#{name} {argument}".strip()
+
+
+def _set_priority(session: Session, ticket_id: int, value: str, actor: str, now: datetime) -> None:
+    ticket = tickets.get(session, ticket_id)
+    priority = Priority(value.lower())
+    if ticket.priority != priority.value:
+        session.add(Event(ticket_id=ticket_id, actor=actor, kind="priority.changed",
+                          detail={"from": ticket.priority, "to": priority.value},
+                          created_at=now))
+        ticket.priority = priority.value
+        ticket.updated_at = now
+
+
+def _add_tags(session: Session, ticket_id: int, tags: list[str], actor: str, now: datetime
+              ) -> None:
+    ticket = tickets.get(session, ticket_id)
+    have = {t.tag for t in ticket.tags}
+    new = [t for t in dict.fromkeys(tags) if t not in have]
+    for tag in new:
+        ticket.tags.append(TicketTag(tag=tag))
+    if new:
+        session.add(Event(ticket_id=ticket_id, actor=actor, kind="tags.added",
+                          detail={"tags": new}, created_at=now))
+
+
+def _error_mail(session: Session, ticket_id: int, msg: ParsedMessage, rejected: list[str],
+                ctx: ActionContext, now: datetime) -> None:
+    assert msg.from_ is not None
+    lines = "\n".join(f"  {r}" for r in rejected)
+    body = (
+        f"Your mail to ticket {format_tag(ticket_id, ctx.tag_prefix)} was not relayed to the "
+        f"requester, because these commands could not be applied:\n\n{lines}\n\n"
+        "Commands go on the first lines of the mail, one per line:\n"
+        "  #assign agent@example.com   #team NAME   #status new|open|pending|resolved|closed\n"
+        "  #priority low|normal|high|urgent   #tag WORD   #note (an internal note)\n\n"
+        "Fix them and send the mail again.\n"
+    )
+    mail = OutgoingMail(
+        kind=MessageKind.SYSTEM,
+        ticket_id=ticket_id,
+        from_=ctx.support,
+        to=(Address(msg.from_.address, msg.from_.name),),
+        subject=f"{format_tag(ticket_id, ctx.tag_prefix)} Commands not applied: {msg.subject}",
+        body=body,
+        reply_to=ctx.support,
+        in_reply_to=None if msg.message_id_synthetic else msg.message_id,
+        references=(*msg.references, msg.message_id) if not msg.message_id_synthetic else (),
+        automated=True,
+    )
+    outbox.enqueue(session, mail, ctx.signer, now=now, correlation_id=msg.message_id)
