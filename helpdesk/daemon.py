@@ -19,10 +19,12 @@ $NOTIFY_SOCKET all of that is a no-op.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -57,6 +59,9 @@ log = structlog.get_logger()
 STARTUP_FAILURE = 3
 # SIGTERM must end the process within systemd's TimeoutStopSec; leave headroom.
 GRACE_SECONDS = 8.0
+# If even the grace period is not enough (a thread stuck on a frozen server or
+# database keeps the interpreter from exiting), `run()` ends the process here.
+EXIT_DEADLINE_SECONDS = 9.5
 STATUS_INTERVAL = 10.0
 
 
@@ -97,6 +102,22 @@ def time_limited(parser: Callable[[bytes], ParsedMessage], seconds: float
         return result[0]
 
     return run
+
+
+def outbox_claim(lease_seconds: float, smtp_timeout: float) -> tuple[timedelta, int]:
+    """How long the sender's claim on outbox rows lasts, and how many rows it claims at once.
+
+    A daemon that dies holding claims blocks those mails until the claims
+    expire, so they last as long as a mailbox lease (`[daemon] lease_seconds`),
+    the configured bound on what a dead daemon may hold up, but at least two
+    SMTP timeouts so that one slow delivery does not outlive its claim. Claims
+    are not renewed, so a batch is only as large as fits twice into the claim
+    at one SMTP timeout per mail: a slow relay must not let another daemon
+    claim and send rows this one is still working through.
+    """
+    claim = max(lease_seconds, 2 * smtp_timeout)
+    batch = max(1, min(50, int(claim // (2 * smtp_timeout))))
+    return timedelta(seconds=claim), batch
 
 
 class Notifier:
@@ -160,7 +181,8 @@ class Daemon:
         self.lmtp: Any = None
         self._stop = asyncio.Event()
         self._thread_stop = threading.Event()
-        self._reload = False
+        self._reload = asyncio.Event()
+        self._exit_deadline: threading.Timer | None = None
         self.started_at = time.monotonic()
 
     # -- start-up --------------------------------------------------------------
@@ -187,9 +209,10 @@ class Daemon:
             md = MaildirSource(maildir.path, self._sink, name=maildir.name)
             self.workers.append(Worker(f"maildir:{maildir.name}",
                                        _Polling(md, maildir.poll_interval)))
+        claim, batch = outbox_claim(s.daemon.lease_seconds, s.smtp.timeout)
         self.sender = Sender(self.sessions, s.smtp, context.outbox_policy(s),
                              holder=self.holder, interval=s.daemon.send_interval,
-                             clock=self.clock)
+                             clock=self.clock, lease=claim, batch=batch)
 
     def _build_context(self, settings: Settings) -> IngestContext:
         assert self.sessions is not None
@@ -216,17 +239,25 @@ class Daemon:
         except (StartupError, ConfigError, RuleError, TemplateError, HelpdeskError) as exc:
             log.error("daemon.startup_failed", error=str(exc))
             return STARTUP_FAILURE
-        return asyncio.run(self.serve())
+        try:
+            return asyncio.run(self.serve(exit_deadline=EXIT_DEADLINE_SECONDS))
+        finally:
+            if self._exit_deadline is not None:
+                self._exit_deadline.cancel()
 
-    async def serve(self) -> int:
+    async def serve(self, *, exit_deadline: float | None = None) -> int:
+        """Run until stopped. With `exit_deadline`, the process ends that many seconds
+        after the stop request even if a thread hangs (only `run()` asks for that)."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
-        tasks = [
-            asyncio.create_task(asyncio.to_thread(w.source.run, self._thread_stop), name=w.name)
-            for w in self.workers
-        ]
+        # Each source gets a thread of its own, not one of the default executor's
+        # (min(32, cpus + 4) threads, 6 on two cores): sources never return, so
+        # they would take every executor thread, leave mailboxes beyond the pool
+        # size unwatched and starve the sender's and reload's database calls.
+        # Daemon threads, so one stuck on a frozen server cannot hold up the exit.
+        tasks = [asyncio.create_task(self._in_thread(w), name=w.name) for w in self.workers]
         assert self.sender is not None
         tasks.append(asyncio.create_task(self.sender.run(self._stop), name="sender"))
         if self.settings.lmtp is not None:
@@ -240,6 +271,10 @@ class Daemon:
 
         log.info("daemon.stopping")
         self.notifier.send(stopping="1", status="stopping")
+        if exit_deadline is not None:
+            self._exit_deadline = threading.Timer(exit_deadline, _exit_now)
+            self._exit_deadline.daemon = True
+            self._exit_deadline.start()
         self._thread_stop.set()
         if self.lmtp is not None:
             await asyncio.to_thread(self.lmtp.stop)
@@ -257,22 +292,51 @@ class Daemon:
         log.info("daemon.stopped")
         return 0
 
+    async def _in_thread(self, worker: Worker) -> None:
+        """`worker.source.run(stop)` in a daemon thread of its own; ends when it returns."""
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[None] = loop.create_future()
+
+        def report(exc: BaseException | None) -> None:
+            if finished.done():  # cancelled: the daemon stopped waiting for it
+                return
+            if exc is None:
+                finished.set_result(None)
+            else:
+                finished.set_exception(exc)
+
+        def target() -> None:
+            error: BaseException | None = None
+            try:
+                worker.source.run(self._thread_stop)
+            except BaseException as exc:  # noqa: BLE001 - handed to the event loop
+                error = exc
+            # The loop is gone when the daemon stopped without waiting for us.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(report, error)
+
+        threading.Thread(target=target, name=worker.name, daemon=True).start()
+        await finished
+
     def request_stop(self) -> None:
         self._stop.set()
 
     def request_reload(self) -> None:
-        self._reload = True
+        self._reload.set()
 
     async def _tick(self) -> None:
+        """Status and watchdog pings; a reload as soon as SIGHUP asks for one."""
         interval = STATUS_INTERVAL
         if self.notifier.watchdog:
             interval = min(interval, self.notifier.watchdog / 2)
         while True:
-            if self._reload:
-                self._reload = False
+            if self._reload.is_set():
+                self._reload.clear()
                 await asyncio.to_thread(self.reload)
             self.notifier.send(watchdog="1", status=self.status())
-            await asyncio.sleep(min(interval, 1.0) if self._reload else interval)
+            # Woken early by SIGHUP: a reload must not wait for the next tick.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reload.wait(), timeout=interval)
 
     def reload(self) -> bool:
         """Re-read the configuration's rules, templates, teams and agents; keep the old on error."""
@@ -298,6 +362,20 @@ class Daemon:
                          f"suppressed, last poll {last}")
         sent = self.sender.sent if self.sender else 0
         return "; ".join([*parts, f"{sent} mails sent"])
+
+
+def _exit_now() -> None:
+    """End the process at once: the grace period is over and a thread still hangs.
+
+    Nothing is lost: whatever that thread had in hand was not acknowledged and
+    comes again after the restart.
+    """
+    with contextlib.suppress(Exception):
+        log.warning("daemon.forced_exit", reason="a thread did not stop within the grace period")
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
 
 
 class _Polling:

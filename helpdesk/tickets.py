@@ -1,4 +1,4 @@
-"""Ticket use cases shared by the CLI and (later) e-mail commands: show, assign, status.
+"""Ticket use cases shared by the CLI and e-mail commands: show, assign, status, note, merge.
 
 Each function works inside the caller's transaction and records an event for
 every change, naming the actor.
@@ -6,6 +6,9 @@ every change, naming the actor.
 
 from __future__ import annotations
 
+import hashlib
+import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
@@ -13,8 +16,15 @@ from sqlalchemy.orm import Session, selectinload
 
 from helpdesk.errors import InvalidInput, NotFound
 from helpdesk.store import queries
-from helpdesk.store.models import Event, Message, Ticket, utcnow
-from helpdesk.values import TicketStatus
+from helpdesk.store.models import Event, Message, Participant, Ticket, TicketTag, utcnow
+from helpdesk.values import Address, Direction, MessageKind, TicketStatus
+
+# Tickets someone still has to work on; `helpdesk stats` and `teams list` count these.
+OPEN_STATUSES: tuple[TicketStatus, ...] = (
+    TicketStatus.NEW,
+    TicketStatus.OPEN,
+    TicketStatus.PENDING,
+)
 
 
 def get(session: Session, ticket_id: int) -> Ticket:
@@ -26,6 +36,16 @@ def get(session: Session, ticket_id: int) -> Ticket:
     ).first()
     if ticket is None:
         raise NotFound("ticket", ticket_id)
+    return ticket
+
+
+def get_unmerged(session: Session, ticket_id: int) -> Ticket:
+    """The ticket, or InvalidInput naming the ticket it was merged into (work happens there)."""
+    ticket = get(session, ticket_id)
+    if ticket.merged_into_id is not None:
+        raise InvalidInput(
+            f"ticket {ticket_id} was merged into ticket {ticket.merged_into_id}; use that one"
+        )
     return ticket
 
 
@@ -105,6 +125,146 @@ def set_status(
     _log(session, ticket, actor, "status.changed", {"from": before, "to": new.value}, when)
     session.flush()
     return ticket
+
+
+def last_customer_message(session: Session, ticket_id: int) -> Message | None:
+    """The newest mail a customer sent on the ticket, if any."""
+    return session.scalars(
+        select(Message)
+        .where(
+            Message.ticket_id == ticket_id,
+            Message.kind == MessageKind.CUSTOMER.value,
+            Message.direction == Direction.INCOMING.value,
+        )
+        .order_by(Message.id.desc())
+        .limit(1)
+    ).first()
+
+
+def add_note(
+    session: Session,
+    ticket_id: int,
+    *,
+    author: Address,
+    text: str,
+    domain: str,
+    now: datetime | None = None,
+    origin: str = "cli",
+) -> Message:
+    """Store an internal note by `author` on the ticket; a note is never relayed to anyone.
+
+    The note gets a synthetic Message-ID on our `domain` (``note.<uuid>@domain``),
+    unique, so that it can never collide with real mail or be taken for the
+    requester's thread anchor.
+    """
+    body = text.strip()
+    if not body:
+        raise InvalidInput("a note needs some text")
+    ticket = get_unmerged(session, ticket_id)
+    when = now or utcnow()
+    message_id = f"note.{uuid.uuid4().hex}@{domain}"
+    note = Message(
+        ticket_id=ticket.id,
+        direction=Direction.INCOMING.value,
+        kind=MessageKind.NOTE.value,
+        message_id=message_id,
+        message_id_synthetic=True,
+        content_hash=hashlib.sha256(body.encode("utf-8")).hexdigest(),
+        from_address=author.address.lower(),
+        from_name=author.name[:200],
+        subject=ticket.subject,
+        sent_at=when,
+        received_at=when,
+        text=body,
+        new_text=body,
+        size=len(body.encode("utf-8")),
+        origin_source=origin,
+    )
+    session.add(note)
+    session.flush()
+    ticket.updated_at = when
+    session.add(Event(ticket_id=ticket.id, message_row_id=note.id, actor=author.address.lower(),
+                      kind="note.added", detail={"message_id": message_id}, created_at=when))
+    session.flush()
+    return note
+
+
+@dataclass(frozen=True)
+class Merged:
+    """What a merge did: both tickets, and what was copied onto the surviving one."""
+
+    source: Ticket
+    target: Ticket
+    participants: tuple[str, ...]
+    tags: tuple[str, ...]
+
+
+def merge(
+    session: Session, ticket_id: int, into_id: int, *, actor: str, now: datetime | None = None
+) -> Merged:
+    """Merge ticket `ticket_id` into `into_id`.
+
+    Nothing moves: the merged ticket keeps its messages, points at the other
+    with `merged_into_id` and is closed; its participants and tags are copied
+    over, so that later mail to its tag threads onto `into_id` (threading
+    follows `merged_into`) and its requester hears the replies there.
+
+    Refused when merging a ticket into itself, merging a ticket twice, or
+    merging into a ticket that is itself merged: the person names the ticket
+    that lives on, and chains stay as short as merges made them.
+    """
+    if ticket_id == into_id:
+        raise InvalidInput(f"cannot merge ticket {ticket_id} into itself")
+    source = get(session, ticket_id)
+    target = get(session, into_id)
+    if source.merged_into_id is not None:
+        raise InvalidInput(
+            f"ticket {ticket_id} is already merged into ticket {source.merged_into_id}"
+        )
+    if target.merged_into_id is not None:
+        raise InvalidInput(
+            f"ticket {into_id} is itself merged into ticket {target.merged_into_id}; "
+            f"merge into ticket {target.merged_into_id} instead"
+        )
+    when = now or utcnow()
+
+    people: dict[str, str] = {}
+    if source.requester is not None:
+        people[source.requester.address] = "cc"
+    for address, role in session.execute(
+        select(Participant.address, Participant.role).where(Participant.ticket_id == source.id)
+    ):
+        # The merged ticket's requester is copied on the surviving ticket; the
+        # surviving ticket keeps its own requester.
+        people.setdefault(address, "cc" if role == "requester" else role)
+    known = set(
+        session.scalars(select(Participant.address).where(Participant.ticket_id == target.id))
+    )
+    if target.requester is not None:
+        known.add(target.requester.address)
+    added_people = sorted(a for a in people if a not in known)
+    queries.add_participants(session, target.id, [(a, people[a]) for a in added_people])
+
+    have = {t.tag for t in target.tags}
+    added_tags = sorted({t.tag for t in source.tags} - have)
+    for tag in added_tags:
+        target.tags.append(TicketTag(tag=tag))
+
+    before = source.status
+    source.merged_into_id = target.id
+    source.status = TicketStatus.CLOSED.value
+    source.resolved_at = source.resolved_at or when
+    source.updated_at = when
+    target.updated_at = when
+    _log(session, source, actor, "ticket.merged", {"into": target.id}, when)
+    if before != TicketStatus.CLOSED.value:
+        _log(session, source, actor, "status.changed",
+             {"from": before, "to": TicketStatus.CLOSED.value,
+              "reason": f"merged into ticket {target.id}"}, when)
+    _log(session, target, actor, "ticket.merged",
+         {"from": source.id, "participants": added_people, "tags": added_tags}, when)
+    session.flush()
+    return Merged(source, target, tuple(added_people), tuple(added_tags))
 
 
 def _log(

@@ -156,7 +156,20 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: int) -> None:
 
 def _register() -> None:
     # Imported here so each command module can import `cli` and `pass_app`.
-    from helpdesk.cli import db, demo, ingest, mailbox, outbox, quarantine, rules, run, tickets
+    from helpdesk.cli import (
+        agents,
+        db,
+        demo,
+        ingest,
+        mailbox,
+        outbox,
+        quarantine,
+        rules,
+        run,
+        stats,
+        teams,
+        tickets,
+    )
 
     cli.add_command(db.db)
     cli.add_command(demo.demo)
@@ -167,6 +180,9 @@ def _register() -> None:
     cli.add_command(quarantine.quarantine)
     cli.add_command(rules.rules)
     cli.add_command(tickets.tickets)
+    cli.add_command(agents.agents)
+    cli.add_command(teams.teams)
+    cli.add_command(stats.stats)
 
 
 _register()

@@ -1,18 +1,19 @@
-"""`helpdesk tickets list|show|assign|status`."""
+"""`helpdesk tickets list|show|assign|status|reply|note|merge`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
+from helpdesk import relay, staff
 from helpdesk import tickets as ticket_service
-from helpdesk.cli import AppContext, pass_app
+from helpdesk.cli import AppContext, Failure, pass_app
 from helpdesk.cli.output import emit_json, fields, table, when
 from helpdesk.store import queries
-from helpdesk.store.models import Event, Message, Ticket
+from helpdesk.store.models import Event, Message, Ticket, utcnow
 from helpdesk.thread import format_tag
-from helpdesk.values import TicketStatus
+from helpdesk.values import Address, TicketStatus
 
 STATUSES = [s.value for s in TicketStatus]
 CLI_ACTOR = "cli"
@@ -208,3 +209,198 @@ def status(app: AppContext, ticket_id: int, status: str, as_json: bool) -> None:
         emit_json(data)
     else:
         click.echo(f"{data['reference']} is now {data['status']}")
+
+
+# Git's scissors line: everything below it in the editor is ignored.
+SCISSORS = "# ------------------------ >8 ------------------------"
+
+
+def _editor_template(app: AppContext, ticket: Ticket, heading: str, last: Message | None) -> str:
+    """What $EDITOR opens with: room to write, the scissors, and the customer's last mail."""
+    lines = ["", "", SCISSORS, "# Do not modify or remove the line above.",
+             "# Everything below it is ignored.", "#",
+             f"# {heading} {_reference(app, ticket.id)} {ticket.subject}"]
+    if ticket.requester is not None:
+        lines.append(f"# Requester: {ticket.requester.address}")
+    if last is not None:
+        who = f"{last.from_name} <{last.from_address}>" if last.from_name else last.from_address
+        lines += ["#", f"# {who} wrote on {when(last.sent_at or last.received_at)}:"]
+        text = (last.new_text or last.text).rstrip()
+        lines += [f"> {line}".rstrip() for line in text.splitlines()] or [">"]
+    return "\n".join(lines) + "\n"
+
+
+def cut_at_scissors(edited: str) -> str:
+    """The text above the scissors line (all of it when the line was removed), trimmed."""
+    kept: list[str] = []
+    for line in edited.splitlines():
+        if line.rstrip() == SCISSORS:
+            break
+        kept.append(line.rstrip())
+    return "\n".join(kept).strip("\n")
+
+
+def _text(
+    message: str | None,
+    file: TextIO | None,
+    template: str | None,
+    what: str,
+) -> str:
+    """The text from -m, --file or the editor; exit 1 when it is empty."""
+    if message is not None:
+        text = "\n".join(line.rstrip() for line in message.splitlines()).strip("\n")
+    elif file is not None:
+        text = "\n".join(line.rstrip() for line in file.read().splitlines()).strip("\n")
+    else:
+        edited = click.edit(template or "", extension=".txt")
+        text = cut_at_scissors(edited) if edited is not None else ""
+    if not text.strip():
+        raise Failure(f"empty {what}: nothing was changed")
+    return text
+
+
+def _check_text_options(message: str | None, file: TextIO | None) -> None:
+    if message is not None and file is not None:
+        raise click.UsageError("give -m TEXT or --file PATH, not both")
+
+
+_AS_OPTION = click.option("--as", "agent_address", required=True, metavar="AGENT_EMAIL",
+                          help="The agent writing; must exist and be active.")
+_MESSAGE_OPTION = click.option("-m", "--message", metavar="TEXT",
+                               help="The text (else --file, else $EDITOR opens).")
+_FILE_OPTION = click.option("--file", type=click.File("r", encoding="utf-8"), metavar="PATH",
+                            help="Read the text from PATH ('-' for stdin).")
+
+
+@tickets.command("reply")
+@click.argument("ticket_id", type=int)
+@_AS_OPTION
+@_MESSAGE_OPTION
+@_FILE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print what was queued as JSON.")
+@pass_app
+def reply(
+    app: AppContext,
+    ticket_id: int,
+    agent_address: str,
+    message: str | None,
+    file: TextIO | None,
+    as_json: bool,
+) -> None:
+    """Reply to a ticket as an agent: the mail goes to the requester and the people copied.
+
+    The reply is sent from the support address with the ticket tag, continues
+    the requester's thread, and goes through the outbox. Without -m or --file,
+    $EDITOR opens with the requester's last mail quoted below a marker line.
+    """
+    _check_text_options(message, file)
+    template = None
+    with app.transaction() as session:
+        ticket = ticket_service.get_unmerged(session, ticket_id)
+        agent = staff.active_agent(session, agent_address)
+        if message is None and file is None:
+            last = ticket_service.last_customer_message(session, ticket_id)
+            template = _editor_template(app, ticket, f"Reply as {agent.name} to", last)
+    # Rules and templates first: a broken file must not cost a written reply.
+    actions = app.ingest_context().actions
+    assert actions is not None  # ingest_context() with rules always has them
+    # The editor runs outside any transaction, so the store is never locked meanwhile.
+    text = _text(message, file, template, "reply")
+    with app.transaction() as session:
+        ticket_service.get_unmerged(session, ticket_id)
+        agent = staff.active_agent(session, agent_address)
+        author = Address(agent_address.strip().lower(), agent.name)
+        item = relay.agent_reply(session, ticket_id=ticket_id, agent=author, text=text,
+                                 ctx=actions, now=utcnow())
+        if item is None:
+            # Raising rolls the transaction back: nothing is recorded as answered.
+            raise Failure(f"{_reference(app, ticket_id)} has no requester or copied person to "
+                          "reply to; nothing was queued (use `tickets note` to record text)")
+        data: dict[str, Any] = {
+            "ticket_id": ticket_id,
+            "reference": _reference(app, ticket_id),
+            "outbox_id": item.id,
+            "message_id": item.message_id,
+            "from": agent.name,
+            "to": item.envelope_to[0],
+            "cc": item.envelope_to[1:],
+        }
+    if as_json:
+        emit_json(data)
+        return
+    cc = f", cc {', '.join(data['cc'])}" if data["cc"] else ""
+    click.echo(f"{data['reference']} reply queued as outbox item {data['outbox_id']}: "
+               f"to {data['to']}{cc}")
+
+
+@tickets.command("note")
+@click.argument("ticket_id", type=int)
+@_AS_OPTION
+@_MESSAGE_OPTION
+@_FILE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the stored note as JSON.")
+@pass_app
+def note(
+    app: AppContext,
+    ticket_id: int,
+    agent_address: str,
+    message: str | None,
+    file: TextIO | None,
+    as_json: bool,
+) -> None:
+    """Add an internal note to a ticket; it is never sent to the requester."""
+    _check_text_options(message, file)
+    template = None
+    with app.transaction() as session:
+        ticket = ticket_service.get_unmerged(session, ticket_id)
+        agent = staff.active_agent(session, agent_address)
+        if message is None and file is None:
+            last = ticket_service.last_customer_message(session, ticket_id)
+            template = _editor_template(
+                app, ticket, f"Internal note (never sent to the requester) by {agent.name} on",
+                last)
+    text = _text(message, file, template, "note")
+    with app.transaction() as session:
+        agent = staff.active_agent(session, agent_address)
+        row = ticket_service.add_note(
+            session, ticket_id, author=Address(agent_address.strip().lower(), agent.name),
+            text=text, domain=app.settings.helpdesk.domain, now=utcnow(),
+        )
+        data: dict[str, Any] = {"ticket_id": ticket_id,
+                                "reference": _reference(app, ticket_id), **message_json(row)}
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(f"{data['reference']} note {data['id']} added by {data['from']}")
+
+
+@tickets.command("merge")
+@click.argument("ticket_id", type=int)
+@click.argument("into_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print both tickets as JSON.")
+@pass_app
+def merge(app: AppContext, ticket_id: int, into_id: int, as_json: bool) -> None:
+    """Merge ticket TICKET_ID into INTO_ID: closed, and its later mail goes to INTO_ID.
+
+    Its messages stay where they are; its participants and tags are copied.
+    INTO_ID must not itself be merged.
+    """
+    with app.transaction() as session:
+        merged = ticket_service.merge(session, ticket_id, into_id, actor=CLI_ACTOR)
+        data: dict[str, Any] = {
+            "merged": ticket_json(app, merged.source),
+            "into": ticket_json(app, merged.target),
+            "participants_added": list(merged.participants),
+            "tags_added": list(merged.tags),
+        }
+    if as_json:
+        emit_json(data)
+        return
+    copied = []
+    if merged.participants:
+        copied.append(f"participants {', '.join(merged.participants)}")
+    if merged.tags:
+        copied.append(f"tags {', '.join(merged.tags)}")
+    also = f"; copied {' and '.join(copied)}" if copied else ""
+    click.echo(f"{data['merged']['reference']} merged into {data['into']['reference']} "
+               f"and closed{also}")
