@@ -30,7 +30,7 @@ from helpdesk.templates import (
     build_context,
     fallback,
 )
-from helpdesk.thread import format_tag
+from helpdesk.thread import format_tag, reply_references, with_tag
 from helpdesk.values import (
     Action,
     Address,
@@ -222,11 +222,11 @@ def _auto_reply(
         ticket_id=ticket.id,
         from_=ctx.support,
         to=(recipient,),
-        subject=_with_tag(rendered.subject, ticket.id, ctx.tag_prefix),
+        subject=with_tag(rendered.subject, ticket.id, ctx.tag_prefix),
         body=body,
         reply_to=ctx.support,
         in_reply_to=None if msg.message_id_synthetic else msg.message_id,
-        references=_references(msg),
+        references=reply_references(msg),
         automated=True,
         thread_topic=ticket.subject,
     )
@@ -302,11 +302,11 @@ def _forward(
         ticket_id=ticket.id,
         from_=ctx.support,
         to=(Address(address, team.name if team else ""),),
-        subject=_with_tag(rendered.subject, ticket.id, ctx.tag_prefix),
+        subject=with_tag(rendered.subject, ticket.id, ctx.tag_prefix),
         body=rendered.body,
         # Answers from the team go to the help desk, so they land on the ticket.
         reply_to=ctx.support,
-        references=_references(msg),
+        references=reply_references(msg),
         automated=True,
         thread_topic=ticket.subject,
         attachments=tuple(a for a in msg.attachments if not a.inline),
@@ -346,14 +346,3 @@ def _render(
         event(rule, "template.failed", {"template": template, "error": str(exc)})
         log.warning("template.failed", template=template, error=str(exc), ticket_id=ticket.id)
         return fallback(template, context)
-
-
-def _with_tag(subject: str, ticket_id: int, prefix: str) -> str:
-    tag = format_tag(ticket_id, prefix)
-    return subject if tag in subject else f"{tag} {subject}".strip()
-
-
-def _references(msg: ParsedMessage) -> tuple[str, ...]:
-    if msg.message_id_synthetic:
-        return msg.references
-    return (*msg.references, msg.message_id)

@@ -21,7 +21,7 @@ from helpdesk.actions import ActionContext
 from helpdesk.errors import HelpdeskError
 from helpdesk.mail.commands import Command, CommandBlock
 from helpdesk.store.models import Event, TicketTag
-from helpdesk.thread import format_tag
+from helpdesk.thread import format_tag, reply_references
 from helpdesk.values import Address, MessageKind, OutgoingMail, ParsedMessage, Priority
 
 
@@ -148,7 +148,7 @@ def _error_mail(session: Session, ticket_id: int, msg: ParsedMessage, rejected: 
         body=body,
         reply_to=ctx.support,
         in_reply_to=None if msg.message_id_synthetic else msg.message_id,
-        references=(*msg.references, msg.message_id) if not msg.message_id_synthetic else (),
+        references=reply_references(msg),
         automated=True,
     )
     outbox.enqueue(session, mail, ctx.signer, now=now, correlation_id=msg.message_id)

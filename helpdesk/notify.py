@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from helpdesk import outbox
 from helpdesk.actions import ActionContext
 from helpdesk.store.models import Event, Ticket
-from helpdesk.thread import format_tag
+from helpdesk.thread import format_tag, reply_references
 from helpdesk.values import Address, MessageKind, OutgoingMail, ParsedMessage
 
 
@@ -53,7 +53,7 @@ def customer_replied(
         subject=f"{tag} New reply: {ticket.subject}",
         body=body,
         reply_to=ctx.support,
-        references=(*msg.references, msg.message_id) if not msg.message_id_synthetic else (),
+        references=reply_references(msg),
         automated=True,
         thread_topic=ticket.subject,
         attachments=attachments,

@@ -19,7 +19,7 @@ from helpdesk.actions import ActionContext
 from helpdesk.store import queries
 from helpdesk.store.models import AgentAddress, Event, Message, OutboxItem, Participant, Ticket
 from helpdesk.templates import RenderedTemplate, TemplateRenderError, build_context, fallback
-from helpdesk.thread import format_tag
+from helpdesk.thread import format_tag, with_tag
 from helpdesk.values import (
     Address,
     Direction,
@@ -59,7 +59,7 @@ def agent_reply(
         from_=Address(ctx.support_address, agent.name or ctx.helpdesk_name),
         to=tuple(recipients[:1]),
         cc=tuple(recipients[1:]),
-        subject=_with_tag(rendered.subject, ticket_id, ctx.tag_prefix),
+        subject=with_tag(rendered.subject, ticket_id, ctx.tag_prefix),
         body=rendered.body,
         reply_to=ctx.support,
         in_reply_to=anchor.message_id if anchor else None,
@@ -154,8 +154,3 @@ def _render(
         session.add(Event(ticket_id=ticket.id, actor="system", kind="template.failed",
                           detail={"template": "agent-reply", "error": str(exc)}))
         return fallback("agent-reply", context)
-
-
-def _with_tag(subject: str, ticket_id: int, prefix: str) -> str:
-    tag = format_tag(ticket_id, prefix)
-    return subject if tag in subject else f"{tag} {subject}".strip()

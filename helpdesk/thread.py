@@ -65,6 +65,19 @@ def format_tag(ticket_id: int, prefix: str = "#") -> str:
     return f"[{prefix}{ticket_id}]"
 
 
+def with_tag(subject: str, ticket_id: int, prefix: str = "#") -> str:
+    """`subject` with the ticket's tag in front, unless it already carries it."""
+    tag = format_tag(ticket_id, prefix)
+    return subject if tag in subject else f"{tag} {subject}".strip()
+
+
+def reply_references(msg: ParsedMessage) -> tuple[str, ...]:
+    """The References of a mail answering `msg`: its own chain, then `msg` (RFC 5322 §3.6.4)."""
+    if msg.message_id_synthetic:
+        return msg.references  # an id we made up means nothing to anyone else
+    return (*msg.references, msg.message_id)
+
+
 def clean_subject(subject: str, prefix: str = "#") -> str:
     """The subject without our tags and reply/forward prefixes, for a new ticket."""
     without_tags = _tag_pattern(prefix).sub(" ", subject)

@@ -22,7 +22,7 @@ from helpdesk.rules.timers import ESCALATED_TAG, Firing, Timer, TimerTicket, due
 from helpdesk.store import queries
 from helpdesk.store.models import Event, Suppression, Ticket, TicketTag
 from helpdesk.templates import RenderedTemplate, TemplateRenderError, build_context, fallback
-from helpdesk.thread import format_tag
+from helpdesk.thread import format_tag, with_tag
 from helpdesk.values import Address, MessageKind, OutgoingMail, TicketStatus
 
 log = structlog.get_logger()
@@ -132,8 +132,7 @@ def _notify(session: Session, ticket: Ticket, template: str, ctx: ActionContext,
         event("notice.suppressed", {"to": requester.address, "reason": "address bounced"})
         return
     rendered = _render(session, ticket, template, ctx, None, event)
-    tag = format_tag(ticket.id, ctx.tag_prefix)
-    subject = rendered.subject if tag in rendered.subject else f"{tag} {rendered.subject}"
+    subject = with_tag(rendered.subject, ticket.id, ctx.tag_prefix)
     mail = OutgoingMail(
         kind=MessageKind.SYSTEM,
         ticket_id=ticket.id,
