@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import structlog
 from sqlalchemy import Engine
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
 from helpdesk import context, directory
@@ -61,7 +62,7 @@ STARTUP_FAILURE = 3
 GRACE_SECONDS = 8.0
 # If even the grace period is not enough (a thread stuck on a frozen server or
 # database keeps the interpreter from exiting), `run()` ends the process here.
-EXIT_DEADLINE_SECONDS = 9.5
+EXIT_DEADLINE_SECONDS = 9.0
 STATUS_INTERVAL = 10.0
 
 
@@ -238,6 +239,10 @@ class Daemon:
             self.startup()
         except (StartupError, ConfigError, RuleError, TemplateError, HelpdeskError) as exc:
             log.error("daemon.startup_failed", error=str(exc))
+            return STARTUP_FAILURE
+        except ArgumentError as exc:
+            # A database URL SQLAlchemy cannot use (unknown dialect or driver).
+            log.error("daemon.startup_failed", error=f"database.url: {exc}")
             return STARTUP_FAILURE
         try:
             return asyncio.run(self.serve(exit_deadline=EXIT_DEADLINE_SECONDS))

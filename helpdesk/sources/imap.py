@@ -168,6 +168,7 @@ class ImapSource:
         self._lease_at: datetime | None = None
         self._stop: threading.Event | None = None
         self._outage: str | None = None
+        self._exists = 0  # messages in the folder when it was last selected
         self._outage_started = 0.0
 
     # -- one pass ------------------------------------------------------------
@@ -414,10 +415,37 @@ class ImapSource:
             if not client.folder_exists(folder):
                 raise FolderMissing(folder) from exc
             raise
+        # The size the pass starts from; see _news_arrived().
+        self._exists = int(info.get(b"EXISTS", 0))
+        _take_untagged(client, "EXISTS", "EXPUNGE")
         # Both are required in the SELECT answer (RFC 3501 §6.3.1); UIDNEXT is
         # only an optimisation here, so a server that omits it still works.
         uidnext = info.get(b"UIDNEXT")
         return int(info[b"UIDVALIDITY"]), int(uidnext) if uidnext else None
+
+    def _news_arrived(self) -> bool:
+        """Whether the server announced new mail since the pass's SELECT.
+
+        A server reports new messages in the answer to whatever command the
+        session sends next (RFC 3501 §7.3.1: "* n EXISTS"), typically the UID
+        MOVE that acknowledges a batch. imaplib files those away and IDLE does
+        not announce them again, so without this check mail arriving while a
+        batch is acknowledged waited for the safety-net poll (a minute by
+        default). Sizes are compared, not merely looked for: a server that
+        repeats EXISTS without news must not keep the source from idling.
+        Mail the pass's SEARCH already found costs one more, empty, pass.
+        """
+        if self._client is None:
+            return False
+        taken = _take_untagged(self._client, "EXISTS", "EXPUNGE")
+        exists, expunged = taken["EXISTS"], taken["EXPUNGE"]
+        if not exists:
+            return False
+        try:
+            size = int(exists[-1])
+        except (TypeError, ValueError):
+            return True  # cannot tell: one more pass costs a SELECT and a SEARCH
+        return size > self._exists - len(expunged)
 
     def _disconnect(self, *, polite: bool = False) -> None:
         client, self._client = self._client, None
@@ -505,6 +533,8 @@ class ImapSource:
             # Standby: look at the lease again soon enough to take over promptly.
             stop.wait(min(self.settings.poll_interval, self.lease_ttl.total_seconds() / 3))
             return
+        if self._news_arrived():
+            return  # mail came in while the pass ran: another pass, right away
         # Even while idling, poll every poll_interval: a missed notification
         # must not leave mail lying for long.
         deadline = time.monotonic() + min(self.settings.poll_interval, self.idle_timeout)
@@ -520,7 +550,13 @@ class ImapSource:
         """RFC 2177 IDLE until new mail, the deadline or stop; checks `stop` every second."""
         client.idle()
         try:
-            while not stop.is_set() and time.monotonic() < deadline:
+            # Mail that came since the pass's last command is reported right
+            # behind the "+ idling" continuation, often in the same TCP segment;
+            # imaplib then holds it in its read buffer, where idle_check(),
+            # which polls the socket, does not look. Without this check it
+            # waited for the next notification or the safety-net poll.
+            news = _input_buffered(client)
+            while not news and not stop.is_set() and time.monotonic() < deadline:
                 started = time.monotonic()
                 responses = client.idle_check(timeout=IDLE_CHECK)
                 if any(_announces_mail(r) for r in responses):
@@ -621,6 +657,39 @@ class ImapSource:
 def _chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(items), size):
         yield list(items[start:start + size])
+
+
+def _take_untagged(client: Any, *names: str) -> dict[str, list[Any]]:
+    """Remove and return the untagged responses imaplib collected under `names`.
+
+    imaplib keeps every untagged response it did not hand to a caller in
+    `untagged_responses` (until the next SELECT); imapclient offers no public
+    view of them.
+    """
+    collected = getattr(getattr(client, "_imap", None), "untagged_responses", None)
+    if not isinstance(collected, dict):
+        return {name: [] for name in names}
+    return {name: list(collected.pop(name, None) or ()) for name in names}
+
+
+def _input_buffered(client: Any) -> bool:
+    """Whether imaplib's reader holds server data nobody has read yet (it never waits).
+
+    A non-blocking peek returns what is buffered, or reads what the socket
+    (or the TLS layer) already has, or finds nothing.
+    """
+    peek = getattr(getattr(getattr(client, "_imap", None), "file", None), "peek", None)
+    if peek is None:
+        return False
+    sock = client.socket()
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        return bool(peek(1))
+    except OSError:  # nothing to read (TLS says so with SSLWantReadError)
+        return False
+    finally:
+        sock.settimeout(timeout)
 
 
 def _announces_mail(response: tuple[Any, ...]) -> bool:
