@@ -111,14 +111,12 @@ def outbox_claim(lease_seconds: float, smtp_timeout: float) -> tuple[timedelta, 
     A daemon that dies holding claims blocks those mails until the claims
     expire, so they last as long as a mailbox lease (`[daemon] lease_seconds`),
     the configured bound on what a dead daemon may hold up, but at least two
-    SMTP timeouts so that one slow delivery does not outlive its claim. Claims
-    are not renewed, so a batch is only as large as fits twice into the claim
-    at one SMTP timeout per mail: a slow relay must not let another daemon
-    claim and send rows this one is still working through.
+    SMTP timeouts so that one slow delivery does not outlive its claim. The
+    sender starts a row only while a whole SMTP timeout still fits into its
+    claim and gives the rest back, so a batch can be large.
     """
     claim = max(lease_seconds, 2 * smtp_timeout)
-    batch = max(1, min(50, int(claim // (2 * smtp_timeout))))
-    return timedelta(seconds=claim), batch
+    return timedelta(seconds=claim), 50
 
 
 class Notifier:

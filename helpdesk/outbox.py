@@ -263,11 +263,14 @@ def list_items(
     return list(session.scalars(query))
 
 
-def release_claims(session: Session, holder: str) -> int:
-    """Give back every claim of `holder` (on a clean shutdown)."""
-    result = session.execute(
+def release_claims(session: Session, holder: str, item_ids: Sequence[int] | None = None) -> int:
+    """Give back the claims of `holder` (all of them, or on `item_ids`)."""
+    query = (
         update(OutboxItem)
         .where(OutboxItem.claimed_by == holder, OutboxItem.state == PENDING)
         .values(claimed_by=None, claimed_until=None)
     )
+    if item_ids is not None:
+        query = query.where(OutboxItem.id.in_(list(item_ids)))
+    result = session.execute(query)
     return int(getattr(result, "rowcount", 0) or 0)

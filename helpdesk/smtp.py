@@ -117,36 +117,51 @@ class Sender:
         self.clock = clock
         self.rng = rng
         self.sent = 0
+        self.handled = 0  # rows the last pass finished with (sent, refused or deferred)
         self._outage: str | None = None
 
     async def run_once(self) -> int:
         """Deliver every due row once; returns how many were accepted."""
+        claimed_at = self.clock()
         claimed = await asyncio.to_thread(self._claim)
+        # Claims are not renewed: a row is only started while a whole SMTP
+        # timeout still fits into its claim, so no other sender can take it
+        # over while we are still talking to the server.
+        last_start = claimed_at + self.lease - timedelta(seconds=self.settings.timeout)
         accepted = 0
-        for item_id, envelope, correlation_id in claimed:
+        self.handled = 0
+        for index, (item_id, envelope, correlation_id) in enumerate(claimed):
+            if self.clock() > last_start:
+                await asyncio.to_thread(self._release, [i for i, _, _ in claimed[index:]])
+                break
             result = await deliver(envelope, self.settings)
             await asyncio.to_thread(self._record, item_id, result)
             self._log(item_id, envelope, result, correlation_id)
+            self.handled += 1
             if result.outcome is Delivery.SENT:
                 accepted += 1
             elif result.unreachable:
-                break  # the server is unreachable: the rest would fail the same way
+                # The rest would fail the same way; give them back for the next pass.
+                await asyncio.to_thread(self._release, [i for i, _, _ in claimed[index + 1:]])
+                self.handled = 0
+                break
         self.sent += accepted
         return accepted
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until `stop` is set; a pass that sent something goes again at once."""
+        """Deliver until `stop` is set; a pass that did something goes again at once."""
         while not stop.is_set():
             try:
-                sent = await self.run_once()
+                await self.run_once()
+                busy = self.handled > 0
             except Exception:
                 log.exception("outbox.pass_failed")
-                sent = 0
-            if sent:
+                busy = False
+            if busy:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.interval)
-        await asyncio.to_thread(self._release)
+        await asyncio.to_thread(self._release, None)
 
     def _claim(self) -> list[tuple[int, Envelope, str | None]]:
         with self.sessions.begin() as session:
@@ -174,9 +189,9 @@ class Sender:
                     policy=self.policy, rng=self.rng,
                 )
 
-    def _release(self) -> None:
+    def _release(self, item_ids: list[int] | None) -> None:
         with self.sessions.begin() as session:
-            outbox.release_claims(session, self.holder)
+            outbox.release_claims(session, self.holder, item_ids)
 
     def _log(
         self, item_id: int, envelope: Envelope, result: DeliveryResult, correlation_id: str | None

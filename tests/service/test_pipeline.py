@@ -309,3 +309,12 @@ def test_clock_window_is_the_configured_one(store: Store, clock: Clock) -> None:
     clock.advance(hours=2)
     third = run(store, make_mail(message_id="<w3@example.com>", subject="C"), ctx)
     assert third.suppressed == ()
+
+
+def test_long_message_id_is_acknowledged(store: Store, ctx: IngestContext) -> None:
+    """A 300-character Message-ID still gets its acknowledgement (correlation id fits)."""
+    long_id = "<" + "x" * 290 + "@mail.example.com>"
+    outcome = run(store, make_mail(**VPN, message_id=long_id), ctx)
+    assert outcome.mails_queued == ("auto_reply:acknowledge",)
+    (ack,) = outbox(store)
+    assert ack.correlation_id == long_id[1:-1]

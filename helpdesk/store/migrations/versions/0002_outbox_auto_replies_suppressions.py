@@ -66,7 +66,7 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("permanent_failures", sa.Integer(), nullable=False, server_default="0")
         )
-        batch_op.add_column(sa.Column("correlation_id", sa.String(length=100), nullable=True))
+        batch_op.add_column(sa.Column("correlation_id", sa.String(length=998), nullable=True))
 
 
 def downgrade() -> None:
