@@ -39,7 +39,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
-from helpdesk import context, directory
+from helpdesk import context, directory, mailboxes, timers
 from helpdesk.errors import ConfigError, HelpdeskError
 from helpdesk.ingest import IngestContext
 from helpdesk.mail.parse import parse
@@ -64,6 +64,9 @@ GRACE_SECONDS = 8.0
 # database keeps the interpreter from exiting), `run()` ends the process here.
 EXIT_DEADLINE_SECONDS = 9.0
 STATUS_INTERVAL = 10.0
+TIMER_INTERVAL = 60.0
+# The lease row (in mailbox_state) that lets one daemon at a time run the timers.
+TIMERS_LEASE = "@timers"
 
 
 class StartupError(HelpdeskError):
@@ -267,6 +270,7 @@ class Daemon:
             handler = LmtpHandler(self._sink, accept=self.settings.is_own_address)
             self.lmtp = start_lmtp(handler, self.settings.lmtp.host, self.settings.lmtp.port)
         ticker = asyncio.create_task(self._tick(), name="status")
+        clock_task = asyncio.create_task(self._timers(), name="timers")
         log.info("daemon.started", holder=self.holder, workers=[w.name for w in self.workers],
                  lmtp=self.settings.lmtp is not None)
         self.notifier.send(ready="1", status=self.status())
@@ -286,6 +290,7 @@ class Daemon:
             log.warning("daemon.task_did_not_stop", task=task.get_name())
             task.cancel()
         ticker.cancel()
+        clock_task.cancel()
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 log.error("daemon.task_failed", task=task.get_name(),
@@ -320,6 +325,32 @@ class Daemon:
 
         threading.Thread(target=target, name=worker.name, daemon=True).start()
         await finished
+
+    async def _timers(self) -> None:
+        """Time-driven rules, once a minute, by whichever daemon holds the timers lease."""
+        while not self._stop.is_set():
+            try:
+                await asyncio.to_thread(self.run_timers)
+            except Exception:
+                # A failing pass (database away, a bug) must not end the daemon.
+                log.exception("timers.pass_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=TIMER_INTERVAL)
+
+    def run_timers(self) -> int:
+        """One pass of the time-driven rules; returns how many fired."""
+        ctx = self.ctx
+        if self.sessions is None or ctx is None or ctx.rules is None or ctx.actions is None:
+            return 0
+        if not ctx.rules.timers:
+            return 0
+        now = self.clock()
+        with self.sessions.begin() as session:
+            lease = timedelta(seconds=max(TIMER_INTERVAL * 2, self.settings.daemon.lease_seconds))
+            if not mailboxes.acquire_lease(session, TIMERS_LEASE, self.holder, lease, now):
+                return 0
+            fired = timers.run(session, ctx.rules.timers, ctx.actions, now)
+        return len(fired)
 
     def request_stop(self) -> None:
         self._stop.set()
