@@ -5,10 +5,16 @@ from __future__ import annotations
 import asyncio
 import email
 import random
+import ssl
+import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from pydantic import SecretStr
 from sqlalchemy import select
 
 from helpdesk import outbox
@@ -18,7 +24,7 @@ from helpdesk.store.models import OutboxItem
 from helpdesk.values import Address, MessageKind, OutgoingMail
 from tests.conftest import Clock, Store
 from tests.servers import free_port
-from tests.servers.smtp_sink import SmtpSink
+from tests.servers.smtp_sink import RecordingHandler, SmtpSink
 
 SIGNER = outbox.Signer(domain="example.com", key=b"k" * 32, loop_id="support@example.com")
 POLICY = outbox.OutboxPolicy(max_permanent_failures=2)
@@ -156,3 +162,61 @@ def test_expired_claim_is_taken_over(store: Store, sink: SmtpSink, clock: Clock)
     assert asyncio.run(s.run_once()) == 0
     clock.advance(minutes=6)
     assert asyncio.run(s.run_once()) == 1
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A throwaway self-signed certificate for 127.0.0.1 (openssl, as test-servers.md shows)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-days", "2",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+def _authenticator(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
+    ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
+        b"helpdesk", b"s3cret")
+    return AuthResult(success=ok, handled=False)
+
+
+@pytest.mark.parametrize("mode", ["starttls", "ssl"])
+def test_tls_and_auth(store: Store, clock: Clock, certificate: tuple[Path, Path], mode: str,
+                      tmp_path: Path) -> None:
+    """STARTTLS and implicit TLS with certificate checks (our CA file) and AUTH both deliver;
+    a wrong password is a permanent refusal that keeps the error."""
+    cert, key = certificate
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    handler = RecordingHandler()
+    port = free_port()
+    tls_options: dict[str, object] = (
+        {"tls_context": context, "require_starttls": True} if mode == "starttls"
+        # aiosmtpd counts only STARTTLS as TLS for AUTH; on an implicit-TLS
+        # listener the connection is encrypted anyway.
+        else {"ssl_context": context, "auth_require_tls": False}
+    )
+    controller = Controller(handler, hostname="127.0.0.1", port=port, authenticator=_authenticator,
+                            auth_required=True, **tls_options)  # type: ignore[arg-type]
+    controller.start()
+    try:
+        [item_id] = queue(store, clock)
+        settings = SmtpSettings(host="127.0.0.1", port=port, tls=mode, ca_file=cert,
+                                username="helpdesk", password="s3cret", timeout=5.0)
+        good = Sender(store.sessions, settings, POLICY, holder="t", clock=clock)
+        assert asyncio.run(good.run_once()) == 1
+        assert len(handler.messages) == 1
+        queue(store, clock)
+        bad_settings = settings.model_copy(update={"password": SecretStr("wrong")})
+        bad = Sender(store.sessions, bad_settings, POLICY, holder="t", clock=clock)
+        assert asyncio.run(bad.run_once()) == 0
+        with store.sessions() as session:
+            failed = session.scalars(select(OutboxItem).where(OutboxItem.id != item_id)).one()
+            assert failed.state == "pending"
+            assert "535" in (failed.last_error or "")
+    finally:
+        controller.stop()
