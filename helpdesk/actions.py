@@ -327,8 +327,7 @@ def _render(
     ctx: ActionContext,
     event: Callable[[str, str, dict[str, object]], None],
 ) -> RenderedTemplate:
-    view = queries.ticket_view(session, ticket.id)
-    assert view is not None
+    view = queries.view_of(ticket)
     context = build_context(
         helpdesk_name=ctx.helpdesk_name,
         support_address=ctx.support_address,

@@ -15,6 +15,7 @@ dedupe recognise it.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import secrets
 from collections.abc import Sequence
@@ -26,7 +27,6 @@ from sqlalchemy.orm import Session
 
 from helpdesk.errors import InvalidInput, NotFound
 from helpdesk.mail.compose import compose, make_message_id
-from helpdesk.mail.parse import parse
 from helpdesk.store.models import Message, OutboxItem, utcnow
 from helpdesk.values import Direction, OutgoingMail
 
@@ -93,15 +93,14 @@ def enqueue(
 
 
 def _message_row(mail: OutgoingMail, raw: bytes, message_id: str, when: datetime) -> Message:
-    # The content hash is the one parse() computes, so that a copy of this mail
-    # that comes back to us (a Bcc, a list, a misconfigured alias) is a duplicate.
-    parsed = parse(raw)
+    # A copy of this mail coming back to us is recognised by its Message-ID
+    # (`queries.message_by_content` matches our outgoing rows by id alone).
     return Message(
         ticket_id=mail.ticket_id,
         direction=Direction.OUTGOING.value,
         kind=mail.kind.value,
         message_id=message_id,
-        content_hash=parsed.content_hash,
+        content_hash=hashlib.sha256(raw).hexdigest(),
         in_reply_to=mail.in_reply_to or "",
         references=" ".join(mail.references),
         from_address=mail.from_.address,

@@ -135,8 +135,7 @@ def _references(anchor: Message | None) -> tuple[str, ...]:
 def _render(
     session: Session, ticket: Ticket, agent: Address, text: str, ctx: ActionContext
 ) -> RenderedTemplate:
-    view = queries.ticket_view(session, ticket.id)
-    assert view is not None
+    view = queries.view_of(ticket)
     message = ParsedMessage(message_id="", message_id_synthetic=True, subject=ticket.subject,
                             from_=agent, text=text, new_text=text)
     context = build_context(

@@ -151,8 +151,7 @@ def _notify(session: Session, ticket: Ticket, template: str, ctx: ActionContext,
 
 def _render(session: Session, ticket: Ticket, template: str, ctx: ActionContext,
             team: Address | None, event: EventFn) -> RenderedTemplate:
-    view = queries.ticket_view(session, ticket.id)
-    assert view is not None
+    view = queries.view_of(ticket)
     context = build_context(
         helpdesk_name=ctx.helpdesk_name, support_address=ctx.support_address, ticket=view,
         reference=format_tag(ticket.id, ctx.tag_prefix), created_at=ticket.created_at,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import bindparam, func, insert, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -24,7 +24,7 @@ from helpdesk.store.models import (
     TicketTag,
     table,
 )
-from helpdesk.values import Origin, Priority, TicketStatus, TicketView
+from helpdesk.values import Direction, Origin, Priority, TicketStatus, TicketView
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +51,10 @@ _BY_CONTENT = (
     select(*_REF_COLUMNS)
     .where(
         _messages.c.message_id == bindparam("message_id"),
-        _messages.c.content_hash == bindparam("content_hash"),
+        # A copy of a mail we sent (a Bcc, a list, an alias pointing back at us)
+        # is ours whatever a relay did to its bytes: the Message-ID is enough.
+        or_(_messages.c.content_hash == bindparam("content_hash"),
+            _messages.c.direction == Direction.OUTGOING.value),
     )
     .limit(1)
 )
@@ -69,7 +72,7 @@ def message_by_origin(session: Session, origin: Origin) -> StoredRef | None:
 
 
 def message_by_content(session: Session, message_id: str, content_hash: str) -> StoredRef | None:
-    """The stored message with this Message-ID and content, if any."""
+    """The stored message with this Message-ID and content, or our own sent mail with this id."""
     row = session.connection().execute(
         _BY_CONTENT, {"message_id": message_id, "content_hash": content_hash}
     ).first()
@@ -102,12 +105,17 @@ def ticket_view(session: Session, ticket_id: int) -> TicketView | None:
     participants = session.scalars(
         select(Participant.address).where(Participant.ticket_id == ticket_id)
     ).all()
+    return view_of(ticket, frozenset(participants))
+
+
+def view_of(ticket: Ticket, participants: frozenset[str] = frozenset()) -> TicketView:
+    """A snapshot of an already loaded ticket (templates need no participants)."""
     return TicketView(
         id=ticket.id,
         status=TicketStatus(ticket.status),
         subject=ticket.subject,
         requester=ticket.requester.address if ticket.requester else None,
-        participants=frozenset(participants),
+        participants=participants,
         merged_into=ticket.merged_into_id,
         team=ticket.team.name if ticket.team else None,
         assignee=ticket.assignee.primary_address if ticket.assignee else None,
