@@ -19,7 +19,12 @@ directory on /dev/shm where that exists) and realistic generated mail
 4. IDLE latency: `ImapSource.run()` in a thread (IDLE, poll interval at its
    default of 60 s as the safety net) while another connection APPENDs
    messages one by one, each after the previous one was committed; the latency
-   is APPEND start to the sink's return (commit), per message.
+   is APPEND start to the sink's return (commit), per message. Two series of
+   `--idle` messages each: "IDLE", every message appended once the source is
+   back in IDLE (Dovecot's notification path), and "busy", every message
+   appended right after the previous commit, while the source is still
+   acknowledging (reported in the answer to the UID MOVE or behind IDLE's
+   continuation, not by a notification).
 
 The ingest context is the daemon's (`helpdesk.context.ingest_context`) with the
 shipped rules and templates of this checkout (rules/, templates/) and the demo's
@@ -36,7 +41,7 @@ and prints the top 20 functions by cumulative time.
 
 Run from the repository root:
 
-    /work/venv/bin/python bench/daemon.py [--messages 5000] [--idle 200] [--batch-size 100]
+    .venv/bin/python bench/daemon.py [--messages 5000] [--idle 200] [--batch-size 100]
                                           [--seed 1] [--no-rules] [--log] [--profile]
 """
 
@@ -567,7 +572,8 @@ def arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=5000, help="backlog size (default 5000)")
     parser.add_argument("--idle", type=int, default=200,
-                        help="messages appended one by one for the IDLE latency (default 200)")
+                        help="messages appended one by one in each of the two latency "
+                             "series (default 200)")
     parser.add_argument("--batch-size", type=int, default=100,
                         help="the mailbox's batch_size (default 100, the configured default)")
     parser.add_argument("--seed", type=int, default=1, help="generator seed (default 1)")
