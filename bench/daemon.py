@@ -42,7 +42,7 @@ and prints the top 20 functions by cumulative time.
 Run from the repository root:
 
     .venv/bin/python bench/daemon.py [--messages 5000] [--idle 200] [--batch-size 100]
-                                          [--seed 1] [--no-rules] [--log] [--profile]
+                                     [--seed 1] [--no-rules] [--log] [--profile]
 """
 
 from __future__ import annotations

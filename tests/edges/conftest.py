@@ -155,7 +155,7 @@ def quarantined(store: Store) -> int:
         return session.scalar(select(func.count()).select_from(QuarantineItem)) or 0
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> bool:
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, step: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
