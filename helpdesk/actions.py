@@ -19,10 +19,10 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from helpdesk import outbox
+from helpdesk import outbox, tickets
 from helpdesk.mail.classify import is_noreply_address
 from helpdesk.store import queries
-from helpdesk.store.models import AutoReplyLog, Event, Suppression, Ticket, TicketTag
+from helpdesk.store.models import AutoReplyLog, Event, Suppression, Ticket
 from helpdesk.templates import (
     RenderedTemplate,
     TemplateRenderError,
@@ -99,18 +99,17 @@ def apply_actions(
     """Apply `evaluation` to the ticket; returns what was done and what was suppressed."""
     ticket = session.get_one(Ticket, ticket_id)
     applied = Applied()
-    events: list[Event] = []
 
     def event(actor: str, kind: str, detail: dict[str, object]) -> None:
-        events.append(Event(ticket_id=ticket_id, message_row_id=message_row_id, actor=actor,
-                            kind=kind, detail=detail, created_at=now))
+        session.add(Event(ticket_id=ticket_id, message_row_id=message_row_id, actor=actor,
+                          kind=kind, detail=detail, created_at=now))
 
     for trace in evaluation.trace:
         if trace.matched:
             event(f"rule:{trace.rule}", "rule.matched",
                   {"file": trace.file, "reasons": list(trace.reasons)})
 
-    _apply_fields(session, ticket, _last_wins(evaluation), event, applied)
+    _apply_fields(session, ticket, _last_wins(evaluation), event, applied, now, message_row_id)
     mail_sent = False
     for rule, action in _each_action(evaluation):
         if isinstance(action, AutoReply):
@@ -122,7 +121,6 @@ def apply_actions(
         elif isinstance(action, Forward):
             _forward(session, ticket, msg, action, rule, ctx, now, correlation_id, event, applied)
     ticket.updated_at = now
-    session.add_all(events)
     session.flush()
     return applied
 
@@ -153,6 +151,8 @@ def _apply_fields(
     final: dict[str, tuple[str, Action]],
     event: Callable[[str, str, dict[str, object]], None],
     applied: Applied,
+    now: datetime,
+    message_row_id: int | None,
 ) -> None:
     for rule, action in final.values():
         if isinstance(action, SetTeam):
@@ -174,21 +174,18 @@ def _apply_fields(
                 ticket.assignee = agent
                 event(rule, "assignee.changed", {"from": before, "to": agent.primary_address})
                 applied.changes.append(f"assignee={agent.primary_address}")
-        elif isinstance(action, SetPriority) and ticket.priority != action.priority.value:
-            event(rule, "priority.changed", {"from": ticket.priority, "to": action.priority.value})
-            ticket.priority = action.priority.value
-            applied.changes.append(f"priority={action.priority.value}")
+        elif isinstance(action, SetPriority):
+            if tickets.change_priority(session, ticket, action.priority, actor=rule, now=now,
+                                       message_row_id=message_row_id):
+                applied.changes.append(f"priority={action.priority.value}")
         elif isinstance(action, SetStatus) and ticket.status != action.status.value:
             event(rule, "status.changed", {"from": ticket.status, "to": action.status.value})
             ticket.status = action.status.value
             applied.changes.append(f"status={action.status.value}")
         elif isinstance(action, AddTags):
-            have = {t.tag for t in ticket.tags}
-            new = [t for t in action.tags if t not in have]
-            for tag in new:
-                ticket.tags.append(TicketTag(tag=tag))
+            new = tickets.add_tags(session, ticket, action.tags, actor=rule, now=now,
+                                   message_row_id=message_row_id)
             if new:
-                event(rule, "tags.added", {"tags": new})
                 applied.changes.append("tags+=" + ",".join(new))
 
 

@@ -20,7 +20,7 @@ from helpdesk import outbox, relay, tickets
 from helpdesk.actions import ActionContext
 from helpdesk.errors import HelpdeskError
 from helpdesk.mail.commands import Command, CommandBlock
-from helpdesk.store.models import Event, TicketTag
+from helpdesk.store.models import Event, Ticket
 from helpdesk.thread import format_tag, reply_references
 from helpdesk.values import Address, MessageKind, OutgoingMail, ParsedMessage, Priority
 
@@ -96,35 +96,15 @@ def _apply(session: Session, ticket_id: int, command: Command, actor: str, now: 
     elif name == "status":
         tickets.set_status(session, ticket_id, argument, actor=actor, now=now)
     elif name == "priority":
-        _set_priority(session, ticket_id, argument, actor, now)
+        ticket = session.get_one(Ticket, ticket_id)
+        tickets.change_priority(session, ticket, Priority(argument.lower()), actor=actor, now=now)
     elif name == "tag":
-        _add_tags(session, ticket_id, argument.replace(",", " ").split(), actor, now)
+        ticket = session.get_one(Ticket, ticket_id)
+        tickets.add_tags(session, ticket, argument.replace(",", " ").split(), actor=actor,
+                         now=now)
     else:
         raise HelpdeskError(f"unknown command #{name}")
     return f"#{name} {argument}".strip()
-
-
-def _set_priority(session: Session, ticket_id: int, value: str, actor: str, now: datetime) -> None:
-    ticket = tickets.get(session, ticket_id)
-    priority = Priority(value.lower())
-    if ticket.priority != priority.value:
-        session.add(Event(ticket_id=ticket_id, actor=actor, kind="priority.changed",
-                          detail={"from": ticket.priority, "to": priority.value},
-                          created_at=now))
-        ticket.priority = priority.value
-        ticket.updated_at = now
-
-
-def _add_tags(session: Session, ticket_id: int, tags: list[str], actor: str, now: datetime
-              ) -> None:
-    ticket = tickets.get(session, ticket_id)
-    have = {t.tag for t in ticket.tags}
-    new = [t for t in dict.fromkeys(tags) if t not in have]
-    for tag in new:
-        ticket.tags.append(TicketTag(tag=tag))
-    if new:
-        session.add(Event(ticket_id=ticket_id, actor=actor, kind="tags.added",
-                          detail={"tags": new}, created_at=now))
 
 
 def _error_mail(session: Session, ticket_id: int, msg: ParsedMessage, rejected: list[str],

@@ -184,18 +184,7 @@ def mark_temporary_failure(
     rng: random.Random | None = None,
 ) -> OutboxItem | None:
     """A 4xx or a connection problem: try again later, or fail once the mail is too old."""
-    item = _claimed(session, item_id, holder)
-    if item is None:
-        return None
-    item.attempts += 1
-    item.last_error = error[:2000]
-    _release(item)
-    if now - item.created_at >= policy.give_up_after:
-        item.state = FAILED
-        item.last_error = f"gave up after {item.attempts} attempts: {error}"[:2000]
-    else:
-        item.next_attempt_at = now + backoff(item.attempts, policy, rng)
-    return item
+    return _failed(session, item_id, holder, error, now, policy, rng, permanent=False)
 
 
 def mark_permanent_failure(
@@ -209,14 +198,34 @@ def mark_permanent_failure(
     rng: random.Random | None = None,
 ) -> OutboxItem | None:
     """A 5xx: fail after `max_permanent_failures` of them (a refusal is sometimes a glitch)."""
+    return _failed(session, item_id, holder, error, now, policy, rng, permanent=True)
+
+
+def _failed(
+    session: Session,
+    item_id: int,
+    holder: str,
+    error: str,
+    now: datetime,
+    policy: OutboxPolicy,
+    rng: random.Random | None,
+    *,
+    permanent: bool,
+) -> OutboxItem | None:
     item = _claimed(session, item_id, holder)
     if item is None:
         return None
     item.attempts += 1
-    item.permanent_failures += 1
     item.last_error = error[:2000]
     _release(item)
-    if item.permanent_failures >= policy.max_permanent_failures:
+    if permanent:
+        item.permanent_failures += 1
+        give_up = item.permanent_failures >= policy.max_permanent_failures
+    else:
+        give_up = now - item.created_at >= policy.give_up_after
+        if give_up:
+            item.last_error = f"gave up after {item.attempts} attempts: {error}"[:2000]
+    if give_up:
         item.state = FAILED
     else:
         item.next_attempt_at = now + backoff(item.attempts, policy, rng)

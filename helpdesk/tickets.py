@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session, selectinload
 from helpdesk.errors import InvalidInput, NotFound
 from helpdesk.store import queries
 from helpdesk.store.models import Event, Message, Participant, Ticket, TicketTag, utcnow
-from helpdesk.values import Address, Direction, MessageKind, TicketStatus
+from helpdesk.values import Address, Direction, MessageKind, Priority, TicketStatus
 
 # Tickets someone still has to work on; `helpdesk stats` and `teams list` count these.
 OPEN_STATUSES: tuple[TicketStatus, ...] = (
@@ -267,6 +268,45 @@ def merge(
     return Merged(source, target, tuple(added_people), tuple(added_tags))
 
 
+def change_priority(
+    session: Session,
+    ticket: Ticket,
+    priority: Priority,
+    *,
+    actor: str,
+    now: datetime,
+    message_row_id: int | None = None,
+) -> bool:
+    """Set the priority of a loaded ticket, with an event; False when it already had it."""
+    if ticket.priority == priority.value:
+        return False
+    _log(session, ticket, actor, "priority.changed",
+         {"from": ticket.priority, "to": priority.value}, now, message_row_id)
+    ticket.priority = priority.value
+    ticket.updated_at = now
+    return True
+
+
+def add_tags(
+    session: Session,
+    ticket: Ticket,
+    tags: Sequence[str],
+    *,
+    actor: str,
+    now: datetime,
+    message_row_id: int | None = None,
+) -> list[str]:
+    """Add tags to a loaded ticket, with one event; returns the ones it did not have."""
+    have = {t.tag for t in ticket.tags}
+    new = [tag for tag in dict.fromkeys(tags) if tag and tag not in have]
+    for tag in new:
+        ticket.tags.append(TicketTag(tag=tag))
+    if new:
+        _log(session, ticket, actor, "tags.added", {"tags": new}, now, message_row_id)
+        ticket.updated_at = now
+    return new
+
+
 def _log(
     session: Session,
     ticket: Ticket,
@@ -274,5 +314,7 @@ def _log(
     kind: str,
     detail: dict[str, object],
     when: datetime,
+    message_row_id: int | None = None,
 ) -> None:
-    session.add(Event(ticket_id=ticket.id, actor=actor, kind=kind, detail=detail, created_at=when))
+    session.add(Event(ticket_id=ticket.id, message_row_id=message_row_id, actor=actor,
+                      kind=kind, detail=detail, created_at=when))
