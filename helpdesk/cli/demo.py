@@ -56,8 +56,17 @@ address = "security@example.com"
 """
 
 # In a source checkout the example rules and templates sit beside the package;
-# an installed wheel has none, and the demo then only stores and threads.
+# a wheel carries copies of them in helpdesk/examples/ (see pyproject.toml).
 CHECKOUT = Path(__file__).resolve().parents[2]
+PACKAGED = Path(__file__).resolve().parents[1] / "examples"
+
+
+def example_dir(name: str) -> Path | None:
+    """The shipped example `rules` or `templates` folder, from a checkout or the wheel."""
+    for base in (CHECKOUT, PACKAGED):
+        if (base / name).is_dir():
+            return base / name
+    return None
 
 DESCRIBE: dict[OutcomeKind, str] = {
     OutcomeKind.NEW_TICKET: "opened ticket {ref}",
@@ -88,13 +97,11 @@ def demo(app: AppContext, keep: Path | None) -> None:
     db_path = (workdir / "demo.db").resolve()
     db_path.unlink(missing_ok=True)
     config = workdir / "helpdesk.toml"
-    rules = CHECKOUT / "rules"
-    templates = CHECKOUT / "templates"
+    rules = example_dir("rules") or workdir / "rules"
+    templates = example_dir("templates") or workdir / "templates"
     config.write_text(
         DEMO_CONFIG.format(
-            db=db_path.as_posix(),
-            rules=(rules if rules.is_dir() else workdir / "rules").as_posix(),
-            templates=(templates if templates.is_dir() else workdir / "templates").as_posix(),
+            db=db_path.as_posix(), rules=rules.as_posix(), templates=templates.as_posix()
         ),
         encoding="utf-8",
     )
