@@ -22,7 +22,9 @@ pytestmark = pytest.mark.slow
 def run(*args: str | Path, cwd: Path | None = None, timeout: float = 600) -> str:
     result = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True,
                             timeout=timeout, check=False)
-    assert result.returncode == 0, f"{args}: exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, (
+        f"{args}: exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    )
     return result.stdout
 
 

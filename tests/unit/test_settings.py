@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from helpdesk import settings as settings_module
 from helpdesk.errors import ConfigError, ConfigProblem
 from helpdesk.settings import (
     AfterProcessing,
@@ -20,6 +19,7 @@ from helpdesk.settings import (
     load_settings,
     mailbox_password_env,
 )
+from helpdesk.settings import loader as settings_loader
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO_ROOT / "config.example.toml"
@@ -39,7 +39,7 @@ def no_system_config(
 ) -> None:
     """Keep a real /etc/helpdesk/helpdesk.toml on the test machine out of every test."""
     absent = tmp_path_factory.mktemp("etc") / "helpdesk.toml"
-    monkeypatch.setattr(settings_module, "SYSTEM_CONFIG", absent)
+    monkeypatch.setattr(settings_loader, "SYSTEM_CONFIG", absent)
 
 
 def write(path: Path, text: str) -> Path:
@@ -94,7 +94,7 @@ def test_lookup_prefers_explicit_then_env_then_cwd(tmp_path: Path) -> None:
 def test_system_config_is_the_last_resort(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """/etc/helpdesk/helpdesk.toml is used only when nothing closer exists."""
     system = write(tmp_path / "etc" / "helpdesk.toml", '[helpdesk]\nname = "system"\n')
-    monkeypatch.setattr(settings_module, "SYSTEM_CONFIG", system)
+    monkeypatch.setattr(settings_loader, "SYSTEM_CONFIG", system)
 
     loaded = load_settings(None, {}, cwd=tmp_path / "elsewhere")
 
