@@ -10,7 +10,8 @@ import click
 from helpdesk import quarantine as quarantine_service
 from helpdesk.cli import AppContext, Failure, pass_app
 from helpdesk.cli.output import emit_json, fields, table, when
-from helpdesk.ingest import ingest
+from helpdesk.ingest import ingest_batch
+from helpdesk.intake import prepare_once
 from helpdesk.store.models import QuarantineItem
 from helpdesk.values import OutcomeKind
 
@@ -114,10 +115,12 @@ def show(app: AppContext, item_id: int, raw: bool, as_json: bool) -> None:
 def retry(app: AppContext, item_id: int, as_json: bool) -> None:
     """Ingest a quarantined message again (after a fix); exit 1 if it still fails."""
     ctx = app.ingest_context()
+    limit = app.settings.intake.message_time_limit
     with app.transaction() as session:
         item = quarantine_service.get(session, item_id)
         origin = quarantine_service.retry_origin(item)
-        outcome = ingest(session, item.raw, origin, ctx)
+        prepared = prepare_once(item.raw, ctx, time_limit=limit)
+        (outcome,) = ingest_batch(session, [(item.raw, origin, prepared)], ctx)
         if outcome.kind is not OutcomeKind.QUARANTINED:
             quarantine_service.mark_resolved(item, outcome.ticket_id)
     result = {
