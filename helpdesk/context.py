@@ -18,6 +18,7 @@ from helpdesk import signing
 from helpdesk.actions import ActionContext
 from helpdesk.ingest import IngestContext
 from helpdesk.mail.compose import ticket_from_message_id
+from helpdesk.mail.trust import TrustPolicy
 from helpdesk.outbox import OutboxPolicy, Signer
 from helpdesk.rules import RuleSet, load_rules
 from helpdesk.settings import Settings
@@ -111,7 +112,11 @@ def ingest_context(
             **{m.name: m.team for m in settings.mailboxes if m.team},
             **{m.name: m.team for m in settings.maildirs if m.team},
         },
-        trusted_authserv_id=settings.security.trusted_authserv_id,
+        trust=TrustPolicy(
+            authserv_id=settings.security.trusted_authserv_id,
+            authres_fields=settings.security.trusted_authres_fields,
+            trust_from_header=settings.security.trust_from_header,
+        ),
         note_address=hd.notes_to,
         bounce_suppression=timedelta(days=settings.bounces.suppress_days),
     )

@@ -45,6 +45,7 @@ from helpdesk.ingest import IngestContext
 from helpdesk.mail.parse import parse
 from helpdesk.rules import RuleError
 from helpdesk.settings import Settings, load_settings
+from helpdesk.settings.security import security_warnings
 from helpdesk.smtp import Sender
 from helpdesk.sources.base import ingest_sink
 from helpdesk.sources.imap import ImapSource
@@ -215,6 +216,9 @@ class Daemon:
         self.sender = Sender(self.sessions, s.smtp, context.outbox_policy(s),
                              holder=self.holder, interval=s.daemon.send_interval,
                              clock=self.clock, lease=claim, batch=batch)
+        warnings = security_warnings(s)
+        if warnings:  # once per start, not per message (issue 12)
+            log.warning("security.warned", warnings=warnings)
 
     def _build_context(self, settings: Settings) -> IngestContext:
         assert self.sessions is not None

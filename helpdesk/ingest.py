@@ -31,7 +31,7 @@ from helpdesk.mail.classify import classify
 from helpdesk.mail.commands import parse_commands
 from helpdesk.mail.forwarded import ForwardedMail, find_forwarded
 from helpdesk.mail.parse import parse as parse_message
-from helpdesk.mail.trust import authenticated_sender
+from helpdesk.mail.trust import TrustPolicy, agent_trust
 from helpdesk.rules import RuleSet, evaluate
 from helpdesk.store import queries
 from helpdesk.store.models import Attachment, Event, Message, Ticket, table, utcnow
@@ -85,8 +85,9 @@ class IngestContext:
     mailbox_teams: Mapping[str, str] = field(default_factory=dict)
     # No automatic mail to an address that bounced permanently, for this long.
     bounce_suppression: timedelta = timedelta(days=7)
-    # Agent powers by mail need our MX's Authentication-Results when this is set.
-    trusted_authserv_id: str | None = None
+    # What makes mail from an agent's address the agent's ([security]); by
+    # default nothing does: agent powers by mail are off (helpdesk.mail.trust).
+    trust: TrustPolicy = field(default_factory=TrustPolicy)
     # Mail from an agent to this address is an internal note.
     note_address: str | None = None
     # Tell the assignee (or the team) about customer replies.
@@ -374,18 +375,18 @@ def _agent_powers(
     ctx: IngestContext,
     events: list[dict[str, object]],
 ) -> bool:
-    """Whether this mail may act as an agent: an agent's address, and trusted when required."""
+    """Whether this mail may act as an agent: an agent's address, and trusted (`ctx.trust`)."""
     assert msg.from_ is not None
     if verdict.automated or not queries.is_agent_address(session, msg.from_.address):
         return False
-    if not ctx.trusted_authserv_id:
-        return True
-    trust = authenticated_sender(msg, trusted_authserv_id=ctx.trusted_authserv_id)
+    trust = agent_trust(msg, ctx.trust)
     if not trust.trusted:
-        # From addresses are forgeable: without our MX's word this is a customer's mail.
+        # From addresses are forgeable: without proof this is a customer's mail.
         events.append({"actor": "system", "kind": "agent.untrusted",
                        "detail": {"from": msg.from_.address, "reason": trust.reason},
                        "created_at": ctx.clock()})
+        log.info("agent.untrusted", sender=msg.from_.address, message_id=msg.message_id,
+                 reason=trust.reason)
     return trust.trusted
 
 
