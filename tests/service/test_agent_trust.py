@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from helpdesk import directory, tickets
+from helpdesk import context, directory, tickets
 from helpdesk.actions import ActionContext
 from helpdesk.context import BUILTIN_TEMPLATES
 from helpdesk.ingest import IngestContext, ingest
 from helpdesk.mail.trust import NOT_CONFIGURED, TrustPolicy
 from helpdesk.outbox import Signer
 from helpdesk.rules import load_rules
+from helpdesk.settings import load_settings
 from helpdesk.store.models import Message, OutboxItem, Ticket
 from helpdesk.templates import load_templates
 from helpdesk.values import IngestOutcome, Origin, OutcomeKind
@@ -157,3 +158,22 @@ def test_trust_from_header_grants_powers_knowingly(store: Store, ctx: IngestCont
     run(store, ctx, alice_writes(ticket_id, ack, message_id="from-header@it.example"))
     got = effects(store, ticket_id, "from-header@it.example")
     assert (got["status"], got["kind"], got["relayed"]) == ("closed", "agent_reply", True)
+
+
+@pytest.mark.parametrize(
+    ("security", "policy"),
+    [
+        ("", TrustPolicy()),
+        ('trusted_authserv_id = "mx.example.com"\ntrusted_authres_fields = 3',
+         TrustPolicy(authserv_id=MX, authres_fields=3)),
+        ("trust_from_header = true", TrustPolicy(trust_from_header=True)),
+    ],
+)
+def test_security_settings_reach_ingest(store: Store, tmp_path: Path, security: str,
+                                        policy: TrustPolicy) -> None:
+    """What [security] says is what ingest applies (helpdesk.context builds the policy)."""
+    config = tmp_path / "helpdesk.toml"
+    config.write_text(f"[security]\n{security}\n", encoding="utf-8")
+    settings = load_settings(config, {}, cwd=tmp_path)
+    with store.sessions.begin() as session:
+        assert context.ingest_context(session, settings, None).trust == policy
