@@ -19,6 +19,7 @@ from helpdesk.actions import ActionContext
 from helpdesk.ingest import IngestContext
 from helpdesk.mail.compose import ticket_from_message_id
 from helpdesk.mail.prepare import PrepareConfig
+from helpdesk.mail.trust import TrustPolicy
 from helpdesk.outbox import OutboxPolicy, Signer
 from helpdesk.rules import RuleSet, load_rules
 from helpdesk.settings import Settings
@@ -78,6 +79,11 @@ def ingest_context(
     """The ingest context; without `configured`, mail is stored and threaded but no rule runs."""
     hd = settings.helpdesk
     sign = signer(session, settings)
+    trust = TrustPolicy(
+        authserv_id=settings.security.trusted_authserv_id,
+        authres_fields=settings.security.trusted_authres_fields,
+        trust_from_header=settings.security.trust_from_header,
+    )
     domains = frozenset({hd.domain})
     actions = None
     if configured is not None:
@@ -112,11 +118,11 @@ def ingest_context(
             **{m.name: m.team for m in settings.mailboxes if m.team},
             **{m.name: m.team for m in settings.maildirs if m.team},
         },
-        trusted_authserv_id=settings.security.trusted_authserv_id,
+        trust=trust,
         note_address=hd.notes_to,
         bounce_suppression=timedelta(days=settings.bounces.suppress_days),
         prepare=PrepareConfig(own_addresses=frozenset(hd.own_addresses),
-                              loop_id=hd.support_address),
+                              loop_id=hd.support_address, trust=trust),
     )
 
 

@@ -29,7 +29,7 @@ from helpdesk.errors import StoreUnavailable
 from helpdesk.mail.forwarded import ForwardedMail
 from helpdesk.mail.parse import parse as parse_message
 from helpdesk.mail.prepare import PrepareConfig, Prepared, prepare_with
-from helpdesk.mail.trust import authenticated_sender
+from helpdesk.mail.trust import TrustPolicy, agent_trust
 from helpdesk.rules import RuleSet, evaluate
 from helpdesk.store import queries
 from helpdesk.store.failures import is_outage
@@ -79,8 +79,9 @@ class IngestContext:
     mailbox_teams: Mapping[str, str] = field(default_factory=dict)
     # No automatic mail to an address that bounced permanently, for this long.
     bounce_suppression: timedelta = timedelta(days=7)
-    # Agent powers by mail need our MX's Authentication-Results when this is set.
-    trusted_authserv_id: str | None = None
+    # What makes mail from an agent's address the agent's ([security]); by
+    # default nothing does: agent powers by mail are off (helpdesk.mail.trust).
+    trust: TrustPolicy = field(default_factory=TrustPolicy)
     # Mail from an agent to this address is an internal note.
     note_address: str | None = None
     # Tell the assignee (or the team) about customer replies.
@@ -97,7 +98,7 @@ def ingest(session: Session, raw: bytes, origin: Origin, ctx: IngestContext) -> 
     and call `ingest_batch`. Raises `StoreUnavailable` when the store fails.
     """
     prepared = prepare_with(raw, parse=ctx.parse, is_own_address=ctx.is_own_address,
-                            loop_id=ctx.loop_id)
+                            loop_id=ctx.loop_id, trust=ctx.trust)
     return ingest_batch(session, [(raw, origin, prepared)], ctx)[0]
 
 
@@ -269,7 +270,7 @@ def _store(
     assert msg.from_ is not None  # prepare's unusable() made sure
     sender = msg.from_.address
     events: list[dict[str, object]] = []
-    agent_powers = _agent_powers(session, msg, verdict, ctx, events)
+    agent_powers = _agent_powers(session, msg, prepared, ctx, events)
     views: dict[int, TicketView | None] = {}
 
     def get_ticket(ticket_id: int) -> TicketView | None:
@@ -401,22 +402,22 @@ def _store(
 def _agent_powers(
     session: Session,
     msg: ParsedMessage,
-    verdict: Verdict,
+    prepared: Prepared,
     ctx: IngestContext,
     events: list[dict[str, object]],
 ) -> bool:
-    """Whether this mail may act as an agent: an agent's address, and trusted when required."""
+    """Whether this mail may act as an agent: an agent's address, and trusted (`ctx.trust`)."""
     assert msg.from_ is not None
-    if verdict.automated or not queries.is_agent_address(session, msg.from_.address):
+    if prepared.verdict.automated or not queries.is_agent_address(session, msg.from_.address):
         return False
-    if not ctx.trusted_authserv_id:
-        return True
-    trust = authenticated_sender(msg, trusted_authserv_id=ctx.trusted_authserv_id)
+    trust = prepared.trust or agent_trust(msg, ctx.trust)
     if not trust.trusted:
-        # From addresses are forgeable: without our MX's word this is a customer's mail.
+        # From addresses are forgeable: without proof this is a customer's mail.
         events.append({"actor": "system", "kind": "agent.untrusted",
                        "detail": {"from": msg.from_.address, "reason": trust.reason},
                        "created_at": ctx.clock()})
+        log.info("agent.untrusted", sender=msg.from_.address, message_id=msg.message_id,
+                 reason=trust.reason)
     return trust.trusted
 
 

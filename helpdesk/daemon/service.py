@@ -55,6 +55,7 @@ from helpdesk.ingest import IngestContext
 from helpdesk.intake import Committer, Intake, PreparePool
 from helpdesk.rules import RuleError
 from helpdesk.settings import MailboxSettings, MaildirSettings, Settings, load_settings
+from helpdesk.settings.security import security_warnings
 from helpdesk.smtp import Sender
 from helpdesk.sources.imap import ImapSource
 from helpdesk.sources.lmtp import LmtpHandler, start_lmtp
@@ -164,6 +165,9 @@ class Daemon:
         self.sender = Sender(self.sessions, s.smtp, context.outbox_policy(s),
                              holder=self.holder, interval=s.daemon.send_interval,
                              clock=self.clock, lease=claim, batch=batch)
+        warnings = security_warnings(s)
+        if warnings:  # once per start, not per message (issue 12)
+            log.warning("security.warned", warnings=warnings)
 
     def _build_context(self, settings: Settings) -> IngestContext:
         assert self.sessions is not None

@@ -130,7 +130,7 @@ def in_process_sink(sessions: sessionmaker[Session], ctx: IngestContext) -> Batc
 
     def sink(incoming: Sequence[Incoming]) -> list[IngestOutcome]:
         prepared = [prepare_with(item.raw, parse=ctx.parse, is_own_address=ctx.is_own_address,
-                                 loop_id=ctx.loop_id) for item in incoming]
+                                 loop_id=ctx.loop_id, trust=ctx.trust) for item in incoming]
         return store_now(sessions, _items(incoming, prepared), ctx)
 
     return sink

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import multiprocessing
 import queue
 import signal
@@ -94,8 +95,7 @@ def _serve(conn: Connection, function: PrepareFunction) -> None:
 
 
 def _with_seconds(result: Prepared, seconds: float) -> Prepared:
-    return Prepared(result.msg, result.verdict, result.problem, result.detail,
-                    result.commands, result.forwarded, seconds)
+    return dataclasses.replace(result, seconds=seconds)
 
 
 def _die_with_parent() -> None:

@@ -20,12 +20,13 @@ from __future__ import annotations
 import dataclasses
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from helpdesk.mail.classify import classify
 from helpdesk.mail.commands import CommandBlock, parse_commands
 from helpdesk.mail.forwarded import ForwardedMail, find_forwarded
 from helpdesk.mail.parse import parse as parse_message
+from helpdesk.mail.trust import TrustPolicy, TrustVerdict, agent_trust
 from helpdesk.settings.fields import without_subaddress
 from helpdesk.values import Address, MailClass, ParsedMessage, Verdict
 
@@ -42,6 +43,8 @@ class PrepareConfig:
     own_addresses: frozenset[str] = frozenset()
     # Our X-Loop value (the support address): mail carrying it is our own.
     loop_id: str = ""
+    # What makes mail from an agent's address the agent's ([security]).
+    trust: TrustPolicy = field(default_factory=TrustPolicy)
 
     def is_own_address(self, address: str) -> bool:
         """Our addresses and their ``+tag`` sub-addresses, in any case."""
@@ -65,6 +68,8 @@ class Prepared:
     detail: str = ""
     commands: CommandBlock | None = None
     forwarded: ForwardedMail | None = None
+    # Would the sender be trusted as an agent (if it is one: the store knows)?
+    trust: TrustVerdict | None = None
     seconds: float = 0.0
 
     @classmethod
@@ -76,7 +81,7 @@ class Prepared:
 def prepare(raw: bytes, config: PrepareConfig) -> Prepared:
     """Parse, classify and check one raw mail (see the module docstring)."""
     return prepare_with(raw, parse=parse_message, is_own_address=config.is_own_address,
-                        loop_id=config.loop_id)
+                        loop_id=config.loop_id, trust=config.trust)
 
 
 def prepare_with(
@@ -85,6 +90,7 @@ def prepare_with(
     parse: Callable[[bytes], ParsedMessage],
     is_own_address: Callable[[str], bool],
     loop_id: str,
+    trust: TrustPolicy,
 ) -> Prepared:
     """`prepare` with the parser and the own-address predicate given as callables."""
     try:
@@ -105,7 +111,9 @@ def prepare_with(
     forwarded = None
     if commands is not None and not commands.is_note:
         forwarded = find_forwarded(msg)
-    return Prepared(msg, verdict, commands=commands, forwarded=forwarded)
+    # Reading Authentication-Results is linear but input-sized: it belongs here too.
+    trusted = None if verdict.automated else agent_trust(msg, trust)
+    return Prepared(msg, verdict, commands=commands, forwarded=forwarded, trust=trusted)
 
 
 def unusable(msg: ParsedMessage) -> str | None:

@@ -11,6 +11,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     ValidationInfo,
@@ -275,13 +276,34 @@ class TeamSettings(_Section):
     lead: Email | None = None
 
 
-class SecuritySettings(_Section):
-    """``[security]``: who may act as an agent by e-mail."""
+def _authres_fields(value: int) -> int:
+    if not 1 <= value <= MAX_AUTHRES_FIELDS:
+        raise ValueError(f"must be between 1 and {MAX_AUTHRES_FIELDS} (got {value})")
+    return value
 
-    # When set, agent powers by e-mail (relay, notes, commands) need an
-    # Authentication-Results header from this host (our MX) with DKIM or SPF
-    # pass aligned to the From domain. Unset: the From address is trusted.
+
+# More Authentication-Results fields than this from one's own servers is a
+# misreading of a mail (counting a sender's fields too), not a setup.
+MAX_AUTHRES_FIELDS = 10
+
+
+class SecuritySettings(_Section):
+    """``[security]``: who may act as an agent by e-mail (see helpdesk/mail/trust.py).
+
+    Secure by default: with neither key set, mail from an agent's address gets
+    no agent powers (no commands, notes or relay); it is a customer's mail.
+    """
+
+    # Agent powers by e-mail need an Authentication-Results field from this
+    # authserv-id (our MX) with DKIM, SPF or DMARC pass aligned to the From domain.
     trusted_authserv_id: NonEmptyStr | None = None
+    # How many Authentication-Results fields naming trusted_authserv_id our own
+    # servers add to each mail (RFC 8601 section 5); a mail with more carries a
+    # forged one and is untrusted.
+    trusted_authres_fields: Annotated[StrictInt, AfterValidator(_authres_fields)] = 1
+    # Trust the From address alone (when trusted_authserv_id is unset): anyone who
+    # writes an agent's address gets that agent's powers. Only set it knowingly.
+    trust_from_header: StrictBool = False
 
 
 class AgentSettings(_Section):
