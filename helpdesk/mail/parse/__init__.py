@@ -142,6 +142,8 @@ def _assemble(
     def address_list(name: str) -> tuple[Address, ...]:
         return addresses(fields.prepared.get(name, []), name, defects)
 
+    if len(fields.prepared.get("from", ())) > 1:
+        defects.add("duplicate-from")  # the first counts; clients may show another
     others = {name: fields.prepared.get(name, []) for name in ("sender", "reply-to", "return-path")}
     sender = find_sender(fields.prepared.get("from", []), others, envelope, defects)
     from_value = fields.first("from")

@@ -38,10 +38,10 @@ MAX_PARTS = 10_000
 # Header fields kept per part; the raw mail keeps the rest.
 MAX_FIELDS = 1_000
 
-# feedparser's headerRE: a field name (printable, no colon, no space) and a colon.
-_FIELD_RE = re.compile(r"[\x21-\x39\x3b-\x7e]*:")
-# A line that is a bare field name, as broken senders write "From" alone.
-_NAME_ONLY_RE = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
+# A field name (printable, no colon, no space) and its colon; RFC 5322
+# section 4.5.3 (obs-optional) allows white space before the colon.
+_FIELD_RE = re.compile(r"([\x21-\x39\x3b-\x7e]*)[ \t]*:")
+_OBS_FROM_RE = re.compile(r"From[ \t]+:")
 _BLANK_LINE_RE = re.compile(rb"\n\r?\n")
 _CTYPE_RE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
 # One parameter: up to the next ";" that is not inside a quoted string.
@@ -91,10 +91,12 @@ def read_headers(
     name = ""
     value: list[str] = []
     offset = start
-    for index, raw_line in enumerate(lines):
+    index = 0
+    while index < len(lines):
         line_start = offset
-        offset += len(raw_line) + 1
-        line = raw_line[:-1] if raw_line.endswith("\r") else raw_line
+        line = _strip_cr(lines[index])
+        offset += len(lines[index]) + 1
+        index += 1
         if not line:
             break  # the end of a block cut off by the end of the part
         if line[0] in " \t":
@@ -103,30 +105,35 @@ def read_headers(
             else:
                 defects.append("FirstHeaderLineIsContinuationDefect")
             continue
-        if line.startswith("From "):
-            if index:
+        if line.startswith("From ") and not _OBS_FROM_RE.match(line):
+            if index > 1:
                 defects.append("MisplacedEnvelopeHeaderDefect")
             continue  # at the top: the mbox envelope line (see envelope_line)
-        colon = line.find(":") if _FIELD_RE.match(line) else -1
-        if colon < 0:
-            if (
-                _NAME_ONLY_RE.fullmatch(line)
-                and index + 1 < len(lines)
-                and _FIELD_RE.match(lines[index + 1])
-            ):
-                defects.append("InvalidHeaderDefect")  # "From" alone among fields: skip it
-                continue
-            defects.append("MissingHeaderBodySeparatorDefect")
-            _flush(fields, name, value)
-            return _bounded(fields, defects), line_start
+        field_match = _FIELD_RE.match(line)
+        if field_match is None:
+            # RFC 5322 section 2.2.3: unfolding comes first, so "From\r\n : x"
+            # is a field whose name was folded away from its colon.
+            following = index
+            while following < len(lines) and lines[following][:1] in (" ", "\t"):
+                following += 1
+            joined = line + "".join(_strip_cr(more) for more in lines[index:following])
+            field_match = _FIELD_RE.match(joined) if following > index else None
+            if field_match is None:
+                defects.append("MissingHeaderBodySeparatorDefect")
+                _flush(fields, name, value)
+                return _bounded(fields, defects), line_start
+            offset += sum(len(more) + 1 for more in lines[index:following])
+            index, line = following, joined
         _flush(fields, name, value)
-        if colon == 0:
-            defects.append("InvalidHeaderDefect")
-            name, value = "", []
-            continue
-        name, value = line[:colon], [line[colon + 1 :].lstrip(" \t")]
+        name, value = field_match.group(1), [line[field_match.end() :].lstrip(" \t")]
+        if not name:
+            defects.append("InvalidHeaderDefect")  # ": value" has no name
     _flush(fields, name, value)
     return _bounded(fields, defects), body_start
+
+
+def _strip_cr(line: str) -> str:
+    return line[:-1] if line.endswith("\r") else line
 
 
 def _bounded(fields: list[tuple[str, str]], defects: list[str]) -> list[tuple[str, str]]:
