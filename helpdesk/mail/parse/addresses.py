@@ -37,9 +37,12 @@ _ATEXT = r"[^@\s<>()\[\],;:\"\\]"
 _LOCAL = rf'(?:{_ATEXT}+|"(?:[^"\\\r\n]|\\.)*")'
 _ADDR_RE = re.compile(rf"^{_LOCAL}@{_ATEXT}+$")
 _PLAIN_LOCAL_RE = re.compile(rf"^{_ATEXT}+$")
-# Lenient search: the first thing in a header that looks like an address.
+# Lenient search: the first thing in a header that looks like an address. It
+# may start only where a word starts, and its quantifiers never give back, so
+# that a header of 40,000 letters and no "@" costs one pass, not 40,000.
 _FIND_RE = re.compile(
-    rf'"(?:[^"\\\r\n]|\\.)*"@[\w.-]+|(?:{_ATEXT}|\\.)+@[\w-]+(?:\.[\w-]+)*'
+    r'(?<![^\s<>()\[\],;:"])'
+    rf'(?:"(?:[^"\\\r\n]|\\.)*+"|(?:{_ATEXT}|\\.)++)@[\w-]++(?:\.[\w-]++)*+'
 )
 # Mailman 2 archives write "user at example.com (Name)".
 _ARCHIVE_RE = re.compile(r"^\s*([^\s@()<>]+) at ([\w-]+(?:\.[\w-]+)+)\s*(?:\((.*)\))?\s*$")
