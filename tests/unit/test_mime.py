@@ -220,3 +220,26 @@ def test_quoted_printable_body() -> None:
         b"Content-Transfer-Encoding: quoted-printable\n\nGr=C3=BC=C3=9Fe, lang=\nes Wort\n"
     )
     assert parse(raw).text == "Grüße, langes Wort"
+
+
+@pytest.mark.parametrize("boundary", [b"b\xc3\xa9", b"b\xe9", b"b\xff\xfe"])
+def test_eight_bit_boundary(boundary: bytes) -> None:
+    """A boundary with 8-bit bytes (UTF-8 or not) is matched byte for byte."""
+    raw = (
+        b"From: a@example.com\nContent-Type: multipart/mixed; boundary=\"" + boundary + b"\"\n\n"
+        b"--" + boundary + b"\nContent-Type: text/plain\n\nfirst\n--" + boundary + b"--\n"
+    )
+    parsed = parse(raw)
+    assert parsed.text == "first"
+    assert "StartBoundaryNotFoundDefect" not in parsed.defects
+
+
+def test_eight_bit_rfc2231_parameter() -> None:
+    """Raw 8-bit bytes inside an RFC 2231 value neither crash nor lose the part."""
+    raw = (
+        b"From: a@example.com\nContent-Type: multipart/mixed; boundary=b; x*=utf-8''\xdd%41\n\n"
+        b"--b\nContent-Type: text/plain\n\nbody\n--b--\n"
+    )
+    parsed = parse(raw)
+    assert parsed.text == "body"
+    assert not any(d.startswith("parse-error") for d in parsed.defects)

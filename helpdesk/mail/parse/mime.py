@@ -161,14 +161,16 @@ def envelope_line(buf: bytes) -> str | None:
 # Content-Type and friends
 
 
-def split_params(value: str) -> tuple[str, dict[str, str]]:
+def split_params(value: str, *, raw_bytes: bool = False) -> tuple[str, dict[str, str]]:
     """The lower-cased first token of a MIME header and its parameters.
 
     Quoted strings may hold ";"; RFC 2231 continuations and charset'lang'
     prefixes are decoded; an extended parameter (name*=) wins over a plain
-    one of the same name, which senders add only as an ASCII fallback.
+    one of the same name, which senders add only as an ASCII fallback. With
+    `raw_bytes`, 8-bit bytes stay as surrogates (a boundary is bytes, not text).
     """
-    value = from_8bit(value)
+    if not raw_bytes:
+        value = from_8bit(value)
     head, _, rest = value.partition(";")
     plain: dict[str, str] = {}
     extended: dict[str, list[tuple[int, str, bool]]] = {}
@@ -221,7 +223,7 @@ def _rfc2231(pieces: list[tuple[int, str, bool]]) -> str:
             continue
         if index == 0 and text.count("'") >= 2:
             charset, _, text = text.split("'", 2)
-        data += urllib.parse.unquote_to_bytes(text)
+        data += urllib.parse.unquote_to_bytes(text.encode("utf-8", "surrogateescape"))
     return decode_bytes(bytes(data), charset or None, Defects())
 
 
@@ -275,7 +277,8 @@ def _split(buf: bytes, part: Part, depth: int, budget: _Budget) -> None:
     if depth >= MAX_DEPTH:
         part.too_deep = True
         return
-    boundary = part.params.get("boundary", "").rstrip()
+    raw_boundary = split_params(part.first("content-type") or "", raw_bytes=True)[1]
+    boundary = raw_boundary.get("boundary", "").rstrip()
     if not boundary:
         part.defects.append("NoBoundaryInMultipartDefect")
         return
@@ -305,7 +308,7 @@ def _regions(
 
     None when no boundary line starts a part at all.
     """
-    delimiter = b"--" + boundary.encode("ascii", "surrogateescape")
+    delimiter = b"--" + boundary.encode("utf-8", "surrogateescape")
     regions: list[tuple[int, int]] = []
     part_start: int | None = None
     position = start
