@@ -42,6 +42,10 @@ MAX_FIELDS = 1_000
 # section 4.5.3 (obs-optional) allows white space before the colon.
 _FIELD_RE = re.compile(r"([\x21-\x39\x3b-\x7e]*)[ \t]*:")
 _OBS_FROM_RE = re.compile(r"From[ \t]+:")
+# One whole field: name, colon, first line, continuation lines.
+_WHOLE_FIELD_RE = re.compile(
+    r"([\x21-\x39\x3b-\x7e]+)[ \t]*:[ \t]*([^\n]*(?:\n[ \t][^\n]*)*)(?:\n|\Z)"
+)
 _BLANK_LINE_RE = re.compile(rb"\n\r?\n")
 _CTYPE_RE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
 # One parameter: up to the next ";" that is not inside a quoted string.
@@ -86,7 +90,11 @@ def read_headers(
     match = _BLANK_LINE_RE.search(buf, start, end)
     block_end, body_start = (match.start(), match.end()) if match else (end, end)
     # One character per byte: string offsets are byte offsets.
-    lines = buf[start:block_end].decode("ascii", "surrogateescape").split("\n")
+    text = buf[start:block_end].decode("ascii", "surrogateescape")
+    fast = _well_formed(text)
+    if fast is not None:
+        return _bounded(fast, defects), body_start
+    lines = text.split("\n")
     fields: list[tuple[str, str]] = []
     name = ""
     value: list[str] = []
@@ -130,6 +138,24 @@ def read_headers(
             defects.append("InvalidHeaderDefect")  # ": value" has no name
     _flush(fields, name, value)
     return _bounded(fields, defects), body_start
+
+
+def _well_formed(text: str) -> list[tuple[str, str]] | None:
+    """The fields of a header block that is nothing but fields, in one regex pass;
+    None when anything needs the line-by-line reading (junk, an mbox line)."""
+    if text.startswith(("From ", " ", "\t")):
+        return None
+    fields: list[tuple[str, str]] = []
+    position = 0
+    for match in _WHOLE_FIELD_RE.finditer(text):
+        if match.start() != position:
+            return None
+        position = match.end()
+        value = match.group(2)
+        if "\n" in value:  # RFC 5322 section 2.2.3: unfold
+            value = value.replace("\r\n", "\n").replace("\n", "")
+        fields.append((match.group(1), value[:-1] if value.endswith("\r") else value))
+    return fields if position == len(text) else None
 
 
 def _strip_cr(line: str) -> str:
