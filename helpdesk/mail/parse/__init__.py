@@ -50,7 +50,7 @@ from helpdesk.mail.parse.headers import (
 )
 from helpdesk.mail.parse.mime import envelope_line, parse_tree, read_headers
 from helpdesk.mail.quoting import split_reply
-from helpdesk.values import Address, AttachmentPart, ParsedMessage
+from helpdesk.values import AttachmentPart, ParsedMessage
 
 __all__ = ["SYNTHETIC_ID_DOMAIN", "parse", "safe_filename"]
 
@@ -138,58 +138,34 @@ def _assemble(
 ) -> ParsedMessage:
     if not fields.items:
         defects.add("no-headers")
-
-    def address_list(name: str) -> tuple[Address, ...]:
-        return addresses(fields.prepared.get(name, []), name, defects)
-
     if len(fields.prepared.get("from", ())) > 1:
         defects.add("duplicate-from")  # the first counts; clients may show another
     others = {name: fields.prepared.get(name, []) for name in ("sender", "reply-to", "return-path")}
     sender = find_sender(fields.prepared.get("from", []), others, envelope, defects)
-    from_value = fields.first("from")
-    subject_value = fields.first("subject")
-    date_value = fields.first("date")
-    date = parse_date(date_value, defects)
-    id_values = fields.decoded.get("message-id", [])
-    if len(id_values) > 1:
-        defects.add("duplicate-message-id")
-    original_id = id_values[0] if id_values else ""
-    mid = message_id(original_id)
-
+    from_value, subject_value = fields.first("from"), fields.first("subject")
+    from_header = display(from_value, defects, "from") if from_value is not None else ""
+    subject = display(subject_value, defects, "subject") if subject_value is not None else ""
     text = _join_text(content.segments)
     html = "\n".join(content.htmls) if content.htmls else None
     new_text, quoted_text = split_reply(text)
-    for name in _TRUNCATION_DEFECTS:
-        if name in defects:
-            defects.add("truncated")
-    subject = display(subject_value, defects, "subject") if subject_value is not None else ""
+    if any(name in defects for name in _TRUNCATION_DEFECTS):
+        defects.add("truncated")
     # Only the From field counts: the same mail fetched from two sources, one
     # of which knows the envelope, must hash the same.
     hashed_from = sender.address.address if sender.address and sender.source == "from" else ""
-    content_hash = _content_hash(
-        [
-            ("from", hashed_from),
-            ("subject", subject),
-            ("date", date_value or ""),
-            ("message-id", original_id),
-            ("text", text),
-            ("html", html if html is not None else ""),
-        ],
-        content.attachments,
-    )
-    synthetic = mid is None
-    if mid is None:
-        defects.add("no-message-id" if not original_id else "bad-message-id")
-        mid = f"{content_hash[:40]}@{SYNTHETIC_ID_DOMAIN}"
+    date_value = fields.first("date") or ""
+    content_fields = [("from", hashed_from), ("subject", subject), ("date", date_value)]
+    content_fields += [("text", text), ("html", html if html is not None else "")]
+    mid, synthetic, content_hash = _identity(fields, content_fields, content.attachments, defects)
     return ParsedMessage(
         message_id=mid,
         message_id_synthetic=synthetic,
         subject=subject,
         from_=sender.address,
-        to=address_list("to"),
-        cc=address_list("cc"),
-        reply_to=address_list("reply-to"),
-        date=date,
+        to=addresses(fields.prepared.get("to", []), "to", defects),
+        cc=addresses(fields.prepared.get("cc", []), "cc", defects),
+        reply_to=addresses(fields.prepared.get("reply-to", []), "reply-to", defects),
+        date=parse_date(fields.first("date"), defects),
         in_reply_to=_id_list(fields, "in-reply-to", defects),
         references=_id_list(fields, "references", defects),
         headers=tuple(fields.items),
@@ -198,12 +174,37 @@ def _assemble(
         quoted_text=quoted_text,
         html=html,
         attachments=tuple(content.attachments),
-        defects=defects.names(),
+        defects=defects.names(),  # last: every argument above may add one
         content_hash=content_hash,
         size=len(raw),
         sender_source=sender.source,
-        from_header=display(from_value, defects, "from") if from_value is not None else "",
+        from_header=from_header,
     )
+
+
+def _identity(
+    fields: Fields,
+    content_fields: list[tuple[str, str]],
+    attachments: list[AttachmentPart],
+    defects: Defects,
+) -> tuple[str, bool, str]:
+    """(message id, whether it is synthetic, content hash).
+
+    Without a usable Message-ID the id is derived from the content hash, so
+    that a redelivery of the same mail is still recognised.
+    """
+    id_values = fields.decoded.get("message-id", [])
+    if len(id_values) > 1:
+        defects.add("duplicate-message-id")
+    original_id = id_values[0] if id_values else ""
+    # The hash's fields keep their historical order: stored hashes stay valid.
+    ordered = [*content_fields[:3], ("message-id", original_id), *content_fields[3:]]
+    content_hash = _content_hash(ordered, attachments)
+    mid = message_id(original_id)
+    if mid is not None:
+        return mid, False, content_hash
+    defects.add("no-message-id" if not original_id else "bad-message-id")
+    return f"{content_hash[:40]}@{SYNTHETIC_ID_DOMAIN}", True, content_hash
 
 
 def _id_list(fields: Fields, name: str, defects: Defects) -> tuple[str, ...]:
