@@ -49,7 +49,9 @@ _ARCHIVE_RE = re.compile(r"^\s*([^\s@()<>]+) at ([\w-]+(?:\.[\w-]+)+)\s*(?:\((.*
 # Tokens: a quoted string, a comment, an angle address, a separator, a run of
 # anything else, or one stray character. Unterminated ones run to the end.
 _TOKEN_RE = re.compile(
-    r'"(?:[^"\\]|\\.)*"?|\((?:[^()\\]|\\.)*\)?|<[^<>]*>?|[,:;]|[^",:;<>(]+|.', re.S
+    r'"[^"\\]*+(?:\\.[^"\\]*+)*+"?|\([^()\\]*+(?:\\.[^()\\]*+)*+\)?|<[^<>]*+>?|[,:;]'
+    r'|[^",:;<>(]++|.',
+    re.S,
 )
 _PLACEHOLDER_START = "\ue000"
 _PLACEHOLDER_END = "\ue001"
