@@ -29,7 +29,7 @@ from helpdesk.errors import StoreUnavailable
 from helpdesk.mail.forwarded import ForwardedMail
 from helpdesk.mail.parse import parse as parse_message
 from helpdesk.mail.prepare import PrepareConfig, Prepared, prepare_with
-from helpdesk.mail.trust import TrustPolicy, agent_trust
+from helpdesk.mail.trust import TrustPolicy, TrustVerdict, agent_trust
 from helpdesk.rules import RuleSet, evaluate
 from helpdesk.store import queries
 from helpdesk.store.failures import is_outage
@@ -410,7 +410,11 @@ def _agent_powers(
     assert msg.from_ is not None
     if prepared.verdict.automated or not queries.is_agent_address(session, msg.from_.address):
         return False
-    trust = prepared.trust or agent_trust(msg, ctx.trust)
+    if msg.sender_source != "from":
+        trust = TrustVerdict(False, f"the sender comes from {msg.sender_source or 'nowhere'}, "
+                                    "not from From")
+    else:
+        trust = prepared.trust or agent_trust(msg, ctx.trust)
     if not trust.trusted:
         # From addresses are forgeable: without proof this is a customer's mail.
         events.append({"actor": "system", "kind": "agent.untrusted",

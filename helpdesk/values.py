@@ -83,6 +83,13 @@ class ParsedMessage:
     brackets. When the mail has no Message-ID, `message_id` is derived from
     `content_hash` and `message_id_synthetic` is true, so that a redelivery of
     the same mail is still recognised.
+
+    `from_` is the sender: the first usable address of From, else of Sender,
+    Reply-To, Return-Path, else the envelope sender; `sender_source` says
+    which ("from", "sender", "reply-to", "return-path", "envelope", or ""
+    when there is none). `from_header` is the From field as decoded, for
+    display, whatever it holds. Subjects and display names are at most 998
+    characters, `references` the first and the last 99 ids (RFC 5322 3.6.4).
     """
 
     message_id: str
@@ -104,6 +111,8 @@ class ParsedMessage:
     defects: tuple[str, ...] = ()
     content_hash: str = ""
     size: int = 0
+    sender_source: str = ""
+    from_header: str = ""
 
     def header(self, name: str) -> str | None:
         """The first decoded value of header `name` (case-insensitive), or None."""
@@ -159,6 +168,8 @@ class Incoming:
     raw: bytes
     origin: Origin
     problem: str | None = None
+    # The SMTP MAIL FROM, where the source knows it (LMTP, the MTA pipe).
+    envelope_sender: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

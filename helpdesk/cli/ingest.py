@@ -123,9 +123,17 @@ def _from_mbox(path: Path) -> tuple[int, Iterator[tuple[RawSource, Origin]]]:
     help="Import every message of an mbox file.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as one JSON object.")
+@click.option(
+    "--sender",
+    "envelope_sender",
+    envvar="SENDER",
+    help="Envelope sender (MAIL FROM) of the mail on stdin, a last resort when its headers "
+    "name none; Postfix's local(8) sets $SENDER for a pipe.",
+)
 @pass_app
 def ingest(
-    app: AppContext, files: tuple[str, ...], maildir: Path | None, mbox: Path | None, as_json: bool
+    app: AppContext, files: tuple[str, ...], maildir: Path | None, mbox: Path | None,
+    as_json: bool, envelope_sender: str | None,
 ) -> None:
     """Turn mail into tickets: FILE ..., `-` or nothing for one message on stdin.
 
@@ -155,7 +163,7 @@ def ingest(
         sources.append(_from_files(("-",)))
 
     try:
-        tally = _run(app, sources, total)
+        tally = _run(app, sources, total, envelope_sender if piped else None)
     except StoreUnavailable:
         raise  # exit 75, in the root group
     except (ConfigError, SchemaOutdated) as exc:
@@ -197,7 +205,8 @@ def _report(tally: _Tally, as_json: bool) -> None:
 
 
 def _run(
-    app: AppContext, sources: list[Iterator[tuple[RawSource, Origin]]], total: int
+    app: AppContext, sources: list[Iterator[tuple[RawSource, Origin]]], total: int,
+    envelope_sender: str | None,
 ) -> _Tally:
     settings = app.settings.intake
     factory = app.sessions()
@@ -213,7 +222,7 @@ def _run(
         hidden=total < PROGRESS_THRESHOLD or not sys.stderr.isatty(),
     ) as bar, PreparePool(workers, time_limit=settings.message_time_limit,
                           start_method="fork").start_all() as pool:
-        incoming = _incoming(sources, settings.max_message_bytes, tally)
+        incoming = _incoming(sources, settings.max_message_bytes, tally, envelope_sender)
         for batch, outcomes in store_in_batches(factory, ctx, incoming, pool,
                                                  batch_max=settings.batch_max):
             tally.counts.update(outcome.kind for outcome in outcomes)
@@ -222,7 +231,7 @@ def _run(
 
 
 def _incoming(sources: list[Iterator[tuple[RawSource, Origin]]], limit: int,
-              tally: _Tally) -> Iterator[Incoming]:
+              tally: _Tally, envelope_sender: str | None) -> Iterator[Incoming]:
     for source in sources:
         for read, origin in source:
             try:
@@ -234,4 +243,5 @@ def _incoming(sources: list[Iterator[tuple[RawSource, Origin]]], limit: int,
                 continue
             except OSError as exc:
                 raise click.FileError(origin.path or origin.source, str(exc)) from exc
-            yield Incoming(raw, origin)
+            sender = envelope_sender if origin.source == "stdin" else None
+            yield Incoming(raw, origin, envelope_sender=sender)

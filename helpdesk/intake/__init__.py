@@ -70,7 +70,8 @@ class Intake:
         if not incoming:
             return []
         config = self.context().prepare
-        prepared = self.pool.prepare_many([item.raw for item in incoming], config)
+        prepared = self.pool.prepare_many([item.raw for item in incoming], config,
+                                          [item.envelope_sender for item in incoming])
         return self.committer.store(_items(incoming, prepared))
 
     @property
@@ -104,7 +105,8 @@ def store_in_batches(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-ahead") as ahead:
 
         def start(batch: list[Incoming]) -> Future[list[Prepared]]:
-            return ahead.submit(pool.prepare_many, [item.raw for item in batch], ctx.prepare)
+            return ahead.submit(pool.prepare_many, [item.raw for item in batch], ctx.prepare,
+                                [item.envelope_sender for item in batch])
 
         current = next(batches, None)
         pending = start(current) if current is not None else None
@@ -130,7 +132,8 @@ def in_process_sink(sessions: sessionmaker[Session], ctx: IngestContext) -> Batc
 
     def sink(incoming: Sequence[Incoming]) -> list[IngestOutcome]:
         prepared = [prepare_with(item.raw, parse=ctx.parse, is_own_address=ctx.is_own_address,
-                                 loop_id=ctx.loop_id, trust=ctx.trust) for item in incoming]
+                                 loop_id=ctx.loop_id, trust=ctx.trust,
+                                 envelope_sender=item.envelope_sender) for item in incoming]
         return store_now(sessions, _items(incoming, prepared), ctx)
 
     return sink

@@ -67,7 +67,7 @@ class _WorkerLost(Exception):
     """The worker process died under a mail."""
 
 
-PrepareFunction = Callable[[bytes, PrepareConfig], Prepared]
+PrepareFunction = Callable[[bytes, PrepareConfig, str | None], Prepared]
 
 
 def _serve(conn: Connection, function: PrepareFunction) -> None:
@@ -77,13 +77,13 @@ def _serve(conn: Connection, function: PrepareFunction) -> None:
     _die_with_parent()
     while True:
         try:
-            config: PrepareConfig = conn.recv()
+            config, envelope_sender = conn.recv()
             raw = conn.recv_bytes()
         except (EOFError, OSError):
             return
         started = time.perf_counter()
         try:
-            result = function(raw, config)
+            result = function(raw, config, envelope_sender)
         except Exception as exc:  # noqa: BLE001 - prepare promises not to raise; report, don't die
             result = Prepared.failed(f"internal error while parsing: {exc!r}",
                                      traceback.format_exc(limit=8))
@@ -119,12 +119,12 @@ class _Worker:
         self.conn: Connection = ours
         self.tasks = 0
 
-    def run(self, raw: bytes, config: PrepareConfig, limit: float,
+    def run(self, raw: bytes, config: PrepareConfig, envelope_sender: str | None, limit: float,
             closing: threading.Event) -> Prepared | None:
         """The result, or None when the time limit ran out (the worker is then dead)."""
         self.tasks += 1
         try:
-            self.conn.send(config)
+            self.conn.send((config, envelope_sender))
             self.conn.send_bytes(raw)
         except (BrokenPipeError, OSError) as exc:
             raise _WorkerLost(str(exc)) from exc
@@ -213,12 +213,14 @@ class PreparePool:
 
     # -- using it ----------------------------------------------------------------
 
-    def prepare(self, raw: bytes, config: PrepareConfig) -> Prepared:
+    def prepare(self, raw: bytes, config: PrepareConfig,
+                envelope_sender: str | None = None) -> Prepared:
         """Prepare one mail in a worker; `PoolClosed` if the pool closes meanwhile."""
         for attempt in (1, 2):
             worker = self._take()
             try:
-                result = worker.run(raw, config, self.time_limit, self._closing)
+                result = worker.run(raw, config, envelope_sender, self.time_limit,
+                                    self._closing)
             except _WorkerLost as exc:
                 self._discard(worker)
                 self.lost += 1
@@ -244,11 +246,14 @@ class PreparePool:
             return result
         raise AssertionError("unreachable")
 
-    def prepare_many(self, raws: Sequence[bytes], config: PrepareConfig) -> list[Prepared]:
+    def prepare_many(self, raws: Sequence[bytes], config: PrepareConfig,
+                     envelope_senders: Sequence[str | None] | None = None) -> list[Prepared]:
         """Prepare several mails on all workers at once; results in the order given."""
+        senders = envelope_senders or [None] * len(raws)
         if len(raws) == 1:
-            return [self.prepare(raws[0], config)]
-        futures = [self._threads.submit(self.prepare, raw, config) for raw in raws]
+            return [self.prepare(raws[0], config, senders[0])]
+        futures = [self._threads.submit(self.prepare, raw, config, sender)
+                   for raw, sender in zip(raws, senders, strict=True)]
         results: list[Prepared] = []
         try:
             for future in futures:

@@ -78,29 +78,37 @@ class Prepared:
         return cls(None, Verdict(MailClass.HUMAN), problem=problem, detail=detail)
 
 
-def prepare(raw: bytes, config: PrepareConfig) -> Prepared:
+def prepare(raw: bytes, config: PrepareConfig, envelope_sender: str | None = None) -> Prepared:
     """Parse, classify and check one raw mail (see the module docstring)."""
     return prepare_with(raw, parse=parse_message, is_own_address=config.is_own_address,
-                        loop_id=config.loop_id, trust=config.trust)
+                        loop_id=config.loop_id, trust=config.trust,
+                        envelope_sender=envelope_sender)
 
 
 def prepare_with(
     raw: bytes,
     *,
-    parse: Callable[[bytes], ParsedMessage],
+    parse: Callable[..., ParsedMessage],
     is_own_address: Callable[[str], bool],
     loop_id: str,
     trust: TrustPolicy,
+    envelope_sender: str | None = None,
 ) -> Prepared:
-    """`prepare` with the parser and the own-address predicate given as callables."""
+    """`prepare` with the parser and the own-address predicate given as callables.
+
+    `envelope_sender` is the SMTP MAIL FROM where the source knows it (LMTP,
+    the MTA pipe's $SENDER): the last resort for a mail whose headers name
+    no sender (`helpdesk.mail.parse`).
+    """
     try:
-        msg = parse(raw)
+        msg = parse(raw, envelope_sender=envelope_sender) if envelope_sender else parse(raw)
     except Exception as exc:  # noqa: BLE001 - parse promises not to raise; if it does, keep the mail
         return Prepared.failed(f"parser failed: {exc!r}", traceback.format_exc(limit=8))
     verdict = classify(msg, raw, own_addresses=is_own_address, loop_id=loop_id)
     if msg.from_ is None and msg.headers and verdict.mail_class is MailClass.BOUNCE:
-        # A bounce is worth keeping on the ticket it returns, sender or not.
-        msg = dataclasses.replace(msg, from_=BOUNCE_SENDER)
+        # A bounce is a bounce whatever its From says (`MAILER-DAEMON <>`, none
+        # at all): worth keeping on the ticket it returns.
+        msg = dataclasses.replace(msg, from_=BOUNCE_SENDER, sender_source="bounce")
     problem = unusable(msg)
     if problem:
         return Prepared(msg, verdict, problem=problem)
@@ -112,17 +120,26 @@ def prepare_with(
     if commands is not None and not commands.is_note:
         forwarded = find_forwarded(msg)
     # Reading Authentication-Results is linear but input-sized: it belongs here too.
-    trusted = None if verdict.automated else agent_trust(msg, trust)
+    # Only a sender named in From can be an agent: DKIM and SPF vouch for From,
+    # not for a Reply-To or an envelope address we fell back on.
+    trusted = None
+    if not verdict.automated and msg.sender_source == "from":
+        trusted = agent_trust(msg, trust)
     return Prepared(msg, verdict, commands=commands, forwarded=forwarded, trust=trusted)
 
 
 def unusable(msg: ParsedMessage) -> str | None:
-    """Why this parsed mail cannot become a ticket entry, or None."""
+    """Why this parsed mail cannot become a ticket entry, or None.
+
+    Only mail without headers, or without a usable address anywhere (From,
+    Sender, Reply-To, Return-Path, the envelope; parse looks leniently), is
+    quarantined: odd but valid senders are kept (issue 9 §14).
+    """
     if not msg.headers:
         defects = ", ".join(msg.defects) or "no header lines"
         return f"not an e-mail message: no headers found ({defects})"
     if msg.from_ is None or "@" not in msg.from_.address:
-        raw_from = msg.header("From")
-        shown = f"{raw_from!r}" if raw_from else "missing"
-        return f"no usable sender address: From is {shown}"
+        shown = repr(msg.from_header) if msg.from_header else "missing"
+        return (f"no usable sender address anywhere (From is {shown}; no Sender, Reply-To, "
+                "Return-Path or envelope sender)")
     return None

@@ -106,7 +106,9 @@ class LmtpHandler:
         try:
             # The sink blocks (SQLAlchemy); keep the event loop free for other clients.
             # Deliveries that arrive together share a commit (the intake's writer).
-            (outcome,) = await asyncio.to_thread(self._sink, [Incoming(raw, origin)])
+            sender = str(envelope.mail_from or "") or None  # "<>" (a bounce) arrives as ""
+            (outcome,) = await asyncio.to_thread(
+                self._sink, [Incoming(raw, origin, envelope_sender=sender)])
         except PoolClosed:
             return _per_recipient(ERR_STOPPING, recipients)
         except StoreUnavailable as exc:
