@@ -48,7 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "The effective configuration, and a check of config, rules and templates."),
     "db": ("helpdesk.cli.db:db", "Manage the database schema."),
     "demo": ("helpdesk.cli.demo:demo",
-             "Ingest the shipped sample mails into a fresh SQLite store and show the result."),
+             "Ingest the shipped sample mails into a fresh SQLite store and show the tickets."),
     "ingest": ("helpdesk.cli.ingest:ingest",
                "Turn mail into tickets: FILE ..., `-` or nothing for one message on stdin."),
     "mailbox": ("helpdesk.cli.mailbox:mailbox", "The IMAP mailboxes helpdesk watches."),
@@ -60,7 +60,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("helpdesk.cli.run:run",
             "Watch the configured mailboxes, ingest every message, send the outbox."),
     "stats": ("helpdesk.cli.stats:stats",
-              "Open tickets by team and status, response and resolution times, busiest senders."),
+              "Open tickets by team and status, response and resolution times, and what causes "
+              "work."),
     "teams": ("helpdesk.cli.teams:teams", "Teams of agents that tickets are routed to."),
     "tickets": ("helpdesk.cli.tickets:tickets", "Inspect and change tickets."),
 }

@@ -24,7 +24,6 @@ from helpdesk import context
 from helpdesk.cli import AppContext, pass_app
 from helpdesk.cli.output import emit_json
 from helpdesk.errors import SchemaOutdated, StoreUnavailable
-from helpdesk.ingest import ingest
 from helpdesk.rules import RuleSet
 from helpdesk.store.db import isolate_sequences
 from helpdesk.store.models import Event, Message, OutboxItem
@@ -207,6 +206,8 @@ def test(
     daemon would produce. Not even an id is used up: on PostgreSQL the id
     sequences are made transactional for the dry run (store.db.isolate_sequences).
     """
+    from helpdesk.ingest import ingest
+
     raw = sys.stdin.buffer.read() if str(message) == "-" else message.read_bytes()
     ctx = app.ingest_context()
     factory = app.sessions()

@@ -10,7 +10,14 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
 from helpdesk.errors import SchemaOutdated
-from helpdesk.store.db import check_schema, current_revision, head_revision, make_engine, upgrade
+from helpdesk.store.db import (
+    HEAD_REVISION,
+    check_schema,
+    current_revision,
+    head_revision,
+    make_engine,
+    upgrade,
+)
 from helpdesk.store.models import Base
 from tests.conftest import Store
 
@@ -43,3 +50,16 @@ def test_empty_database_is_reported_outdated(tmp_path: Path) -> None:
     assert (before, after) == (None, head_revision())
     check_schema(engine)
     engine.dispose()
+
+
+def test_head_revision_constant_is_alembics_head() -> None:
+    """The schema check compares with HEAD_REVISION: it must be the newest migration file's."""
+    assert head_revision() == HEAD_REVISION
+
+
+def test_an_older_revision_is_outdated_and_names_both(store: Store) -> None:
+    """A database one migration behind is refused, naming its revision and the one needed."""
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0003'"))
+    with pytest.raises(SchemaOutdated, match=f"revision 0003.*needs revision {HEAD_REVISION}"):
+        check_schema(store.engine)
