@@ -127,6 +127,8 @@ class Listed:
 
 
 _TIMER_CONDITIONS = ("status", "idle_days", "no_response_hours")
+# The narrowest the WHEN / THEN column may be beside the others; else it goes below them.
+MIN_WRAP_WIDTH = 40
 
 
 def listed(rule_set: RuleSet) -> list[Listed]:
@@ -172,19 +174,31 @@ def list_(app: AppContext, as_json: bool) -> None:
 
 
 def wrapped_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Aligned columns; the last one wrapped (never cut) to the terminal's width."""
+    """Aligned columns, the last one wrapped (never cut) to the terminal's width.
+
+    When the terminal leaves the last column too little room, each row's last
+    cell goes on indented lines below it instead.
+    """
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers[:-1])]
+    columns = shutil.get_terminal_size((120, 24)).columns
     indent = sum(widths) + 2 * len(widths)
-    width = max(40, shutil.get_terminal_size((120, 24)).columns - indent)
+    beside = columns - indent >= MIN_WRAP_WIDTH
+    if not beside:
+        indent = 4
 
     def head(values: Sequence[str]) -> str:
         return "".join(v.ljust(w + 2) for v, w in zip(values, widths, strict=False))
 
-    click.echo(click.style((head(headers) + headers[-1]).rstrip(), bold=True))
+    title = head(headers) + headers[-1] if beside else head(headers)
+    click.echo(click.style(title.rstrip(), bold=True))
     for row in rows:
-        lines = textwrap.wrap(row[-1], width, break_on_hyphens=False) or [""]
-        click.echo(head(row) + lines[0])
-        for line in lines[1:]:
+        lines = textwrap.wrap(row[-1], max(columns - indent, 20), break_on_hyphens=False)
+        if beside:
+            click.echo(head(row) + (lines[0] if lines else ""))
+            lines = lines[1:]
+        else:
+            click.echo(head(row).rstrip())
+        for line in lines:
             click.echo(" " * indent + line)
 
 
@@ -206,6 +220,7 @@ def test(
     daemon would produce. Not even an id is used up: on PostgreSQL the id
     sequences are made transactional for the dry run (store.db.isolate_sequences).
     """
+    
     from helpdesk.ingest import ingest
 
     raw = sys.stdin.buffer.read() if str(message) == "-" else message.read_bytes()
