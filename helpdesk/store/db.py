@@ -129,6 +129,8 @@ def head_revision() -> str:
     return head
 
 
+INSUFFICIENT_PRIVILEGE = "42501"  # SQLSTATE: the role may not use the table
+
 # Messages of a refused connection, as libpq words them (psycopg gives no
 # SQLSTATE for a failed connection). A server with a translated lc_messages
 # words the FATAL ones differently; those fall back to "unavailable" (retried),
@@ -164,6 +166,10 @@ def stored_revision(engine: Engine) -> str | None:
             rows = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
     except (OperationalError, InterfaceError) as exc:
         raise connect_error(exc) from exc
+    except ProgrammingError as exc:
+        if getattr(exc.orig, "sqlstate", None) == INSUFFICIENT_PRIVILEGE:
+            raise StoreAccessDenied(f"the database refused access: {exc.orig}") from exc
+        raise
     # Several rows would mean branches, which we never ship: that is not our head either.
     return rows[0] if len(rows) == 1 else (",".join(sorted(rows)) or None)
 
