@@ -235,6 +235,8 @@ def isolate_sequences(conn: Connection, *, lock_timeout_ms: int = 2000) -> bool:
                 conn.execute(text(f"ALTER SEQUENCE {name} INCREMENT BY 1"))
     except ProgrammingError:  # insufficient privilege: not the owner
         return False
+    except OperationalError as exc:  # lock_timeout: a long transaction holds a sequence
+        raise StoreUnavailable(f"the store is busy, try again: {exc.orig}") from exc
     return True
 
 

@@ -10,7 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
-from helpdesk.errors import SchemaOutdated
+from helpdesk.errors import SchemaOutdated, StoreUnavailable
 from helpdesk.store.db import (
     HEAD_REVISION,
     check_schema,
@@ -107,3 +107,17 @@ def _insert(store: Store, value: str) -> int:
     with store.engine.begin() as conn:
         new = conn.execute(text("INSERT INTO probe (v) VALUES (:v) RETURNING id"), {"v": value})
         return int(new.scalar_one())
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_isolating_gives_up_rather_than_wait_long_for_a_busy_sequence(store: Store) -> None:
+    """A transaction that holds a sequence makes the dry run give up after its lock timeout."""
+    with store.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE probe (id BIGSERIAL PRIMARY KEY)"))
+    with store.engine.connect() as busy, store.engine.connect() as dry:
+        busy.begin()
+        busy.execute(text("SELECT nextval('probe_id_seq')"))  # held until busy ends
+        dry.begin()
+        with pytest.raises(StoreUnavailable, match="busy"):
+            isolate_sequences(dry, lock_timeout_ms=200)
