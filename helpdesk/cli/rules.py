@@ -220,7 +220,7 @@ def test(
     daemon would produce. Not even an id is used up: on PostgreSQL the id
     sequences are made transactional for the dry run (store.db.isolate_sequences).
     """
-    
+
     from helpdesk.ingest import ingest
 
     raw = sys.stdin.buffer.read() if str(message) == "-" else message.read_bytes()

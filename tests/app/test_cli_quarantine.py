@@ -56,7 +56,8 @@ def test_discard_keeps_the_item_with_who_and_when(config: Path, store: Store) ->
         "discarded", "carol", "spam")
     kept = item(store, item_id)
     assert kept.raw == NO_SENDER
-    assert kept.decided_at is not None and kept.decided_at >= before - timedelta(seconds=1)
+    assert kept.decided_at is not None
+    assert kept.decided_at >= before - timedelta(seconds=1)
     # Held items only by default; the discarded one shows with --state or --all.
     assert json.loads(run(config, "quarantine", "list", "--json").output) == []
     listed = json.loads(run(config, "quarantine", "list", "--state", "discarded", "--json").output)
@@ -138,7 +139,8 @@ def test_release_ingests_the_corrected_copy_and_links_the_two(
     assert released.released_message_row_id == outcome["message_row_id"]
     with store.sessions() as session:
         message = session.get(Message, outcome["message_row_id"])
-        assert message is not None and message.ticket_id == outcome["ticket_id"]
+        assert message is not None
+        assert message.ticket_id == outcome["ticket_id"]
         event = session.scalars(select(Event).where(Event.kind == "quarantine.released")).one()
     assert (event.ticket_id, event.message_row_id, event.actor) == (
         outcome["ticket_id"], outcome["message_row_id"], "dave")

@@ -164,7 +164,8 @@ def test_rules_list_in_the_tomls_words_wrapped_never_cut(
     beside = ["WHEN", "/", "THEN"] if columns > 100 else []
     assert lines[0].split() == ["FILE", "RULE", "STOP", *beside]
     assert all(len(line) <= columns for line in lines)
-    assert "…" not in result.output and "SetTeam" not in result.output
+    assert "…" not in result.output
+    assert "SetTeam" not in result.output
     text = " ".join(line.strip() for line in lines)
     for words in ('team = "security"', 'priority = "urgent"', 'tags = ["security", "incident"]',
                   'forward = { team = "security", template = "team-forward" }',
