@@ -98,6 +98,9 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Off, then on: capturing only takes over `warnings.showwarning` when it is
+    # off, and something (a test runner) may have put its own back meanwhile.
+    logging.captureWarnings(False)
     logging.captureWarnings(True)
     if hooks:
         _log_uncaught_exceptions()
