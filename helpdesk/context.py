@@ -18,6 +18,7 @@ from helpdesk import signing
 from helpdesk.actions import ActionContext
 from helpdesk.ingest import IngestContext
 from helpdesk.mail.compose import ticket_from_message_id
+from helpdesk.mail.prepare import PrepareConfig
 from helpdesk.outbox import OutboxPolicy, Signer
 from helpdesk.rules import RuleSet, load_rules
 from helpdesk.settings import Settings
@@ -114,6 +115,8 @@ def ingest_context(
         trusted_authserv_id=settings.security.trusted_authserv_id,
         note_address=hd.notes_to,
         bounce_suppression=timedelta(days=settings.bounces.suppress_days),
+        prepare=PrepareConfig(own_addresses=frozenset(hd.own_addresses),
+                              loop_id=hd.support_address),
     )
 
 

@@ -148,6 +148,20 @@ class Origin:
 
 
 @dataclass(frozen=True, slots=True)
+class Incoming:
+    """One raw mail a source hands to ingest, and where it came from.
+
+    `problem` is set when the source already knows the mail cannot be taken
+    (too large, unreadable on the server): it is quarantined with that error
+    and whatever bytes `raw` holds (its headers, or nothing).
+    """
+
+    raw: bytes
+    origin: Origin
+    problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TicketView:
     """A frozen snapshot of a ticket, as pure logic (threading, rules) sees it."""
 

@@ -158,13 +158,16 @@ def _decision(data: dict[str, Any]) -> list[tuple[str, Any]]:
 @pass_app
 def retry(app: AppContext, item_id: int, as_json: bool) -> None:
     """Ingest a quarantined message again (after a fix); exit 1 if it still fails."""
-    from helpdesk.ingest import ingest
+    from helpdesk.ingest import ingest_batch
+    from helpdesk.intake import prepare_once
 
     ctx = app.ingest_context()
+    limit = app.settings.intake.message_time_limit
     with app.transaction() as session:
         item = quarantine_service.get(session, item_id)
         origin = quarantine_service.retry_origin(item)
-        outcome = ingest(session, item.raw, origin, ctx)
+        prepared = prepare_once(item.raw, ctx, time_limit=limit)
+        (outcome,) = ingest_batch(session, [(item.raw, origin, prepared)], ctx)
         if outcome.kind is not OutcomeKind.QUARANTINED:
             quarantine_service.mark_resolved(item, outcome.ticket_id)
     result = {
@@ -197,14 +200,18 @@ def release(app: AppContext, item_id: int, fixed: Path, by: str | None, as_json:
     message the copy became; the ticket gets a `quarantine.released` event.
     If the copy cannot be ingested either, nothing changes and the exit is 1.
     """
-    from helpdesk.ingest import ingest
+    from helpdesk.ingest import ingest_batch
+    from helpdesk.intake import prepare_once
 
     raw = sys.stdin.buffer.read() if str(fixed) == "-" else fixed.read_bytes()
     ctx = app.ingest_context()
+    limit = app.settings.intake.message_time_limit
     with app.transaction() as session:
         item = quarantine_service.get(session, item_id)
         origin = quarantine_service.retry_origin(item)
-        outcome = ingest(session, raw, origin, ctx)
+        # Parsed in a worker under the time limit, as the daemon does: the copy is mail too.
+        prepared = prepare_once(raw, ctx, time_limit=limit)
+        (outcome,) = ingest_batch(session, [(raw, origin, prepared)], ctx)
         if outcome.kind is OutcomeKind.QUARANTINED:
             # Leaving the transaction by an exception rolls back the copy's own
             # quarantine row too: a failed release changes nothing.

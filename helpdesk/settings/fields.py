@@ -166,6 +166,18 @@ def _positive(value: int) -> int:
     return value
 
 
+def _not_negative(value: int) -> int:
+    if value < 0:
+        raise ValueError(f"must be 0 or more (got {value})")
+    return value
+
+
+def _not_negative_float(value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"must be a number, 0 or more (got {_show(value)})")
+    return value
+
+
 def _batch_size(value: int) -> int:
     if not 1 <= value <= 10000:
         raise ValueError(f"must be from 1 to 10000 (got {value})")
@@ -240,7 +252,7 @@ def mailbox_password_env(name: str) -> str:
     return f"HELPDESK_MAILBOX_{re.sub(r'[^A-Z0-9]', '_', name.upper())}_PASSWORD"
 
 
-def _without_subaddress(address: str) -> str:
+def without_subaddress(address: str) -> str:
     """``support+vpn@example.org`` → ``support@example.org``."""
     local, _, domain = address.rpartition("@")
     return f"{local.split('+', 1)[0]}@{domain}" if local else address

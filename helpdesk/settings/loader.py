@@ -23,9 +23,9 @@ from helpdesk.settings.fields import (
     _resolve_sqlite_url,
     _show,
     _toml_type,
-    _without_subaddress,
     mailbox_password_env,
     url_has_password,
+    without_subaddress,
 )
 from helpdesk.settings.sections import (
     AgentSettings,
@@ -34,6 +34,7 @@ from helpdesk.settings.sections import (
     DaemonSettings,
     DatabaseSettings,
     HelpdeskSettings,
+    IntakeSettings,
     LmtpSettings,
     MailboxSettings,
     MaildirSettings,
@@ -59,6 +60,7 @@ _TABLES: dict[str, type[_Section]] = {
     "mailbox": MailboxSettings,
     "maildir": MaildirSettings,
     "lmtp": LmtpSettings,
+    "intake": IntakeSettings,
     "daemon": DaemonSettings,
     "smtp": SmtpSettings,
     "threading": ThreadingPolicy,
@@ -189,6 +191,7 @@ class _Loader:
             "mailboxes": self._array(document, "mailbox"),
             "maildirs": self._array(document, "maildir"),
             "lmtp": self._table(document, "lmtp") if "lmtp" in document else None,
+            "intake": self._table(document, "intake", self._moved_intake_keys(document)),
             "daemon": self._table(document, "daemon"),
             "smtp": self._table(document, "smtp"),
             "threading": self._table(document, "threading"),
@@ -270,6 +273,18 @@ class _Loader:
                 if full_key not in self._reported:  # ours is more specific
                     self._problem(full_key, _describe(error, allowed))
             return None
+
+    def _moved_intake_keys(self, document: dict[str, Any]) -> dict[str, Any]:
+        """`[daemon] message_time_limit` (before [intake] existed) still counts, unless
+        [intake] sets it too; it is taken out of [daemon] so that it is not unknown there."""
+        daemon = document.get("daemon")
+        if not isinstance(daemon, dict) or "message_time_limit" not in daemon:
+            return {}
+        value = daemon.pop("message_time_limit")
+        intake = document.get("intake")
+        if isinstance(intake, dict) and "message_time_limit" in intake:
+            return {}
+        return {"message_time_limit": value}
 
     # -- secrets and the environment --
 
@@ -395,7 +410,7 @@ class _Loader:
                 key = f"{label}.addresses[{position}]"
                 if address in owner and owner[address] != label:
                     self._problem(key, f"{address!r} already belongs to {owner[address]}")
-                elif address in own or _without_subaddress(address) in own:
+                elif address in own or without_subaddress(address) in own:
                     # Mail from it would look like mail from ourselves and be dropped.
                     self._problem(key, f"{address!r} is one of the help desk's own addresses")
                 owner.setdefault(address, label)

@@ -11,6 +11,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictFloat,
     StrictInt,
     ValidationInfo,
     field_validator,
@@ -42,9 +43,11 @@ from helpdesk.settings.fields import (
     TlsMode,
     _choice,
     _derive_port,
+    _not_negative,
+    _not_negative_float,
     _positive,
     _redact_url,
-    _without_subaddress,
+    without_subaddress,
 )
 
 
@@ -100,7 +103,7 @@ class HelpdeskSettings(_Section):
     def is_own_address(self, address: str) -> bool:
         """True for our addresses and their ``+tag`` sub-addresses, in any case."""
         wanted = address.strip().lower()
-        return wanted in self.own_addresses or _without_subaddress(wanted) in self.own_addresses
+        return wanted in self.own_addresses or without_subaddress(wanted) in self.own_addresses
 
 
 class DatabaseSettings(_Section):
@@ -143,6 +146,11 @@ class MailboxSettings(_Section):
     team: NonEmptyStr | None = None
     poll_interval: Seconds = 60.0
     batch_size: BatchSize = 100
+    # Bodies are fetched in batches of at most batch_size messages and this many bytes.
+    fetch_batch_bytes: Annotated[StrictInt, AfterValidator(_positive)] = 20 * 1024 * 1024
+    # A message the server cannot return (FETCH answers NO) is tried this many
+    # times, counted across restarts, then quarantined and moved to failed_folder.
+    fetch_attempts: Annotated[StrictInt, AfterValidator(_positive)] = 3
 
     @model_validator(mode="before")
     @classmethod
@@ -167,11 +175,27 @@ class LmtpSettings(_Section):
     port: Port = 2424
 
 
+class IntakeSettings(_Section):
+    """``[intake]``: how mail from any source is taken in, by `helpdesk run` and `ingest`."""
+
+    # A larger message is refused (LMTP 552, `ingest` exit 1) or, when it is
+    # already in a mailbox, quarantined with its headers and moved to failed_folder.
+    max_message_bytes: Annotated[StrictInt, AfterValidator(_positive)] = 50 * 1024 * 1024
+    # A message whose parsing and classification take longer than this is
+    # stopped (its worker process killed) and quarantined.
+    message_time_limit: Seconds = 60.0
+    # Worker processes for parsing; 0 means one per CPU core.
+    workers: Annotated[StrictInt, AfterValidator(_not_negative)] = 0
+    # Group commit: at most this many messages per transaction...
+    batch_max: Annotated[StrictInt, AfterValidator(_positive)] = 200
+    # ...and at most this long to wait for more once one is there (0: commit at once;
+    # whatever arrives meanwhile goes into the next commit).
+    batch_ms: Annotated[StrictFloat, AfterValidator(_not_negative_float)] = 0.0
+
+
 class DaemonSettings(_Section):
     """``[daemon]``: how `helpdesk run` behaves."""
 
-    # A message whose parsing takes longer than this is quarantined.
-    message_time_limit: Seconds = 60.0
     # A mailbox is worked by the holder of a lease of this length, renewed while working.
     lease_seconds: Seconds = 60.0
     # How often the outbox is checked for due mail when idle.
@@ -289,6 +313,7 @@ class Settings(_Section):
     mailboxes: tuple[MailboxSettings, ...] = ()
     maildirs: tuple[MaildirSettings, ...] = ()
     lmtp: LmtpSettings | None = None
+    intake: IntakeSettings = Field(default_factory=IntakeSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     threading: ThreadingPolicy = Field(default_factory=ThreadingPolicy)

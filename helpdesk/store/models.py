@@ -328,6 +328,27 @@ class MailboxState(Base):
     lease_expires_at: Mapped[datetime | None]
     last_poll_at: Mapped[datetime | None]
     counters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # ok, login failed, unreachable, folder missing, store unavailable, ... (`mailbox list`).
+    health: Mapped[str] = mapped_column(String(30), default="ok", server_default="ok")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # Since when the current problem lasts; None while healthy.
+    problem_since: Mapped[datetime | None]
+
+
+class ImapFetchFailure(Base):
+    """A message the IMAP server would not return (FETCH answered NO), and how often.
+
+    Counted in the store so that the bound on retries holds across restarts.
+    """
+
+    __tablename__ = "imap_fetch_failures"
+
+    mailbox: Mapped[str] = mapped_column(String(200), primary_key=True)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    uid: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class QuarantineItem(Base):

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import smtplib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
 from helpdesk.errors import StoreUnavailable
 from helpdesk.sources.base import Sink
 from helpdesk.sources.lmtp import LmtpController, LmtpHandler, start_lmtp
-from helpdesk.values import IngestOutcome, Origin
+from helpdesk.values import Incoming, IngestOutcome, Origin
 from tests.conftest import Store
 from tests.edges.conftest import quarantined, stored_ids
 from tests.mailfactory import make_mail
@@ -99,7 +99,7 @@ def test_accept_predicate(serve: Serve, sink: Sink) -> None:
 def test_store_unavailable_answers_451_per_recipient(serve: Serve, store: Store) -> None:
     """When the store is down every recipient gets 451 4.3.0, and nothing is stored."""
 
-    def down(raw: bytes, origin: Origin) -> IngestOutcome:
+    def down(batch: Sequence[Incoming]) -> list[IngestOutcome]:
         raise StoreUnavailable("database is locked")
 
     port = serve(LmtpHandler(down, accept_domains=["example.test"]))
@@ -122,9 +122,9 @@ def test_sink_called_once_with_all_recipients(serve: Serve, sink: Sink) -> None:
     """One sink call per message, whatever the number of recipients."""
     calls: list[Origin] = []
 
-    def counting(raw: bytes, origin: Origin) -> IngestOutcome:
-        calls.append(origin)
-        return sink(raw, origin)
+    def counting(batch: Sequence[Incoming]) -> list[IngestOutcome]:
+        calls.extend(item.origin for item in batch)
+        return sink(batch)
 
     port = serve(LmtpHandler(counting, accept_domains=["example.test"], name="mx"))
     deliver(port, make_mail(), ["support@example.test", "it@example.test"])
