@@ -45,6 +45,7 @@ SECTIONS: tuple[tuple[str, str, bool], ...] = (
     ("mailboxes", "mailbox", True),
     ("maildirs", "maildir", True),
     ("lmtp", "lmtp", False),
+    ("intake", "intake", False),
     ("daemon", "daemon", False),
     ("smtp", "smtp", False),
     ("threading", "threading", False),

@@ -10,6 +10,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from helpdesk.cli import cli
+from helpdesk.cli.config import SECTIONS
+from helpdesk.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config.example.toml"
@@ -172,3 +174,9 @@ def test_check_reports_an_invalid_configuration(tmp_path: Path) -> None:
     assert "smtp.tls: must be one of" in result.output
     assert "threading.foreign_tag" in result.output
     assert "rules and templates not checked" in result.output
+
+
+def test_show_knows_every_section_of_the_settings() -> None:
+    """A section added to the settings must be shown too (SECTIONS lists them in file order)."""
+    shown = {attribute for attribute, _name, _array in SECTIONS}
+    assert shown == set(Settings.model_fields) - {"source", "base_dir"}
