@@ -152,7 +152,7 @@ class Daemon:
                 f"no mailbox configured in {where}: add a [[mailbox]] (IMAP), a [[maildir]] "
                 "or an [lmtp] section; see config.example.toml"
             )
-        self.engine = make_engine(s.database.url)
+        self.engine = make_engine(s.database.url, password=s.database.password_value)
         check_schema(self.engine)
         self.sessions = make_session_factory(self.engine)
         self.ctx = self._build_context(s)

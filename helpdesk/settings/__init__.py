@@ -17,6 +17,7 @@ to the working directory and a local MTA on localhost:25.
 from helpdesk.settings.fields import (
     CONFIG_ENV,
     CONFIG_FILENAME,
+    DATABASE_PASSWORD_ENV,
     DATABASE_URL_ENV,
     SECRET_ENV,
     SMTP_PASSWORD_ENV,
@@ -51,6 +52,7 @@ from helpdesk.settings.sections import (
 __all__ = [
     "CONFIG_ENV",
     "CONFIG_FILENAME",
+    "DATABASE_PASSWORD_ENV",
     "DATABASE_URL_ENV",
     "SECRET_ENV",
     "SMTP_PASSWORD_ENV",

@@ -23,6 +23,7 @@ from pydantic import (
 CONFIG_ENV = "HELPDESK_CONFIG"
 DATABASE_URL_ENV = "HELPDESK_DATABASE_URL"
 SMTP_PASSWORD_ENV = "HELPDESK_SMTP_PASSWORD"  # noqa: S105 - a variable name, not a secret
+DATABASE_PASSWORD_ENV = "HELPDESK_DATABASE_PASSWORD"  # noqa: S105 - a variable name
 SECRET_ENV = "HELPDESK_SECRET"  # noqa: S105 - a variable name, not a secret
 CONFIG_FILENAME = "helpdesk.toml"
 
@@ -234,6 +235,11 @@ def _resolve_sqlite_url(url: str, base_dir: Path) -> str:
     if not path or path.startswith(("/", ":memory:", "file:")):
         return url
     return f"{match['scheme']}:///{base_dir / path}{match['query'] or ''}"
+
+
+def url_has_password(url: str) -> bool:
+    """True when `url` carries a password (``scheme://user:secret@host/...``)."""
+    return _URL_PASSWORD.search(url) is not None
 
 
 def _redact_url(url: str) -> str:

@@ -14,6 +14,7 @@ from helpdesk.settings.fields import (
     _URL,
     CONFIG_ENV,
     CONFIG_FILENAME,
+    DATABASE_PASSWORD_ENV,
     DATABASE_URL_ENV,
     DEFAULT_SUPPORT_ADDRESS,
     SECRET_ENV,
@@ -23,6 +24,7 @@ from helpdesk.settings.fields import (
     _show,
     _toml_type,
     mailbox_password_env,
+    url_has_password,
     without_subaddress,
 )
 from helpdesk.settings.sections import (
@@ -75,6 +77,7 @@ _ARRAYS = frozenset({"mailbox", "maildir", "team", "agent"})
 # Keys the loader consumes before the model sees the table.
 _EXTRA_KEYS: dict[str, tuple[str, ...]] = {
     "helpdesk": ("secret_file",),
+    "database": ("password_file",),
     "mailbox": ("password_file",),
     "smtp": ("password_file",),
 }
@@ -237,6 +240,9 @@ class _Loader:
                 self._take_secret(
                     data, "helpdesk", SECRET_ENV, required=False, key="secret"
                 )
+            if section == "database":
+                self._take_secret(data, "database", DATABASE_PASSWORD_ENV, required=False)
+                self._check_url_password(data)
         return self._validate(section, data, section)
 
     def _array(self, document: Mapping[str, Any], section: str) -> tuple[_Section | None, ...]:
@@ -323,6 +329,15 @@ class _Loader:
         elif key not in table and required:
             via = f", or the environment variable {env_var}" if env_var else ""
             self._problem(f"{where}.{key}", f"is required: set {key} or {file_key}{via}")
+
+    def _check_url_password(self, table: Mapping[str, Any]) -> None:
+        url = table.get("url")
+        if "password" in table and isinstance(url, str) and url_has_password(url):
+            self._problem(
+                "database.password_file",
+                "the URL carries a password too: keep it in one place (password_file, "
+                f"or {DATABASE_PASSWORD_ENV}), not in the URL",
+            )
 
     def _read_secret(self, value: object, key: str) -> str | None:
         if not isinstance(value, str):

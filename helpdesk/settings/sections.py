@@ -112,6 +112,14 @@ class DatabaseSettings(_Section):
 
     # SQLAlchemy URL; a relative SQLite path is resolved against base_dir.
     url: DatabaseUrl = Field(default=DEFAULT_DATABASE_URL, validate_default=True)
+    # From password_file or HELPDESK_DATABASE_PASSWORD (or in the URL itself);
+    # given to the driver apart from the URL, so the URL can be shown and logged.
+    password: Password | None = None
+
+    @property
+    def password_value(self) -> str | None:
+        """The password in clear, for the driver only."""
+        return self.password.get_secret_value() if self.password is not None else None
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # A PostgreSQL URL may carry a password; keep it out of logs and tracebacks.

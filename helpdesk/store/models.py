@@ -352,9 +352,17 @@ class ImapFetchFailure(Base):
 
 
 class QuarantineItem(Base):
-    """A mail that could not be ingested, kept with its error until someone retries it."""
+    """A mail that could not be ingested, kept with its error until someone retries it.
+
+    `state`: ``held`` (waiting for a person), ``resolved`` (a retry ingested it),
+    ``released`` (a corrected copy was ingested in its place:
+    `released_message_row_id`), ``discarded`` (a person decided it is not
+    wanted; kept until `helpdesk quarantine purge`). `decided_by`/`decided_at`
+    say who released or discarded it, and when.
+    """
 
     __tablename__ = "quarantine"
+    __table_args__ = (Index("ix_quarantine_state_decided_at", "state", "decided_at"),)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
@@ -375,6 +383,12 @@ class QuarantineItem(Base):
     origin_uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
     origin_uid: Mapped[int | None] = mapped_column(BigInteger)
     origin_path: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime | None] = mapped_column()
+    decided_by: Mapped[str | None] = mapped_column(String(320))
+    decision_note: Mapped[str] = mapped_column(Text, default="")
+    released_message_row_id: Mapped[int | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="SET NULL")
+    )
 
 
 class AutoReplyLog(Base):

@@ -493,3 +493,17 @@ def test_build_context_defaults_are_empty_not_none() -> None:
     assert context["message"]["text"] == ""  # type: ignore[index]
     assert context["team"] is None
     assert context["agent"] is None
+
+
+def test_check_templates_finds_runtime_errors_with_their_line(tmp_path: Path) -> None:
+    """Rendering with a sample context finds undefined names, subject and body, by line."""
+    from helpdesk.templates import check_templates
+
+    assert check_templates(Path(__file__).resolve().parents[2] / "templates") == []
+    (tmp_path / "a.txt").write_text("Subject: {{ ticket.refrence }}\n\nHello\n")
+    (tmp_path / "b.txt").write_text("Subject: ok\n\nline one\n{{ agent.nmae }}\n")
+    (tmp_path / "c.txt").write_text("Subject: ok\n\n{{ requester.name }} {{ team.address }}\n")
+    problems = {(p.path.name, p.line): p.problem for p in check_templates(tmp_path)}
+    assert list(problems) == [("a.txt", 1), ("b.txt", 4)]
+    assert "refrence" in problems[("a.txt", 1)]
+    assert "nmae" in problems[("b.txt", 4)]
