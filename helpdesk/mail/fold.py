@@ -106,37 +106,43 @@ def fold_unstructured(name: str, value: str) -> str:
         and value[-1] != " "
     ):
         return f"{prefix} {value}\r\n"  # the common case: one short ASCII line
-    parts = _WSP_SPLIT.split(value)
+    parts = _WSP_SPLIT.split(value)  # word, space, word, ..., word
     words, spaces = parts[0::2], parts[1::2]
     encode = _words_to_encode(words, spaces, len(prefix) + 1)
     lines = _Lines(prefix)
+    count = len(words)
     i = 0
-    while i < len(words):
+    while i < count:
         # The first word follows "Name: " and may not move to a new line: a
         # fold right after the colon would add a leading space to the value.
         sep, can_fold = (spaces[i - 1], True) if i else (" ", False)
-        if not encode[i]:
-            lines.put(sep, words[i], can_fold)
-            i += 1
-            continue
-        run = [words[i]]
-        while i + 1 < len(words) and encode[i + 1]:
-            run += [spaces[i], words[i + 1]]  # white space between encoded words goes inside
-            i += 1
-        lines.put_encoded(sep, "".join(run), can_fold)
-        i += 1
+        kind = encode[i]
+        end = i + 1
+        while end < count and encode[end] is kind:
+            end += 1
+        # Words i..end-1 with the white space between them, as in the value:
+        # encoded words carry it inside (decoders drop it between them).
+        run = "".join(parts[2 * i: 2 * end - 1])
+        if kind:
+            lines.put_encoded(sep, run, can_fold)
+        elif not lines.fits(sep, run):
+            for k in range(i, end):
+                lines.put(spaces[k - 1] if k else sep, words[k], can_fold or k > i)
+        else:
+            lines.put(sep, run, can_fold)
+        i = end
     return lines.text()
 
 
 def _words_to_encode(words: list[str], spaces: list[str], first_column: int) -> list[bool]:
     """Which words are written as encoded-words (module docstring)."""
+    widths = [first_column, *map(len, spaces)]  # where each word would start a line
     encode = [
         not word
-        or not word.isascii()
-        or not word.isprintable()
+        or not (word.isascii() and word.isprintable())
         or "=?" in word
-        or (len(spaces[i - 1]) if i else first_column) + len(word) > WIDTH
-        for i, word in enumerate(words)
+        or width + len(word) > WIDTH
+        for word, width in zip(words, widths, strict=True)
     ]
     # White space at the start or the end of the value is stripped by
     # readers: it goes into the encoded-word of its neighbour.
@@ -145,8 +151,8 @@ def _words_to_encode(words: list[str], spaces: list[str], first_column: int) -> 
             encode[1] = True
         if not words[-1]:
             encode[-2] = True
-    for i, space in enumerate(spaces):
-        if len(space) > _LONG_SPACE:
+    for i, width in enumerate(widths[1:]):
+        if width > _LONG_SPACE:
             encode[i] = encode[i + 1] = True
     return encode
 
@@ -217,6 +223,10 @@ class _Lines:
         self._out.append("\r\n")
         return "".join(self._out)
 
+    def fits(self, sep: str, text: str) -> bool:
+        """Whether `sep` and `text` fit on the current line."""
+        return self._column + len(sep) + len(text) <= WIDTH
+
     def _fold(self) -> None:
         self._out.append("\r\n")
         self._column = 0
@@ -240,10 +250,18 @@ class _Lines:
         b_cost = 4 * ((len(data) + 2) // 3)
         # Q keeps Latin text readable in the raw mail; B only when markedly shorter.
         use_q = 4 * q_cost <= 5 * b_cost
-        stream: _QStream | _BStream = _QStream(data) if use_q else _BStream(data)
         whole = _EW_OVERHEAD + (q_cost if use_q else b_cost)
-        if keep_whole and can_fold and whole <= _EW_MAX and self._column + len(sep) + whole > WIDTH:
-            self._fold()
+        if whole <= _EW_MAX and (keep_whole or self._column + len(sep) + whole <= WIDTH):
+            # The common case: one encoded-word, on this line or (folding) on the next.
+            if can_fold and self._column + len(sep) + whole > WIDTH:
+                self._fold()
+            payload = ("".join(map(_Q_TABLE.__getitem__, data)) if use_q
+                       else base64.b64encode(data).decode("ascii"))
+            word = f"{_Q_PREFIX if use_q else _B_PREFIX}{payload}?="
+            self._out += (sep, word)
+            self._column += len(sep) + len(word)
+            return
+        stream: _QStream | _BStream = _QStream(data) if use_q else _BStream(data)
         first = True
         while not stream.done():
             gap = sep if first else " "
