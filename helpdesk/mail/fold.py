@@ -175,7 +175,7 @@ def fold_addresses(name: str, mailboxes: Sequence[tuple[str, str]]) -> str:
             continue
         display = _encodable(display)
         if _needs_phrase_encoding(display):
-            lines.put_encoded(" ", display, True, keep_whole=True)
+            lines.put_encoded(" ", display, True)
         elif _ATOMS_RE.fullmatch(display):
             for word in display.split(" "):
                 lines.put(" ", word, True)
@@ -238,11 +238,12 @@ class _Lines:
         self._out += (sep, token)
         self._column += len(sep) + len(token)
 
-    def put_encoded(self, sep: str, text: str, can_fold: bool, keep_whole: bool = False) -> None:
-        """`text` as encoded-words after white space `sep`, filling lines greedily.
+    def put_encoded(self, sep: str, text: str, can_fold: bool) -> None:
+        """`text` as encoded-words after white space `sep`.
 
-        With `keep_whole`, a text that fits in one encoded-word but not on the
-        current line starts a new line (see the note on display names).
+        A text that fits in one encoded-word is never split: when it does not
+        fit on the current line, it starts a new one (see also the note on
+        display names). A longer text fills lines greedily.
         """
         data = text.encode("utf-8")
         # Q costs 1 per safe byte and 3 per other; B 4 per 3 bytes.
@@ -251,7 +252,7 @@ class _Lines:
         # Q keeps Latin text readable in the raw mail; B only when markedly shorter.
         use_q = 4 * q_cost <= 5 * b_cost
         whole = _EW_OVERHEAD + (q_cost if use_q else b_cost)
-        if whole <= _EW_MAX and (keep_whole or self._column + len(sep) + whole <= WIDTH):
+        if whole <= _EW_MAX and (can_fold or self._column + len(sep) + whole <= WIDTH):
             # The common case: one encoded-word, on this line or (folding) on the next.
             if can_fold and self._column + len(sep) + whole > WIDTH:
                 self._fold()
