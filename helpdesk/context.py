@@ -29,7 +29,7 @@ from helpdesk.thread import ThreadPolicy
 
 # Templates that always exist: the built-in fallback texts stand in for them.
 BUILTIN_TEMPLATES = frozenset({"acknowledge", "password-reset", "team-forward", "agent-reply",
-                               "resolved"})
+                               "resolved", "escalated"})
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,9 @@ def ingest_context(
             is_own_address=settings.is_own_address,
             auto_reply_limit=settings.auto_reply.max_per_sender,
             auto_reply_window=timedelta(hours=settings.auto_reply.window_hours),
+            requester_envelope=settings.outbox.requester_envelope_sender,
+            staff_envelope=settings.outbox.staff_envelope_sender,
+            precedence_bulk=settings.outbox.precedence_bulk,
         )
     return IngestContext(
         tag_prefix=hd.tag_prefix,

@@ -571,6 +571,7 @@ def _message_values(
         "raw": raw,
         "size": len(raw),
         "defects": ", ".join(msg.defects),
+        "thread_index": (msg.header("Thread-Index") or "").strip()[:999],
         "origin_source": origin.source,
         "origin_mailbox": origin.mailbox,
         "origin_uidvalidity": origin.uidvalidity,

@@ -515,7 +515,8 @@ def _acknowledge(facts: _Facts) -> RenderedTemplate:
         f"{_keep_reference(facts)}\n\n"
         f"Kind regards,\n{facts.signature()}\n"
     )
-    return RenderedTemplate(facts.subject("{ref} We have received your request: {subject}"), body)
+    # The requester's own subject, so that Gmail threads the answer with the request.
+    return RenderedTemplate(facts.subject("Re: {ref} {subject}"), body)
 
 
 def _password_reset(facts: _Facts) -> RenderedTemplate:
@@ -561,6 +562,20 @@ def _resolved(facts: _Facts) -> RenderedTemplate:
     return RenderedTemplate(facts.subject("{ref} Resolved: {subject}"), body)
 
 
+def _escalated(facts: _Facts) -> RenderedTemplate:
+    requester = facts.get("requester", "address", "(unknown)")
+    body = (
+        f"Ticket {facts.reference()} has had no answer within its target time and was "
+        f"escalated. Its priority is now {facts.get('ticket', 'priority')}.\n\n"
+        f"Requester: {requester}\n"
+        f"Subject:   {facts.get('ticket', 'subject')}\n"
+        f"Opened:    {facts.get('ticket', 'created_at')}\n\n"
+        "Reply to this mail to answer the requester; keep "
+        f"{facts.reference()} in the subject.\n\n-- \n{facts.signature()}\n"
+    )
+    return RenderedTemplate(facts.subject("{ref} Escalated: {subject}"), body)
+
+
 def _generic(facts: _Facts) -> RenderedTemplate:
     body = (
         f"{facts.greeting()}\n\n"
@@ -577,4 +592,5 @@ _FALLBACKS: dict[str, Callable[[_Facts], RenderedTemplate]] = {
     "team-forward": _team_forward,
     "agent-reply": _agent_reply,
     "resolved": _resolved,
+    "escalated": _escalated,
 }

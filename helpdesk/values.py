@@ -402,3 +402,20 @@ class OutgoingMail:
     thread_topic: str | None = None  # the ticket's subject, for Outlook's Thread-Topic
     attachments: tuple[AttachmentPart, ...] = ()
     extra_headers: tuple[tuple[str, str], ...] = ()
+    # The SMTP envelope sender (MAIL FROM, RFC 5321 section 4.1.1.2): None is
+    # `from_.address`; "" is the null sender `<>`, which automatic mail uses so
+    # that bounces and autoresponders do not answer it (RFC 3834 section 3.3).
+    envelope_sender: str | None = None
+    # The Auto-Submitted keyword of automated mail (RFC 3834 section 5):
+    # "auto-replied" answers a message, "auto-generated" is caused by time or state.
+    auto_submitted: str = "auto-replied"
+    # A Precedence header (e.g. "bulk"), which vacation programs still look for.
+    precedence: str | None = None
+    # The conversation index (Thread-Index, MS-OXOMSG) of the mail this one
+    # answers; compose appends this mail's child block. None: a new root.
+    parent_thread_index: bytes | None = None
+
+    @property
+    def envelope_from(self) -> str:
+        """The MAIL FROM address; "" for the null sender `<>`."""
+        return self.from_.address if self.envelope_sender is None else self.envelope_sender

@@ -241,8 +241,26 @@ class BounceSettings(_Section):
     suppress_days: Seconds = 7.0
 
 
+NULL_SENDER = "<>"
+
+
+def _envelope_sender(value: str) -> str:
+    """``"<>"`` (the null sender) or an e-mail address, lower-cased."""
+    text = value.strip()
+    if text == NULL_SENDER:
+        return text
+    address = text.lower()
+    if not _EMAIL.fullmatch(address):
+        raise ValueError(f'must be "<>" or an email address like bounces@example.org '
+                         f"(got {value!r})")
+    return address
+
+
+EnvelopeSender = Annotated[str, AfterValidator(_envelope_sender)]
+
+
 class OutboxSettings(_Section):
-    """``[outbox]``: retries of outgoing mail."""
+    """``[outbox]``: retries of outgoing mail, and what automatic mail says about itself."""
 
     # A mail refused with 5xx this many times is marked failed.
     max_permanent_failures: Annotated[StrictInt, AfterValidator(_positive)] = 3
@@ -250,6 +268,26 @@ class OutboxSettings(_Section):
     retry_max_delay: Seconds = 3600.0
     # ...until the mail is this old, then it is marked failed.
     give_up_after_hours: Seconds = 120.0
+    # Envelope sender (MAIL FROM) of automatic mail to requesters (acknowledgements,
+    # notices): "<>", the null sender, so that bounces and autoresponders never
+    # answer it (RFC 3834 section 3.3), or an address that only takes bounces.
+    bounce_address: EnvelopeSender = NULL_SENDER
+    # Envelope sender of automatic mail to our own staff (team forwards,
+    # notifications, escalations, answers to #commands); default: bounce_address.
+    staff_bounce_address: EnvelopeSender | None = None
+    # "Precedence: bulk" on automatic mail (vacation programs look for it).
+    precedence_bulk: StrictBool = True
+
+    @property
+    def requester_envelope_sender(self) -> str:
+        """MAIL FROM of automatic mail to requesters; "" is the null sender."""
+        return "" if self.bounce_address == NULL_SENDER else self.bounce_address
+
+    @property
+    def staff_envelope_sender(self) -> str:
+        """MAIL FROM of automatic mail to staff; "" is the null sender."""
+        chosen = self.staff_bounce_address or self.bounce_address
+        return "" if chosen == NULL_SENDER else chosen
 
 
 class ThreadingPolicy(_Section):

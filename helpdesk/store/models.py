@@ -236,6 +236,9 @@ class Message(Base):
     raw: Mapped[bytes | None] = mapped_column(Blob)
     size: Mapped[int] = mapped_column(Integer, default=0)
     defects: Mapped[str] = mapped_column(Text, default="")
+    # The Thread-Index header as received (Outlook's conversation index, MS-OXOMSG);
+    # our mails on the ticket continue it. "" when the mail had none.
+    thread_index: Mapped[str] = mapped_column(String(1000), default="", server_default="")
     # human, auto_reply, bounce, list or own (helpdesk.mail.classify).
     mail_class: Mapped[str] = mapped_column(String(20), default="human")
     origin_source: Mapped[str] = mapped_column(String(20), default="")

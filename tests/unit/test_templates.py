@@ -27,7 +27,8 @@ from helpdesk.values import (
 )
 
 SHIPPED = Path(__file__).resolve().parents[2] / "templates"
-SHIPPED_NAMES = {"acknowledge", "password-reset", "team-forward", "agent-reply", "resolved"}
+SHIPPED_NAMES = {"acknowledge", "password-reset", "team-forward", "agent-reply", "resolved",
+                 "escalated"}
 
 
 def full_context() -> dict[str, object]:
@@ -127,6 +128,9 @@ def test_shipped_templates_render_with_a_full_context(shipped: TemplateSet, name
         ),
         ("agent-reply", ["the printer is jammed again", "\n-- \nAlice Admin\nACME IT Help Desk"]),
         ("resolved", ["resolved", "within\n10 days", "support@acme.example"]),
+        ("escalated", ["no answer within its target time", "for Hardware", "now high",
+                       "Dana Scully <dana@example.com>", "Assignee:  alice@it.example.com",
+                       "\n-- \nACME IT Help Desk\n"]),
     ],
 )
 def test_shipped_templates_say_what_they_must(
@@ -437,6 +441,8 @@ def test_fallback_texts_follow_their_purpose() -> None:
     assert "pending" in fallback("password-reset", context).body
     assert "dana@example.com" in fallback("team-forward", context).body
     assert "resolved" in fallback("resolved", context).body
+    assert "no answer within its target time" in fallback("escalated", context).body
+    assert fallback("acknowledge", context).subject == "Re: [#1042] Printer on floor 3 jammed"
     assert fallback("unknown", context).body != fallback("acknowledge", context).body
 
 
