@@ -74,6 +74,10 @@ class AppContext:
             if check:
                 check_schema(self.engine)
             self._factory = make_session_factory(self.engine)
+            # Commits that queue mail NOTIFY the daemons' senders (PostgreSQL).
+            from helpdesk.wakeup import install_commit_hooks
+
+            install_commit_hooks(self._factory)
             if check:
                 with self._factory.begin() as session:
                     directory.sync(session, self.settings.teams, self.settings.agents)
