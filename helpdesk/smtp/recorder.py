@@ -21,8 +21,8 @@ from typing import Any
 import structlog
 from sqlalchemy import exc as sa_exc
 
+from helpdesk.delivery import DeliveryReport, Recorded
 from helpdesk.errors import StoreUnavailable
-from helpdesk.outbox import DeliveryReport, Recorded
 
 log = structlog.get_logger()
 

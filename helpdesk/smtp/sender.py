@@ -42,7 +42,7 @@ import structlog
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from helpdesk import outbox
+from helpdesk import delivery, outbox
 from helpdesk.settings import SmtpSettings
 from helpdesk.smtp.conversation import Envelope, Problem, Relay, RelayProblem
 from helpdesk.smtp.recorder import STORE_ERRORS, Backoff, Recorder, StoreHealth
@@ -177,13 +177,13 @@ class Sender:
                 break
             await self._relay_ok()
             given.add(row.item_id)
-            self.recorder.add(outbox.DeliveryReport(row.item_id, replies), row)
+            self.recorder.add(delivery.DeliveryReport(row.item_id, replies), row)
             self.handled += 1
             if any(r.accepted for r in replies):
                 accepted += 1
         return accepted
 
-    async def _deliver_one(self, row: Claimed) -> tuple[outbox.RecipientReply, ...]:
+    async def _deliver_one(self, row: Claimed) -> tuple[delivery.RecipientReply, ...]:
         budget = self.settings.timeout * (1 if self.relay.connected else 2)
         self._row_deadline = time.monotonic() + budget
         timeout = asyncio.timeout(self._remaining())
@@ -366,7 +366,7 @@ class Sender:
 
     def _claim(self) -> list[Claimed]:
         with self.sessions.begin() as session:
-            items = outbox.claim_due(
+            items = delivery.claim_due(
                 session, holder=self.holder, limit=self.batch, now=self.clock(), lease=self.lease
             )
             return [
@@ -377,18 +377,18 @@ class Sender:
 
     def _renew(self) -> None:
         with self.sessions.begin() as session:
-            outbox.renew_claims(session, holder=self.holder, lease=self.lease, now=self.clock())
+            delivery.renew_claims(session, holder=self.holder, lease=self.lease, now=self.clock())
 
     def _release(self, item_ids: list[int] | None) -> None:
         with self.sessions.begin() as session:
-            outbox.release_claims(session, self.holder, item_ids)
+            delivery.release_claims(session, self.holder, item_ids)
 
-    def _write(self, reports: list[outbox.DeliveryReport]) -> list[outbox.Recorded]:
+    def _write(self, reports: list[delivery.DeliveryReport]) -> list[delivery.Recorded]:
         with self.sessions.begin() as session:
-            return outbox.record(session, reports, holder=self.holder, now=self.clock(),
+            return delivery.record(session, reports, holder=self.holder, now=self.clock(),
                                  policy=self.policy, rng=self.rng)
 
-    def _log_recorded(self, recorded: Sequence[outbox.Recorded], rows: Sequence[Claimed]) -> None:
+    def _log_recorded(self, recorded: Sequence[delivery.Recorded], rows: Sequence[Claimed]) -> None:
         by_id = {row.item_id: row for row in rows}
         for done in recorded:
             row = by_id.get(done.item_id)
