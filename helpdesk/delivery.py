@@ -192,15 +192,28 @@ def record(
     written by an earlier try whose commit only seemed to fail) is skipped.
     A 250 is recorded even if the claim expired meanwhile: the mail did go out.
     """
+    if not reports:
+        return []
+    # One query and one flush for the whole group: this runs once per group
+    # commit, beside a connection sending hundreds of mails a second.
+    query = (
+        select(OutboxItem)
+        .where(OutboxItem.id.in_([r.item_id for r in reports]))
+        .options(selectinload(OutboxItem.recipients))
+    )
+    if _postgres(session):
+        query = query.with_for_update(of=OutboxItem)
+    found = {item.id: item for item in session.scalars(query)}
     done = []
-    for report in reports:
-        item = session.get(OutboxItem, report.item_id, with_for_update=_postgres(session),
-                           options=[selectinload(OutboxItem.recipients)])
-        if item is None:
-            continue
-        recorded = _record_one(session, item, report, holder, now, policy, rng)
-        if recorded is not None:
-            done.append(recorded)
+    with session.no_autoflush:
+        for report in reports:
+            item = found.get(report.item_id)
+            if item is None:
+                continue
+            recorded = _record_one(session, item, report, holder, now, policy, rng)
+            if recorded is not None:
+                done.append(recorded)
+    session.flush()
     return done
 
 
