@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy import ColumnElement, func, insert, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from helpdesk.outbox import FAILED, PENDING, SENT, OutboxPolicy, recipient_row
@@ -177,6 +178,126 @@ class Recorded:
     next_attempt_at: datetime | None
 
 
+@dataclass(frozen=True)
+class RowState:
+    """What `plan` needs of an outbox row."""
+
+    id: int
+    ticket_id: int | None
+    message_id: str
+    attempts: int
+    created_at: datetime
+    next_attempt_at: datetime
+    sent_at: datetime | None
+    claimed_by: str | None
+    claimed_until: datetime | None
+
+
+@dataclass(frozen=True)
+class RecipientState:
+    """One recipient of a row, as stored (and as `plan` leaves it)."""
+
+    id: int
+    address: str
+    state: str
+    attempts: int = 0
+    permanent_failures: int = 0
+    last_reply: str | None = None
+    sent_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What recording one report changes: pure data, written by `record`."""
+
+    recorded: Recorded
+    row: dict[str, Any]
+    recipients: tuple[RecipientState, ...]
+    attempt: dict[str, Any]
+    dead: tuple[RecipientState, ...]
+
+
+def plan(
+    row: RowState,
+    recipients: Sequence[RecipientState],
+    report: DeliveryReport,
+    *,
+    holder: str,
+    now: datetime,
+    policy: OutboxPolicy,
+    rng: random.Random | None = None,
+) -> Plan | None:
+    """The new state of a row and its recipients after the relay's answers in `report`.
+
+    None when no answer is about a recipient still pending (already recorded).
+    """
+    pending = {r.address for r in recipients if r.state == PENDING}
+    replies = {reply.address: reply for reply in report.replies if reply.address in pending}
+    if not replies:
+        return None
+    too_old = now - row.created_at >= policy.give_up_after
+    after = [_answered(r, replies.get(r.address), now, policy, too_old) for r in recipients]
+    changed = tuple(new for old, new in zip(recipients, after, strict=True) if new != old)
+    dead = tuple(r for r in changed if r.state == FAILED)
+    attempts = row.attempts + 1
+    still = [r for r in after if r.state == PENDING]
+    next_at = now + backoff(attempts, policy, rng) if still else None
+    state = PENDING if still else SENT if any(r.state == SENT for r in after) else FAILED
+    accepted = [a for a, reply in replies.items() if reply.accepted]
+    error = "; ".join(f"{a}: {reply}" for a, reply in replies.items() if not reply.accepted)
+    released = row.claimed_by == holder
+    return Plan(
+        recorded=Recorded(
+            item_id=row.id, outcome=report.outcome, state=state, sent=tuple(accepted),
+            deferred=tuple(r.address for r in still), dead=tuple(r.address for r in dead),
+            error=error[:2000] or None, next_attempt_at=next_at,
+        ),
+        row={
+            "id": row.id, "state": state, "attempts": attempts,
+            "permanent_failures": max((r.permanent_failures for r in after), default=0),
+            "next_attempt_at": next_at or row.next_attempt_at,
+            "sent_at": now if accepted else row.sent_at,
+            "last_error": error[:2000] or None,
+            # A claim taken over by another sender (ours expired) stays theirs.
+            "claimed_by": None if released else row.claimed_by,
+            "claimed_until": None if released else row.claimed_until,
+        },
+        recipients=changed,
+        attempt={
+            "outbox_id": row.id, "at": now, "holder": holder, "outcome": report.outcome,
+            "detail": "; ".join(f"{a}: {reply}" for a, reply in replies.items())[:4000],
+            "next_attempt_at": next_at,
+        },
+        dead=dead,
+    )
+
+
+def _answered(
+    recipient: RecipientState,
+    reply: RecipientReply | None,
+    now: datetime,
+    policy: OutboxPolicy,
+    too_old: bool,
+) -> RecipientState:
+    """One recipient after the relay's answer (if any) about it."""
+    if recipient.state != PENDING:
+        return recipient
+    new = recipient
+    if reply is not None:
+        new = replace(new, attempts=new.attempts + 1, last_reply=str(reply)[:2000])
+        if reply.accepted:
+            return replace(new, state=SENT, sent_at=now)
+        if reply.permanent:
+            # A 5xx is sometimes a glitch (a relay's lookup failing): fail after a few.
+            new = replace(new, permanent_failures=new.permanent_failures + 1)
+            if new.permanent_failures >= policy.max_permanent_failures:
+                return replace(new, state=FAILED)
+    if too_old:
+        return replace(new, state=FAILED, last_reply=(
+            f"gave up after {new.attempts} attempts: {new.last_reply or 'no answer'}")[:2000])
+    return new
+
+
 def record(
     session: Session,
     reports: Sequence[DeliveryReport],
@@ -191,124 +312,65 @@ def record(
     Idempotent: a report whose recipients are no longer pending (it was
     written by an earlier try whose commit only seemed to fail) is skipped.
     A 250 is recorded even if the claim expired meanwhile: the mail did go out.
+    Two queries and a few bulk statements for the whole group: this runs once
+    per group commit, beside a connection sending hundreds of mails a second.
     """
     if not reports:
         return []
-    # One query and one flush for the whole group: this runs once per group
-    # commit, beside a connection sending hundreds of mails a second.
-    query = (
-        select(OutboxItem)
-        .where(OutboxItem.id.in_([r.item_id for r in reports]))
-        .options(selectinload(OutboxItem.recipients))
-    )
+    rows, recipients = _load(session, [r.item_id for r in reports])
+    plans = [
+        found for report in reports if report.item_id in rows
+        if (found := plan(rows[report.item_id], recipients.get(report.item_id, []), report,
+                          holder=holder, now=now, policy=policy, rng=rng)) is not None
+    ]
+    if not plans:
+        return []
+    session.execute(update(OutboxItem), [p.row for p in plans])
+    changed = [{"id": r.id, "state": r.state, "attempts": r.attempts,
+                "permanent_failures": r.permanent_failures, "last_reply": r.last_reply,
+                "sent_at": r.sent_at, "updated_at": now}
+               for p in plans for r in p.recipients]
+    if changed:
+        session.execute(update(OutboxRecipient), changed)
+    session.execute(insert(OutboxAttempt), [p.attempt for p in plans])
+    events = [_dead_event(rows[p.row["id"]], r, now) for p in plans for r in p.dead
+              if rows[p.row["id"]].ticket_id is not None]
+    if events:
+        session.execute(insert(Event), events)
+    return [p.recorded for p in plans]
+
+
+def _load(
+    session: Session, ids: list[int]
+) -> tuple[dict[int, RowState], dict[int, list[RecipientState]]]:
+    query = select(
+        OutboxItem.id, OutboxItem.ticket_id, OutboxItem.message_id, OutboxItem.attempts,
+        OutboxItem.created_at, OutboxItem.next_attempt_at, OutboxItem.sent_at,
+        OutboxItem.claimed_by, OutboxItem.claimed_until,
+    ).where(OutboxItem.id.in_(ids))
     if _postgres(session):
         query = query.with_for_update(of=OutboxItem)
-    found = {item.id: item for item in session.scalars(query)}
-    done = []
-    with session.no_autoflush:
-        for report in reports:
-            item = found.get(report.item_id)
-            if item is None:
-                continue
-            recorded = _record_one(session, item, report, holder, now, policy, rng)
-            if recorded is not None:
-                done.append(recorded)
-    session.flush()
-    return done
+    rows = {r.id: RowState(*r) for r in session.execute(query)}
+    recipients: dict[int, list[RecipientState]] = {}
+    for r in session.execute(
+        select(OutboxRecipient.outbox_id, OutboxRecipient.id, OutboxRecipient.address,
+               OutboxRecipient.state, OutboxRecipient.attempts,
+               OutboxRecipient.permanent_failures, OutboxRecipient.last_reply,
+               OutboxRecipient.sent_at)
+        .where(OutboxRecipient.outbox_id.in_(ids)).order_by(OutboxRecipient.id)
+    ):
+        recipients.setdefault(r[0], []).append(RecipientState(*r[1:]))
+    return rows, recipients
 
 
-def _record_one(
-    session: Session,
-    item: OutboxItem,
-    report: DeliveryReport,
-    holder: str,
-    now: datetime,
-    policy: OutboxPolicy,
-    rng: random.Random | None,
-) -> Recorded | None:
-    by_address = {r.address: r for r in item.recipients if r.state == PENDING}
-    replies = [reply for reply in report.replies if reply.address in by_address]
-    if not replies:
-        return None
-    dead = []
-    for reply in replies:
-        if _apply_reply(by_address[reply.address], reply, now, policy):
-            dead.append(reply.address)
-    item.attempts += 1
-    problems = [f"{r.address}: {r}" for r in replies if not r.accepted]
-    dead += _give_up_if_too_old(item, now, policy)
-    item.permanent_failures = max((r.permanent_failures for r in item.recipients), default=0)
-    still = [r for r in item.recipients if r.state == PENDING]
-    next_at = None
-    if still:
-        next_at = now + backoff(item.attempts, policy, rng)
-        item.next_attempt_at = next_at
-    else:
-        item.state = SENT if any(r.state == SENT for r in item.recipients) else FAILED
-    if any(r.accepted for r in replies):
-        item.sent_at = now
-    item.last_error = "; ".join(problems)[:2000] or None
-    if item.claimed_by == holder:
-        item.claimed_by = item.claimed_until = None
-    session.add(OutboxAttempt(outbox_id=item.id, at=now, holder=holder, outcome=report.outcome,
-                              detail="; ".join(f"{r.address}: {r}" for r in replies)[:4000],
-                              next_attempt_at=next_at))
-    _note_dead(session, item, dead, holder, now)
-    return Recorded(
-        item_id=item.id, outcome=report.outcome, state=item.state,
-        sent=tuple(r.address for r in replies if r.accepted),
-        deferred=tuple(r.address for r in still), dead=tuple(dead),
-        error=item.last_error, next_attempt_at=next_at,
-    )
-
-
-def _apply_reply(
-    recipient: OutboxRecipient, reply: RecipientReply, now: datetime, policy: OutboxPolicy
-) -> bool:
-    """Update one recipient from the relay's answer; True when it is now dead-lettered."""
-    recipient.attempts += 1
-    recipient.last_reply = str(reply)[:2000]
-    recipient.updated_at = now
-    if reply.accepted:
-        recipient.state = SENT
-        recipient.sent_at = now
-        return False
-    if reply.permanent:
-        # A 5xx is sometimes a glitch (a relay's lookup failing): fail after a few.
-        recipient.permanent_failures += 1
-        if recipient.permanent_failures >= policy.max_permanent_failures:
-            recipient.state = FAILED
-            return True
-    return False
-
-
-def _give_up_if_too_old(item: OutboxItem, now: datetime, policy: OutboxPolicy) -> list[str]:
-    if now - item.created_at < policy.give_up_after:
-        return []
-    dead = []
-    for recipient in item.recipients:
-        if recipient.state == PENDING:
-            recipient.state = FAILED
-            recipient.last_reply = (f"gave up after {recipient.attempts} attempts: "
-                                    f"{recipient.last_reply or 'no answer'}")[:2000]
-            dead.append(recipient.address)
-    return dead
-
-
-def _note_dead(
-    session: Session, item: OutboxItem, dead: Sequence[str], holder: str, now: datetime
-) -> None:
+def _dead_event(row: RowState, recipient: RecipientState, now: datetime) -> dict[str, Any]:
     """A dead-lettered recipient is noted on the ticket, so the agent knows who missed it."""
-    if item.ticket_id is None:
-        return
-    for recipient in item.recipients:
-        if recipient.address in dead:
-            session.add(Event(
-                ticket_id=item.ticket_id, actor="outbox", kind="outbox.recipient_failed",
-                created_at=now,
-                detail={"outbox_id": item.id, "address": recipient.address,
-                        "error": recipient.last_reply, "message_id": item.message_id},
-            ))
+    return {
+        "ticket_id": row.ticket_id, "actor": "outbox", "kind": "outbox.recipient_failed",
+        "created_at": now, "message_row_id": None,
+        "detail": {"outbox_id": row.id, "address": recipient.address,
+                   "error": recipient.last_reply, "message_id": row.message_id},
+    }
 
 
 def backoff(attempts: int, policy: OutboxPolicy, rng: random.Random | None = None) -> timedelta:

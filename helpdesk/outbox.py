@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from helpdesk.errors import InvalidInput, NotFound
@@ -307,11 +308,18 @@ def set_relay_state(
 ) -> None:
     """Record what the sender saw of the relay: a problem, or None once it works again."""
     state = "ok" if problem is None else "failing"
-    row = session.get(RelayState, relay)
+    row = session.get(RelayState, relay, with_for_update=True)
     if row is None:
-        row = RelayState(relay=relay, since=now)
-        session.add(row)
-    elif (row.state, row.problem) != (state, problem):
+        try:
+            # Two senders may see a relay for the first time at once (PostgreSQL).
+            with session.begin_nested():
+                session.add(RelayState(relay=relay, state=state, problem=problem, error=error,
+                                       since=now, checked_at=now, next_try_at=next_try_at,
+                                       holder=holder))
+            return
+        except IntegrityError:
+            row = session.get_one(RelayState, relay, with_for_update=True)
+    if (row.state, row.problem) != (state, problem):
         row.since = now
     row.state, row.problem, row.error = state, problem, error
     row.checked_at, row.next_try_at, row.holder = now, next_try_at, holder
