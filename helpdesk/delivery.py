@@ -25,9 +25,19 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Table,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, selectinload
 
 from helpdesk.outbox import FAILED, PENDING, SENT, OutboxPolicy, recipient_row
@@ -88,13 +98,18 @@ def claim_due(
     )
     if _postgres(session):
         query = query.with_for_update(skip_locked=True, of=OutboxItem)
-    items = list(session.scalars(query))
-    for item in items:
-        item.claimed_by = holder
-        item.claimed_until = db_now + lease
+    items = []
+    for item in session.scalars(query):
         if not item.recipients:
             # A row written by something other than `enqueue`: its envelope is the truth.
             item.recipients = [recipient_row(a) for a in dict.fromkeys(item.envelope_to)]
+        if not any(r.state == PENDING for r in item.recipients):
+            # Nothing left to send (rows edited by hand): settle it instead of sending.
+            item.state = SENT if any(r.state == SENT for r in item.recipients) else FAILED
+            continue
+        item.claimed_by = holder
+        item.claimed_until = db_now + lease
+        items.append(item)
     session.flush()
     return items
 
@@ -298,6 +313,41 @@ def _answered(
     return new
 
 
+# The statements `record` runs, built once: it runs once per mail the relay
+# accepts, and building SQLAlchemy statements costs more than executing them.
+_OUTBOX = cast(Table, OutboxItem.__table__)
+_RECIPIENTS = cast(Table, OutboxRecipient.__table__)
+_LOAD_ROWS = select(
+    _OUTBOX.c.id, _OUTBOX.c.ticket_id, _OUTBOX.c.message_id, _OUTBOX.c.attempts,
+    _OUTBOX.c.created_at, _OUTBOX.c.next_attempt_at, _OUTBOX.c.sent_at,
+    _OUTBOX.c.claimed_by, _OUTBOX.c.claimed_until,
+).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+_LOAD_ROWS_LOCKED = _LOAD_ROWS.with_for_update(of=_OUTBOX)
+_LOAD_RECIPIENTS = (
+    select(_RECIPIENTS.c.outbox_id, _RECIPIENTS.c.id, _RECIPIENTS.c.address,
+           _RECIPIENTS.c.state, _RECIPIENTS.c.attempts, _RECIPIENTS.c.permanent_failures,
+           _RECIPIENTS.c.last_reply, _RECIPIENTS.c.sent_at)
+    .where(_RECIPIENTS.c.outbox_id.in_(bindparam("ids", expanding=True)))
+    .order_by(_RECIPIENTS.c.id)
+)
+_ROW_FIELDS = ("state", "attempts", "permanent_failures", "next_attempt_at", "sent_at",
+               "last_error", "claimed_by", "claimed_until")
+_UPDATE_ROW = (
+    update(_OUTBOX).where(_OUTBOX.c.id == bindparam("row_id"))
+    .values({name: bindparam(f"new_{name}", type_=_OUTBOX.c[name].type)
+             for name in _ROW_FIELDS})
+)
+_RECIPIENT_FIELDS = ("state", "attempts", "permanent_failures", "last_reply", "sent_at",
+                     "updated_at")
+_UPDATE_RECIPIENT = (
+    update(_RECIPIENTS).where(_RECIPIENTS.c.id == bindparam("recipient_id"))
+    .values({name: bindparam(f"new_{name}", type_=_RECIPIENTS.c[name].type)
+             for name in _RECIPIENT_FIELDS})
+)
+_INSERT_ATTEMPT = insert(cast(Table, OutboxAttempt.__table__))
+_INSERT_EVENT = insert(cast(Table, Event.__table__))
+
+
 def record(
     session: Session,
     reports: Sequence[DeliveryReport],
@@ -312,12 +362,11 @@ def record(
     Idempotent: a report whose recipients are no longer pending (it was
     written by an earlier try whose commit only seemed to fail) is skipped.
     A 250 is recorded even if the claim expired meanwhile: the mail did go out.
-    Two queries and a few bulk statements for the whole group: this runs once
-    per group commit, beside a connection sending hundreds of mails a second.
     """
     if not reports:
         return []
-    rows, recipients = _load(session, [r.item_id for r in reports])
+    conn = session.connection()
+    rows, recipients = _load(conn, [r.item_id for r in reports])
     plans = [
         found for report in reports if report.item_id in rows
         if (found := plan(rows[report.item_id], recipients.get(report.item_id, []), report,
@@ -325,40 +374,30 @@ def record(
     ]
     if not plans:
         return []
-    session.execute(update(OutboxItem), [p.row for p in plans])
-    changed = [{"id": r.id, "state": r.state, "attempts": r.attempts,
-                "permanent_failures": r.permanent_failures, "last_reply": r.last_reply,
-                "sent_at": r.sent_at, "updated_at": now}
+    conn.execute(_UPDATE_ROW, [
+        {"row_id": p.row["id"], **{f"new_{k}": p.row[k] for k in _ROW_FIELDS}} for p in plans])
+    changed = [{"recipient_id": r.id, "new_state": r.state, "new_attempts": r.attempts,
+                "new_permanent_failures": r.permanent_failures, "new_last_reply": r.last_reply,
+                "new_sent_at": r.sent_at, "new_updated_at": now}
                for p in plans for r in p.recipients]
     if changed:
-        session.execute(update(OutboxRecipient), changed)
-    session.execute(insert(OutboxAttempt), [p.attempt for p in plans])
+        conn.execute(_UPDATE_RECIPIENT, changed)
+    conn.execute(_INSERT_ATTEMPT, [p.attempt for p in plans])
     events = [_dead_event(rows[p.row["id"]], r, now) for p in plans for r in p.dead
               if rows[p.row["id"]].ticket_id is not None]
     if events:
-        session.execute(insert(Event), events)
+        conn.execute(_INSERT_EVENT, events)
     return [p.recorded for p in plans]
 
 
 def _load(
-    session: Session, ids: list[int]
+    conn: Connection, ids: list[int]
 ) -> tuple[dict[int, RowState], dict[int, list[RecipientState]]]:
-    query = select(
-        OutboxItem.id, OutboxItem.ticket_id, OutboxItem.message_id, OutboxItem.attempts,
-        OutboxItem.created_at, OutboxItem.next_attempt_at, OutboxItem.sent_at,
-        OutboxItem.claimed_by, OutboxItem.claimed_until,
-    ).where(OutboxItem.id.in_(ids))
-    if _postgres(session):
-        query = query.with_for_update(of=OutboxItem)
-    rows = {r.id: RowState(*r) for r in session.execute(query)}
+    locked = conn.dialect.name == "postgresql"
+    query = _LOAD_ROWS_LOCKED if locked else _LOAD_ROWS
+    rows = {r.id: RowState(*r) for r in conn.execute(query, {"ids": ids})}
     recipients: dict[int, list[RecipientState]] = {}
-    for r in session.execute(
-        select(OutboxRecipient.outbox_id, OutboxRecipient.id, OutboxRecipient.address,
-               OutboxRecipient.state, OutboxRecipient.attempts,
-               OutboxRecipient.permanent_failures, OutboxRecipient.last_reply,
-               OutboxRecipient.sent_at)
-        .where(OutboxRecipient.outbox_id.in_(ids)).order_by(OutboxRecipient.id)
-    ):
+    for r in conn.execute(_LOAD_RECIPIENTS, {"ids": ids}):
         recipients.setdefault(r[0], []).append(RecipientState(*r[1:]))
     return rows, recipients
 

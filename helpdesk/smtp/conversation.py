@@ -30,6 +30,8 @@ from helpdesk.settings import SmtpSettings, Tls
 CLOSING = 421
 # RFC 1870 §6.1: 552 to MAIL FROM with SIZE is about the mail's size, not the relay.
 TOO_LARGE = 552
+# RFC 5321 §4.2.2: 354, start mail input.
+START_INPUT = 354
 
 
 class Problem(StrEnum):
@@ -110,6 +112,15 @@ class Relay:
 
     async def send(self, envelope: Envelope) -> tuple[RecipientReply, ...]:
         """Hand `envelope` over; the relay's answer per recipient. Raises RelayProblem."""
+        return await self.finish(await self.prepare(envelope))
+
+    async def prepare(self, envelope: Envelope) -> Prepared:
+        """Everything but the final dot: MAIL, RCPT per recipient, DATA and the content.
+
+        The relay accepts the mail only when it gets the dot (`finish`), so a
+        caller can hold it back until the previous mail's result is safely
+        recorded: at no moment is more than one accepted mail unrecorded.
+        """
         fresh = not self.connected
         if fresh:
             await self._connect()
@@ -123,6 +134,14 @@ class Relay:
                 return await self._transaction(envelope)
             except _Stale:
                 raise RelayProblem(Problem.CONNECTION_LOST, "closed before MAIL FROM") from None
+
+    async def finish(self, prepared: Prepared) -> tuple[RecipientReply, ...]:
+        """Send the final dot of a prepared mail; the relay's answer per recipient."""
+        try:
+            if prepared.waiting:
+                code, text = await self._end_of_data()
+                prepared.answer(code, text)
+            return prepared.result()
         finally:
             if not self.reuse:
                 await self.close()
@@ -198,7 +217,7 @@ class Relay:
         except OSError as exc:
             raise RelayProblem(Problem.CONNECTION_LOST, _describe(exc)) from exc
 
-    async def _transaction(self, envelope: Envelope) -> tuple[RecipientReply, ...]:
+    async def _transaction(self, envelope: Envelope) -> Prepared:
         smtp = self._smtp
         assert smtp is not None
         options, encoding = self._options(smtp, envelope)
@@ -210,8 +229,10 @@ class Relay:
             except aiosmtplib.SMTPSenderRefused as exc:
                 if exc.code == TOO_LARGE:
                     await self._reset(smtp)
-                    return tuple(RecipientReply(r, exc.code, exc.message)
-                                 for r in envelope.recipients)
+                    refused = Prepared(envelope.recipients)
+                    for address in envelope.recipients:
+                        refused.reply(address, exc.code, exc.message)
+                    return refused
                 if exc.code == CLOSING:
                     raise
                 await self._reset(smtp)
@@ -227,37 +248,52 @@ class Relay:
 
     async def _recipients_and_data(
         self, smtp: aiosmtplib.SMTP, envelope: Envelope, encoding: str
-    ) -> tuple[RecipientReply, ...]:
-        replies: dict[str, RecipientReply] = {}
-        accepted = []
+    ) -> Prepared:
+        prepared = Prepared(envelope.recipients)
         for address in envelope.recipients:
             if encoding == "ascii" and not address.isascii():
                 # RFC 6531: an internationalised address needs SMTPUTF8, which this relay lacks.
-                replies[address] = RecipientReply(
-                    address, 553, "5.6.7 the relay does not offer SMTPUTF8 (RFC 6531)")
+                prepared.reply(address, 553, "5.6.7 the relay does not offer SMTPUTF8 (RFC 6531)")
                 continue
             try:
                 await smtp.rcpt(address, encoding=encoding)
             except aiosmtplib.SMTPRecipientRefused as exc:
                 if exc.code == CLOSING:
                     raise
-                replies[address] = RecipientReply(address, exc.code, exc.message)
+                prepared.reply(address, exc.code, exc.message)
             else:
-                accepted.append(address)
-        if not accepted:
+                prepared.accepted.append(address)
+        if not prepared.accepted:
             await self._reset(smtp)
-            return tuple(replies[a] for a in envelope.recipients)
+            return prepared
+        response = await smtp.execute_command(b"DATA")
+        if response.code == CLOSING:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        if response.code != START_INPUT:
+            prepared.answer(response.code, response.message)
+            await self._reset(smtp)
+            return prepared
+        assert smtp.protocol is not None
+        # The content now, the dot (end of data, RFC 5321 §4.1.1.4) in `finish`.
+        smtp.protocol.write(dot_stuffed(envelope.raw))
+        prepared.waiting = True
+        return prepared
+
+    async def _end_of_data(self) -> tuple[int, str]:
+        smtp = self._smtp
+        if smtp is None:
+            raise RelayProblem(Problem.CONNECTION_LOST, "closed before the end of data")
         try:
-            response = await smtp.data(envelope.raw)
-            code, text = response.code, response.message
-        except aiosmtplib.SMTPDataError as exc:
-            if exc.code == CLOSING:
-                raise
-            code, text = exc.code, exc.message
-            await self._reset(smtp)
-        for address in accepted:
-            replies[address] = RecipientReply(address, code, text)
-        return tuple(replies[a] for a in envelope.recipients)
+            response = await smtp.execute_command(b".")
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+            # RFC 1047: the relay may have taken the mail; it stays queued all the same.
+            self.abort()
+            raise RelayProblem(Problem.CONNECTION_LOST, _describe(exc)) from exc
+        if response.code == CLOSING:
+            self.abort()
+            raise RelayProblem(Problem.CONNECTION_LOST, f"{response.code} {response.message}",
+                               response.code)
+        return response.code, response.message
 
     def _options(self, smtp: aiosmtplib.SMTP, envelope: Envelope) -> tuple[list[str], str]:
         options = []
@@ -274,6 +310,40 @@ class Relay:
         # RSET ends the envelope (RFC 5321 §4.1.1.5) so the next mail starts clean.
         with contextlib.suppress(aiosmtplib.SMTPResponseException):
             await smtp.rset()
+
+
+def dot_stuffed(raw: bytes) -> bytes:
+    """The content as DATA carries it: CRLF line ends, a final CRLF, and every line that
+    starts with a dot given a second one (RFC 5321 §4.5.2)."""
+    text = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    if not text.endswith(b"\n"):
+        text += b"\n"
+    text = text.replace(b"\n.", b"\n..")
+    if text.startswith(b"."):
+        text = b"." + text
+    return text.replace(b"\n", b"\r\n")
+
+
+class Prepared:
+    """A mail handed over up to its final dot, and the answers about its recipients."""
+
+    def __init__(self, recipients: tuple[str, ...]) -> None:
+        self.recipients = recipients
+        self.accepted: list[str] = []
+        self.waiting = False  # the content is sent; the dot is not
+        self._replies: dict[str, RecipientReply] = {}
+
+    def reply(self, address: str, code: int, text: str) -> None:
+        self._replies[address] = RecipientReply(address, code, text)
+
+    def answer(self, code: int, text: str) -> None:
+        """The relay's answer to DATA or to the end of data: for every accepted recipient."""
+        self.waiting = False
+        for address in self.accepted:
+            self.reply(address, code, text)
+
+    def result(self) -> tuple[RecipientReply, ...]:
+        return tuple(self._replies[a] for a in self.recipients)
 
 
 class _Stale(Exception):

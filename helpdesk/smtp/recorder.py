@@ -2,11 +2,11 @@
 
 The relay's 250 is the moment a mail has gone out; until the result is
 committed, a crash would send it again once the claim expires. So results
-wait here, in memory, and are written in small group commits as they come
-(one commit covers every result that arrived while the previous one ran,
-which keeps the window at a commit or two and lets one connection carry
-hundreds of mails a second). A commit that fails is retried with backoff,
-as long as it takes; the sender starts no new mail meanwhile (issue 9 item 5).
+wait here, in memory, and are written as soon as they come, in a thread, so
+that the next mail's conversation goes on meanwhile (the sender holds that
+mail's final dot until the commit is done). A commit that fails is retried
+with backoff, as long as it takes; the sender starts no new mail meanwhile
+(issue 9 item 5).
 """
 
 from __future__ import annotations
@@ -25,6 +25,12 @@ from helpdesk.delivery import DeliveryReport, Recorded
 from helpdesk.errors import StoreUnavailable
 
 log = structlog.get_logger()
+
+# The sender starts no new mail while this many results wait for their commit,
+# or the oldest has waited this long (seconds): the bound on what a crash at
+# that moment sends twice. A group commit normally takes a few milliseconds.
+MAX_WAITING = 2
+MAX_AGE = 0.25
 
 # What a database that is down, locked, read-only or out of space raises.
 STORE_ERRORS: tuple[type[BaseException], ...] = (

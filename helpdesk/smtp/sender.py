@@ -10,11 +10,12 @@ when retries come due (`interval`, also the safety net), and until `stop`.
 The promises (issue 9 items 5-9):
 
 * A result the relay accepted is kept in memory and written by the
-  recorder, which retries with backoff until the commit succeeds; no new
-  mail is sent while it cannot write, and on stop it is written before the
-  claims are given back. Only a process dying between the 250 and that
-  commit (a few milliseconds: results are group-committed as they come) can
-  send a mail twice.
+  recorder, which retries with backoff until the commit succeeds; on stop it
+  is written before the claims are given back. The next mail goes out up to
+  its content meanwhile, but its final dot (the moment the relay takes it)
+  waits for that commit: at no moment is more than one accepted mail
+  unrecorded, so a process dying between a 250 and its commit (a few
+  milliseconds) sends at most that one mail twice.
 * While a batch is held its claims are renewed every third of the lease,
   and each mail's conversation has one deadline: the SMTP timeout for the
   whole mail (twice that when a connection must be set up first), never
@@ -34,9 +35,10 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NoReturn, TypeVar
 
 import structlog
 from sqlalchemy import Engine
@@ -50,6 +52,8 @@ from helpdesk.smtp.watch import Watcher, start_watcher
 from helpdesk.store.models import utcnow
 
 log = structlog.get_logger()
+
+T = TypeVar("T")
 
 # After a stop, the mail in hand may take this much longer; then it is given back.
 STOP_GRACE = 5.0
@@ -165,7 +169,7 @@ class Sender:
             if self._stop_at is not None or not self._claim_holds():
                 break
             if self.store.failing:
-                # The store refuses writes: send nothing more until the results are in.
+                # The store refuses writes: start nothing until the results are in.
                 await self.recorder.flush()
             try:
                 replies = await self._deliver_one(row)
@@ -184,22 +188,49 @@ class Sender:
         return accepted
 
     async def _deliver_one(self, row: Claimed) -> tuple[delivery.RecipientReply, ...]:
+        """One mail under one deadline; its final dot only once the previous result is in."""
         budget = self.settings.timeout * (1 if self.relay.connected else 2)
         self._row_deadline = time.monotonic() + budget
+        prepared = await self._within_deadline(lambda: self.relay.prepare(row.envelope), budget)
+        if prepared.waiting:
+            # At most one mail accepted and not yet recorded, ever: a crash sends
+            # at most that one twice. The wait is the store's, not the relay's.
+            waited = time.monotonic()
+            await self.recorder.flush()
+            self._row_deadline += time.monotonic() - waited
+            if self._remaining() < self._dot_reserve:
+                # Once the dot is out the mail is the relay's; never send it without
+                # time left to hear the answer (RFC 1047), nor past our claim.
+                self._cut(budget)
+        return await self._within_deadline(lambda: self.relay.finish(prepared), budget)
+
+    @property
+    def _dot_reserve(self) -> float:
+        return min(self.settings.timeout, self._lease_s - self._margin) / 2
+
+    async def _within_deadline(self, step: Callable[[], Awaitable[T]], budget: float) -> T:
+        if self._remaining() <= 0:
+            self._cut(budget)
         timeout = asyncio.timeout(self._remaining())
         try:
             async with timeout:
                 self._timeout = timeout
-                return await self.relay.send(row.envelope)
+                return await step()
         except TimeoutError:
             if not timeout.expired():
                 raise
-            self.relay.abort()
-            if self._stop_at is None and not self._claim_holds():
-                raise _ClaimRunningOut() from None
-            raise RelayProblem(Problem.TIMEOUT, f"no answer within {budget:g} s") from None
+            self._cut(budget)
         finally:
             self._timeout = None
+
+    def _cut(self, budget: float) -> NoReturn:
+        """The deadline has come: drop the connection and say why."""
+        self.relay.abort()
+        claim_limit = self._claim_valid_until - self._margin
+        if self._stop_at is None and claim_limit <= self._row_deadline:
+            raise _ClaimRunningOut()
+        # After a stop, TIMEOUT only gives the mail back (see _deliver_batch).
+        raise RelayProblem(Problem.TIMEOUT, f"no answer within {budget:g} s")
 
     def _deadline(self) -> float:
         limits = [self._row_deadline, self._claim_valid_until - self._margin]

@@ -5,7 +5,7 @@ In the daemon, a commit that queued mail calls `Sender.wake` directly
 
 * PostgreSQL: every commit that queued mail sends `NOTIFY helpdesk_outbox`
   (the CLI's too); each daemon's sender LISTENs on a connection of its own,
-  outside the pool, in a thread. After a lost connection it reconnects with
+  taken out of the pool, in a thread. After a lost connection it reconnects with
   backoff and wakes once, since notifications sent meanwhile are gone.
 * SQLite has no notifications. The watcher polls `PRAGMA data_version`
   every 0.2 s on a connection of its own: SQLite changes that number
@@ -101,10 +101,14 @@ class PgListener(_Thread):
         self.engine = engine
 
     def _connect(self) -> Any:
-        import psycopg  # the PostgreSQL driver; only needed here
-
-        cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
-        conn = psycopg.connect(*cargs, **cparams, autocommit=True)
+        # Made by the engine (so with whatever credentials and options it uses),
+        # then taken out of its pool for good: a LISTENing connection must not
+        # be handed to anyone else.
+        pooled = self.engine.raw_connection()
+        conn: Any = pooled.driver_connection
+        pooled.detach()
+        conn.rollback()  # the pool's ping may have opened a transaction
+        conn.autocommit = True
         conn.execute(f"LISTEN {CHANNEL}")
         return conn
 
