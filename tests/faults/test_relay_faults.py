@@ -128,6 +128,33 @@ def test_a_relay_slower_than_the_claim_gets_each_mail_once_with_two_senders(
     assert_exactly_once(store, relay)
 
 
+def test_at_most_one_accepted_mail_is_unrecorded_at_any_moment(
+    store: Store, relay: ScriptedRelay
+) -> None:
+    """Whenever the relay accepts a mail, every mail it accepted before is already recorded
+    as sent: a crash at any moment sends at most one mail twice."""
+    unrecorded: list[int] = []
+
+    def check(accepted: Accepted) -> None:
+        before = {a.message_id for a in relay.accepted} - {accepted.message_id}
+        sent = {i.message_id for i in items(store) if i.state == "sent"}
+        unrecorded.append(len(before - sent))
+
+    relay.script.on_accept = check
+    queue(store, 20)
+    s = make_sender(store, relay, interval=0.05)
+
+    async def scenario() -> None:
+        async with running(s):
+            assert await async_wait_until(
+                lambda: all(i.state == "sent" for i in items(store)), timeout=20)
+
+    asyncio.run(scenario())
+    assert len(unrecorded) == 20
+    assert max(unrecorded) == 0, unrecorded
+    assert_exactly_once(store, relay)
+
+
 # -- (c) accepted, then the store refuses the record ------------------------------------------
 
 
