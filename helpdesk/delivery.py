@@ -317,19 +317,19 @@ def _answered(
 # accepts, and building SQLAlchemy statements costs more than executing them.
 _OUTBOX = cast(Table, OutboxItem.__table__)
 _RECIPIENTS = cast(Table, OutboxRecipient.__table__)
-_LOAD_ROWS = select(
-    _OUTBOX.c.id, _OUTBOX.c.ticket_id, _OUTBOX.c.message_id, _OUTBOX.c.attempts,
-    _OUTBOX.c.created_at, _OUTBOX.c.next_attempt_at, _OUTBOX.c.sent_at,
-    _OUTBOX.c.claimed_by, _OUTBOX.c.claimed_until,
-).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
-_LOAD_ROWS_LOCKED = _LOAD_ROWS.with_for_update(of=_OUTBOX)
-_LOAD_RECIPIENTS = (
-    select(_RECIPIENTS.c.outbox_id, _RECIPIENTS.c.id, _RECIPIENTS.c.address,
-           _RECIPIENTS.c.state, _RECIPIENTS.c.attempts, _RECIPIENTS.c.permanent_failures,
-           _RECIPIENTS.c.last_reply, _RECIPIENTS.c.sent_at)
-    .where(_RECIPIENTS.c.outbox_id.in_(bindparam("ids", expanding=True)))
+_LOAD = (
+    select(
+        _OUTBOX.c.id, _OUTBOX.c.ticket_id, _OUTBOX.c.message_id, _OUTBOX.c.attempts,
+        _OUTBOX.c.created_at, _OUTBOX.c.next_attempt_at, _OUTBOX.c.sent_at,
+        _OUTBOX.c.claimed_by, _OUTBOX.c.claimed_until,
+        _RECIPIENTS.c.id, _RECIPIENTS.c.address, _RECIPIENTS.c.state, _RECIPIENTS.c.attempts,
+        _RECIPIENTS.c.permanent_failures, _RECIPIENTS.c.last_reply, _RECIPIENTS.c.sent_at,
+    )
+    .select_from(_OUTBOX.outerjoin(_RECIPIENTS, _RECIPIENTS.c.outbox_id == _OUTBOX.c.id))
+    .where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
     .order_by(_RECIPIENTS.c.id)
 )
+_LOAD_LOCKED = _LOAD.with_for_update(of=_OUTBOX)
 _ROW_FIELDS = ("state", "attempts", "permanent_failures", "next_attempt_at", "sent_at",
                "last_error", "claimed_by", "claimed_until")
 _UPDATE_ROW = (
@@ -382,7 +382,12 @@ def record(
                for p in plans for r in p.recipients]
     if changed:
         conn.execute(_UPDATE_RECIPIENT, changed)
-    conn.execute(_INSERT_ATTEMPT, [p.attempt for p in plans])
+    # The log keeps what needs explaining: a first attempt that reached everyone
+    # is told by the recipients' sent_at.
+    attempts = [p.attempt for p in plans
+                if p.row["attempts"] > 1 or p.recorded.outcome != "sent"]
+    if attempts:
+        conn.execute(_INSERT_ATTEMPT, attempts)
     events = [_dead_event(rows[p.row["id"]], r, now) for p in plans for r in p.dead
               if rows[p.row["id"]].ticket_id is not None]
     if events:
@@ -393,12 +398,18 @@ def record(
 def _load(
     conn: Connection, ids: list[int]
 ) -> tuple[dict[int, RowState], dict[int, list[RecipientState]]]:
-    locked = conn.dialect.name == "postgresql"
-    query = _LOAD_ROWS_LOCKED if locked else _LOAD_ROWS
-    rows = {r.id: RowState(*r) for r in conn.execute(query, {"ids": ids})}
+    query = _LOAD_LOCKED if conn.dialect.name == "postgresql" else _LOAD
+    rows: dict[int, RowState] = {}
     recipients: dict[int, list[RecipientState]] = {}
-    for r in conn.execute(_LOAD_RECIPIENTS, {"ids": ids}):
-        recipients.setdefault(r[0], []).append(RecipientState(*r[1:]))
+    for r in conn.execute(query, {"ids": ids}):
+        (item_id, ticket_id, message_id, attempts, created_at, next_attempt_at, sent_at,
+         claimed_by, claimed_until, rid, address, state, tries, refusals, reply, at) = r
+        if item_id not in rows:
+            rows[item_id] = RowState(item_id, ticket_id, message_id, attempts, created_at,
+                                     next_attempt_at, sent_at, claimed_by, claimed_until)
+        if rid is not None:
+            recipients.setdefault(item_id, []).append(
+                RecipientState(rid, address, state, tries, refusals, reply, at))
     return rows, recipients
 
 
