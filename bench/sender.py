@@ -10,11 +10,13 @@ What it measures, in one run on one machine state:
 3. the baseline: the same sender opening one connection per mail (what the
    sender did before connection reuse), over `--baseline` more mails;
 4. how long an accepted mail's result waited for its commit (p50/p95/max):
-   the window in which a crash would send that mail again.
+   the window in which a crash would send that mail again;
+5. a reference: aiosmtplib's own MAIL/RCPT/DATA loop over one connection,
+   the same mails, no store (the sender overlaps each commit with the next
+   mail's commands, so it can come close to this or pass it).
 
 aiosmtpd (its own server with the Sink handler) runs in a process of its
-own, as a relay does. A ceiling is printed too: aiosmtplib alone sending the
-same mails over one connection, without the store, measured in the same run.
+own, as a relay does.
 Target (issue 13 item 3): at least 400 msg/s over one connection.
 
 Run from the repository root:
@@ -53,6 +55,7 @@ from helpdesk.store.models import OutboxItem, utcnow
 from helpdesk.values import Address, MessageKind, OutgoingMail
 
 TARGET = 400.0
+WARMUP = 300
 SIGNER = outbox.Signer(domain="example.com", key=b"k" * 32, loop_id="support@example.com")
 BODY = (
     "Hello,\n\nthank you for your message. We have opened ticket [#{n}] for it and an\n"
@@ -127,11 +130,11 @@ def measure(sessions: sessionmaker[Any], port: int, count: int, *, reuse: bool
     return seconds, sender.sent, sender.relay.connections, waits
 
 
-def ceiling(sessions: sessionmaker[Any], port: int, count: int) -> float:
+def reference(sessions: sessionmaker[Any], port: int, count: int) -> float:
     """aiosmtplib alone, MAIL/RCPT/DATA over one connection, no store: the SMTP part."""
     with sessions() as session:
         rows = session.execute(select(OutboxItem.envelope_from, OutboxItem.envelope_to,
-                                      OutboxItem.raw).limit(count)).all()
+                                      OutboxItem.raw).offset(WARMUP).limit(count)).all()
 
     async def send_all() -> float:
         smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10.0,
@@ -185,12 +188,15 @@ def main(argv: list[str] | None = None) -> None:
     port = free_port()
     relay = start_relay(port)
     try:
-        fill(sessions, args.messages, 0)
-        raw_rate = ceiling(sessions, port, args.messages)
+        # Warm-up (not counted): the relay process, the store's pages, our imports.
+        fill(sessions, WARMUP, 0)
+        measure(sessions, port, WARMUP, reuse=True)
+        fill(sessions, args.messages, WARMUP)
         seconds, sent, connections, waits = measure(sessions, port, args.messages, reuse=True)
-        fill(sessions, args.baseline, args.messages)
+        fill(sessions, args.baseline, WARMUP + args.messages)
         base_seconds, base_sent, base_connections, _ = measure(
             sessions, port, args.baseline, reuse=False)
+        raw_rate = reference(sessions, port, args.messages)
     finally:
         relay.terminate()
         relay.wait(10)
@@ -204,8 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"baseline, one connection per mail: {base_rate:7.0f} msg/s  ({base_sent} mails, "
           f"{base_connections} connections)")
     print(f"ratio reused / per mail:           {rate / base_rate:7.2f}x")
-    print(f"ceiling, aiosmtplib alone:         {raw_rate:7.0f} msg/s  (no store; the sender "
-          f"reaches {rate / raw_rate:.0%} of it)")
+    print(f"reference, aiosmtplib alone:       {raw_rate:7.0f} msg/s  (its send loop over one "
+          f"connection, no store; the sender: {rate / raw_rate:.2f}x)")
     print(f"250 -> commit of the result (the window for a second send): "
           f"p50 {percentile(waits, 50) * 1000:.1f} ms, p95 {percentile(waits, 95) * 1000:.1f} ms,"
           f" max {max(waits) * 1000:.1f} ms")
