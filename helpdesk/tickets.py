@@ -1,7 +1,8 @@
-"""Ticket use cases shared by the CLI and e-mail commands: show, assign, status, note, merge.
+"""Ticket use cases shared by the CLI, e-mail commands, rules and timers.
 
-Each function works inside the caller's transaction and records an event for
-every change, naming the actor.
+Show, assign, status (and the resolution notice), priority, tags, note,
+merge. Each function works inside the caller's transaction and
+records an event for every change, naming the actor.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from helpdesk.errors import InvalidInput, NotFound
+from helpdesk.notices import Notice, resolution_notice
 from helpdesk.store import queries
 from helpdesk.store.models import Event, Message, Participant, Ticket, TicketTag, utcnow
 from helpdesk.values import Address, Direction, MessageKind, Priority, TicketStatus
@@ -104,28 +106,62 @@ def assign(
 
 
 def set_status(
-    session: Session, ticket_id: int, status: str, *, actor: str, now: datetime | None = None
+    session: Session,
+    ticket_id: int,
+    status: str,
+    *,
+    actor: str,
+    now: datetime | None = None,
+    notice: Notice | None = None,
+    message_row_id: int | None = None,
 ) -> Ticket:
-    """Move the ticket to `status`, keeping resolved_at in step."""
+    """Move the ticket to `status` (a word people type); see `change_status`."""
     try:
         new = TicketStatus(status)
     except ValueError:
         allowed = ", ".join(s.value for s in TicketStatus)
         raise InvalidInput(f"unknown status {status!r}; use one of {allowed}") from None
     ticket = get(session, ticket_id)
-    when = now or utcnow()
-    if ticket.status == new:
-        return ticket
-    before = ticket.status
-    ticket.status = new
-    if new in (TicketStatus.RESOLVED, TicketStatus.CLOSED):
-        ticket.resolved_at = ticket.resolved_at or when
-    else:
-        ticket.resolved_at = None
-    ticket.updated_at = when
-    _log(session, ticket, actor, "status.changed", {"from": before, "to": new.value}, when)
+    change_status(session, ticket, new, actor=actor, now=now or utcnow(), notice=notice,
+                  message_row_id=message_row_id)
     session.flush()
     return ticket
+
+
+def change_status(
+    session: Session,
+    ticket: Ticket,
+    status: TicketStatus,
+    *,
+    actor: str,
+    now: datetime,
+    notice: Notice | None = None,
+    message_row_id: int | None = None,
+) -> bool:
+    """Move a loaded ticket to `status` with an event; False when it already had it.
+
+    Every path that changes a status comes here: the CLI, `#status`, rules
+    and timers. A move *into* `resolved` is a resolution: with a `notice` it
+    mails the requester the resolution notice (`resolution_notice`), so a
+    ticket resolved, reopened and resolved again announces each resolution
+    once, and setting `resolved` on a resolved ticket announces nothing.
+    `closed` is final and administrative (merges close tickets): no notice.
+    """
+    if ticket.status == status.value:
+        return False
+    before = ticket.status
+    ticket.status = status.value
+    if status in (TicketStatus.RESOLVED, TicketStatus.CLOSED):
+        ticket.resolved_at = ticket.resolved_at or now
+    else:
+        ticket.resolved_at = None
+    ticket.updated_at = now
+    _log(session, ticket, actor, "status.changed", {"from": before, "to": status.value}, now,
+         message_row_id)
+    if status is TicketStatus.RESOLVED and notice is not None:
+        resolution_notice(session, ticket, notice, actor=actor, now=now,
+                          message_row_id=message_row_id)
+    return True
 
 
 def last_customer_message(session: Session, ticket_id: int) -> Message | None:

@@ -10,6 +10,7 @@ from helpdesk import relay, staff
 from helpdesk import tickets as ticket_service
 from helpdesk.cli import AppContext, Failure, pass_app
 from helpdesk.cli.output import emit_json, fields, table, when
+from helpdesk.notices import Notice
 from helpdesk.store import queries
 from helpdesk.store.models import Event, Message, Ticket, utcnow
 from helpdesk.thread import format_tag
@@ -198,17 +199,39 @@ def assign(
 @tickets.command("status")
 @click.argument("ticket_id", type=int)
 @click.argument("status", type=click.Choice(STATUSES))
+@click.option("--quiet", is_flag=True,
+              help="Resolve without mailing the requester the resolution notice.")
 @click.option("--json", "as_json", is_flag=True, help="Print the updated ticket as JSON.")
 @pass_app
-def status(app: AppContext, ticket_id: int, status: str, as_json: bool) -> None:
-    """Change a ticket's status."""
+def status(app: AppContext, ticket_id: int, status: str, quiet: bool, as_json: bool) -> None:
+    """Change a ticket's status; resolving it mails the requester the resolution notice."""
+    notice = None
+    if status == TicketStatus.RESOLVED and not quiet:
+        # Templates (and rules) load first: a broken file must not half-do the change.
+        notice = Notice(app.ingest_context().actions)
+    elif status == TicketStatus.RESOLVED:
+        notice = Notice(None, quiet="--quiet")
     with app.transaction() as session:
-        ticket = ticket_service.set_status(session, ticket_id, status, actor=CLI_ACTOR)
+        before = [e.id for e in ticket_service.events(session, ticket_id)]
+        ticket = ticket_service.set_status(session, ticket_id, status, actor=CLI_ACTOR,
+                                           notice=notice)
         data = ticket_json(app, ticket)
+        told = [e for e in ticket_service.events(session, ticket_id)
+                if e.id not in before and e.kind.startswith("notice.")]
+        data["notice"] = event_json(told[-1]) if told else None
     if as_json:
         emit_json(data)
-    else:
-        click.echo(f"{data['reference']} is now {data['status']}")
+        return
+    click.echo(f"{data['reference']} is now {data['status']}{_notice_words(data['notice'])}")
+
+
+def _notice_words(notice: dict[str, Any] | None) -> str:
+    if notice is None:
+        return ""
+    detail = notice["detail"]
+    if notice["kind"] == "notice.queued":
+        return f"; resolution notice queued to {detail['to']}"
+    return f"; no resolution notice ({detail.get('reason')})"
 
 
 # Git's scissors line: everything below it in the editor is ignored.
