@@ -343,6 +343,41 @@ def add_tags(
     return new
 
 
+def remove_tags(
+    session: Session,
+    ticket: Ticket,
+    tags: Sequence[str],
+    *,
+    actor: str,
+    now: datetime,
+    message_row_id: int | None = None,
+) -> list[str]:
+    """Remove tags from a loaded ticket, with one event; returns the ones it had."""
+    gone = set(tags)
+    removed = [t.tag for t in ticket.tags if t.tag in gone]
+    if removed:
+        ticket.tags = [t for t in ticket.tags if t.tag not in gone]
+        _log(session, ticket, actor, "tags.removed", {"tags": removed}, now, message_row_id)
+        ticket.updated_at = now
+    return removed
+
+
+MAX_TAG_LENGTH = 100  # TicketTag.tag
+
+
+def clean_tags(tags: Sequence[str]) -> list[str]:
+    """Tags as people type them, checked: one word each (as `#tag` splits them), not too long."""
+    cleaned: list[str] = []
+    for raw in tags:
+        tag = raw.strip()
+        if not tag or any(ch.isspace() or ch == "," for ch in tag):
+            raise InvalidInput(f"a tag is one word without commas (got {raw!r})")
+        if len(tag) > MAX_TAG_LENGTH:
+            raise InvalidInput(f"a tag has at most {MAX_TAG_LENGTH} characters (got {len(tag)})")
+        cleaned.append(tag)
+    return list(dict.fromkeys(cleaned))
+
+
 def _log(
     session: Session,
     ticket: Ticket,

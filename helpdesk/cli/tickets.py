@@ -1,4 +1,4 @@
-"""`helpdesk tickets list|show|assign|status|reply|note|merge`."""
+"""`helpdesk tickets list|show|assign|status|priority|tag|reply|note|merge`."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from helpdesk.notices import Notice
 from helpdesk.store import queries
 from helpdesk.store.models import Event, Message, Ticket, utcnow
 from helpdesk.thread import format_tag
-from helpdesk.values import Address, TicketStatus
+from helpdesk.values import Address, Priority, TicketStatus
 
 STATUSES = [s.value for s in TicketStatus]
+PRIORITIES = [p.value for p in Priority]
 CLI_ACTOR = "cli"
 
 
@@ -95,7 +96,7 @@ def ticket_json(app: AppContext, ticket: Ticket) -> dict[str, Any]:
         "team": ticket.team.name if ticket.team else None,
         "assignee": ticket.assignee.primary_address if ticket.assignee else None,
         "requester": ticket.requester.address if ticket.requester else None,
-        "tags": [t.tag for t in ticket.tags],
+        "tags": sorted(t.tag for t in ticket.tags),
         "created_at": ticket.created_at,
         "updated_at": ticket.updated_at,
         "first_response_at": ticket.first_response_at,
@@ -232,6 +233,51 @@ def _notice_words(notice: dict[str, Any] | None) -> str:
     if notice["kind"] == "notice.queued":
         return f"; resolution notice queued to {detail['to']}"
     return f"; no resolution notice ({detail.get('reason')})"
+
+
+@tickets.command("priority")
+@click.argument("ticket_id", type=int)
+@click.argument("priority", type=click.Choice(PRIORITIES))
+@click.option("--json", "as_json", is_flag=True, help="Print the updated ticket as JSON.")
+@pass_app
+def priority(app: AppContext, ticket_id: int, priority: str, as_json: bool) -> None:
+    """Set a ticket's priority (as `#priority` does by mail)."""
+    with app.transaction() as session:
+        ticket = ticket_service.get_unmerged(session, ticket_id)
+        changed = ticket_service.change_priority(session, ticket, Priority(priority),
+                                                 actor=CLI_ACTOR, now=utcnow())
+        session.flush()
+        data = ticket_json(app, ticket)
+    if as_json:
+        emit_json(data)
+    elif changed:
+        click.echo(f"{data['reference']} priority is now {data['priority']}")
+    else:
+        click.echo(f"{data['reference']} priority was already {data['priority']}")
+
+
+@tickets.command("tag")
+@click.argument("ticket_id", type=int)
+@click.argument("tags", nargs=-1, required=True)
+@click.option("--remove", is_flag=True, help="Remove these tags instead of adding them.")
+@click.option("--json", "as_json", is_flag=True, help="Print the updated ticket as JSON.")
+@pass_app
+def tag(app: AppContext, ticket_id: int, tags: tuple[str, ...], remove: bool,
+        as_json: bool) -> None:
+    """Add tags to a ticket (as `#tag` does by mail), or remove them with --remove."""
+    wanted = ticket_service.clean_tags(tags)
+    with app.transaction() as session:
+        ticket = ticket_service.get_unmerged(session, ticket_id)
+        change = ticket_service.remove_tags if remove else ticket_service.add_tags
+        changed = change(session, ticket, wanted, actor=CLI_ACTOR, now=utcnow())
+        session.flush()
+        data = {**ticket_json(app, ticket), "changed": changed}
+    if as_json:
+        emit_json(data)
+        return
+    verb = "removed" if remove else "added"
+    did = f"{verb} {', '.join(changed)}" if changed else f"nothing {verb}"
+    click.echo(f"{data['reference']} tags: {', '.join(data['tags']) or '-'} ({did})")
 
 
 # Git's scissors line: everything below it in the editor is ignored.
