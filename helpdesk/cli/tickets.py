@@ -134,17 +134,62 @@ def event_json(e: Event) -> dict[str, Any]:
     return {"id": e.id, "at": e.created_at, "actor": e.actor, "kind": e.kind, "detail": e.detail}
 
 
+def delivery_json(d: queries.Delivery) -> dict[str, Any]:
+    return {
+        "outbox_id": d.outbox_id,
+        "message_id": d.message_id,
+        "kind": d.kind,
+        "subject": d.subject,
+        "state": d.state,
+        "attempts": d.attempts,
+        "last_error": d.last_error,
+        "next_attempt_at": d.next_attempt_at if d.state == "pending" else None,
+        "created_at": d.created_at,
+        "sent_at": d.sent_at,
+        "recipients": [{"address": r.address, "state": r.state} for r in d.recipients],
+    }
+
+
+def _delivery_words(d: queries.Delivery) -> str:
+    """`sent`, `failed: 550 …`, `pending (2 attempts: 451 …)`: the state in a few words."""
+    tries = f"{d.attempts} attempt{'s' if d.attempts != 1 else ''}"
+    if d.state == "sent":
+        return f"sent {when(d.sent_at)}"
+    if d.state == "failed":
+        return f"failed after {tries}: {d.last_error or 'no error recorded'}"
+    if d.attempts:
+        error = f": {d.last_error}" if d.last_error else ""
+        return f"pending, {tries}, next {when(d.next_attempt_at)}{error}"
+    return "pending"
+
+
+def _recipients(d: queries.Delivery) -> str:
+    # A recipient whose own state differs from the mail's is named with it.
+    return ", ".join(r.address if r.state == d.state else f"{r.address} ({r.state})"
+                     for r in d.recipients)
+
+
 @tickets.command("show")
 @click.argument("ticket_id", type=int)
 @click.option("--full", is_flag=True, help="Show each message's full text, quotes included.")
 @click.option("--json", "as_json", is_flag=True, help="Print the ticket as JSON.")
 @pass_app
 def show(app: AppContext, ticket_id: int, full: bool, as_json: bool) -> None:
-    """Show a ticket: its thread (oldest first) and its events."""
+    """Show a ticket: its thread (oldest first), its outgoing mail and its events.
+
+    An agent's mail that was relayed to the requester is shown once, marked
+    relayed, with the delivery state of the relayed copy.
+    """
     with app.transaction() as session:
-        ticket = ticket_service.get(session, ticket_id)
+        view = ticket_service.conversation(session, ticket_id)
+        ticket = view.ticket
         data = ticket_json(app, ticket)
-        data["messages"] = [message_json(m) for m in ticket.messages]
+        data["messages"] = [
+            {**message_json(e.message), "relayed": e.relayed,
+             "delivery": delivery_json(e.delivery) if e.delivery else None}
+            for e in view.entries
+        ]
+        data["outgoing"] = [delivery_json(d) for d in view.deliveries]
         data["events"] = [event_json(e) for e in ticket_service.events(session, ticket_id)]
     if as_json:
         emit_json(data)
@@ -160,14 +205,26 @@ def show(app: AppContext, ticket_id: int, full: bool, as_json: bool) -> None:
         ("created", when(ticket.created_at)),
         ("updated", when(ticket.updated_at)),
     ])
-    for m in data["messages"]:
+    for entry, m in zip(view.entries, data["messages"], strict=True):
         click.echo()
         who = f"{m['from_name']} <{m['from']}>" if m["from_name"] else m["from"]
-        click.echo(click.style(f"── #{m['id']} {m['kind']} from {who} · {when(m['date'])}",
-                               fg="cyan"))
+        head = f"── #{m['id']} {m['kind']} from {who} · {when(m['date'])}"
+        if m["direction"] == "out" and not entry.relayed:
+            head += f" · to {m['to']}"
+        if entry.relayed:
+            head += " · relayed"
+        if entry.delivery is not None:
+            head += f" · {_delivery_words(entry.delivery)}"
+        click.echo(click.style(head, fg="cyan"))
         click.echo((m["text"] if full else m["new_text"] or m["text"]).rstrip() or "(no text)")
         for a in m["attachments"]:
             click.echo(f"  📎 {a['filename']} ({a['content_type']}, {a['size']} bytes)")
+    if view.deliveries:
+        click.echo()
+        click.echo(click.style("Outgoing mail", bold=True))
+        table(["OUTBOX", "KIND", "STATE", "TRIES", "TO", "DELIVERY"],
+              [[d.outbox_id, d.kind, d.state, d.attempts, _recipients(d), _delivery_words(d)]
+               for d in view.deliveries])
     click.echo()
     click.echo(click.style("Events", bold=True))
     for e in data["events"]:
