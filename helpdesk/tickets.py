@@ -1,7 +1,7 @@
 """Ticket use cases shared by the CLI, e-mail commands, rules and timers.
 
 Show, assign, status (and the resolution notice), priority, tags, note,
-merge. Each function works inside the caller's transaction and
+merge, search. Each function works inside the caller's transaction and
 records an event for every change, naming the actor.
 """
 
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, selectinload
 from helpdesk.errors import InvalidInput, NotFound
 from helpdesk.notices import Notice, resolution_notice
 from helpdesk.store import queries
+from helpdesk.store import search as full_text
 from helpdesk.store.models import Event, Message, Participant, Ticket, TicketTag, utcnow
 from helpdesk.values import Address, Direction, MessageKind, Priority, TicketStatus
 
@@ -104,6 +105,18 @@ def conversation(session: Session, ticket_id: int) -> Conversation:
             delivery=by_message_id.get(sent_as) if sent_as else None,
         ))
     return Conversation(ticket, tuple(entries), tuple(deliveries))
+
+
+def search(
+    session: Session, query: str, *, statuses: Sequence[str] = (), limit: int = 20
+) -> list[full_text.SearchHit]:
+    """Tickets whose mail matches `query` (words, "phrases", or, -word), best first.
+
+    InvalidInput when the query holds nothing to look for; SearchUnavailable
+    when the database cannot search (SQLite without FTS5).
+    """
+    return full_text.search(session, full_text.parse_query(query), statuses=statuses,
+                            limit=limit)
 
 
 def assign(

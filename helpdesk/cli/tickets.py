@@ -1,4 +1,4 @@
-"""`helpdesk tickets list|show|assign|status|priority|tag|reply|note|merge`."""
+"""`helpdesk tickets list|show|search|assign|status|priority|tag|reply|note|merge`."""
 
 from __future__ import annotations
 
@@ -230,6 +230,38 @@ def show(app: AppContext, ticket_id: int, full: bool, as_json: bool) -> None:
     for e in data["events"]:
         detail = ", ".join(f"{k}={v}" for k, v in e["detail"].items())
         click.echo(f"  {when(e['at'])}  {e['kind']:<22} {e['actor']}  {detail}")
+
+
+@tickets.command("search")
+@click.argument("query")
+@click.option("--status", "statuses", multiple=True, type=click.Choice(STATUSES),
+              help="Only tickets with these statuses (repeatable).")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@pass_app
+def search(app: AppContext, query: str, statuses: tuple[str, ...], limit: int,
+           as_json: bool) -> None:
+    """Find tickets by the words of their mail: subject, text and sender, best match first.
+
+    QUERY is words (all must occur), "a phrase", `or` between alternatives and
+    -word to exclude, e.g. `tickets search 'drucker "3. stock" -toner'` (a query
+    that starts with "-" goes after `--`).
+    """
+    with app.transaction() as session:
+        hits = ticket_service.search(session, query, statuses=statuses, limit=limit)
+    if as_json:
+        emit_json([{"id": h.ticket_id, "reference": _reference(app, h.ticket_id),
+                    "subject": h.subject, "status": h.status, "priority": h.priority,
+                    "updated_at": h.updated_at, "score": round(h.score, 6),
+                    "message_row_id": h.message_row_id, "snippet": h.snippet} for h in hits])
+        return
+    if not hits:
+        click.echo("No tickets match.")
+        return
+    for h in hits:
+        click.echo(f"{click.style(_reference(app, h.ticket_id), bold=True)} {h.status:<8} "
+                   f"{when(h.updated_at)}  {h.subject}")
+        click.echo(f"    {h.snippet}")
 
 
 @tickets.command("assign")
