@@ -160,6 +160,7 @@ def _register() -> None:
         agents,
         db,
         demo,
+        export,
         ingest,
         mailbox,
         outbox,
@@ -183,6 +184,7 @@ def _register() -> None:
     cli.add_command(agents.agents)
     cli.add_command(teams.teams)
     cli.add_command(stats.stats)
+    cli.add_command(export.export)
 
 
 _register()
