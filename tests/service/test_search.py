@@ -233,6 +233,8 @@ def test_the_migration_indexes_mail_stored_before_it(store: Store, clock: Clock)
     assert "**Beamer**" in hit.snippet
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
 def test_postgres_uses_the_gin_index(store: Store) -> None:
     """The search can use ix_messages_search: its condition is the indexed column itself.
 
@@ -240,8 +242,6 @@ def test_postgres_uses_the_gin_index(store: Store) -> None:
     one; a condition the index cannot serve (another expression, another configuration)
     would still scan. The figures at scale are bench/scale.py's.
     """
-    if store.backend != "postgres":
-        pytest.skip("the GIN index is PostgreSQL's")
     rng = random.Random(8)
     words = [f"w{n}" for n in range(2000)]
     with store.engine.begin() as conn:
@@ -261,11 +261,10 @@ def test_postgres_uses_the_gin_index(store: Store) -> None:
     assert "Bitmap Index Scan on ix_messages_search" in plan, plan
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 def test_a_sqlite_without_fts5_gets_a_clear_message(store: Store,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Without FTS5 (or its table) search says what is missing, not a raw SQL error."""
-    if store.backend != "sqlite":
-        pytest.skip("FTS5 is SQLite's")
     with store.engine.begin() as conn:
         conn.execute(text("DROP TABLE messages_fts"))
     with pytest.raises(search.SearchUnavailable, match="index table messages_fts is missing"):
