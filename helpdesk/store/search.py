@@ -28,13 +28,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from helpdesk.errors import HelpdeskError, InvalidInput
-from helpdesk.store.models import UTCDateTime
-from helpdesk.values import TicketStatus
+from helpdesk.store.models import Message, UTCDateTime
 
 FTS_TABLE = "messages_fts"
 PG_COLUMN = "search"
@@ -164,16 +163,32 @@ class SearchHit:
     snippet: str
 
 
+# Ranking costs time in proportion to the messages that match: a common word ("printer")
+# matches a tenth of a big store. So the matches are ranked newest first, in widening
+# windows of message ids, until a window holds ENOUGH of them (or the whole store has
+# been looked at): a rare word is ranked over all mail, a common one over its newest few
+# thousand matches, and a search stays quick on a million tickets. Narrow the words to
+# reach older mail that a common word would bury.
+WINDOWS = (20_000, 80_000, 320_000, 1_280_000)
+ENOUGH = 2_000
+
+
 def search(
     session: Session, query: SearchQuery, *, statuses: Sequence[str] = (), limit: int = 20
 ) -> list[SearchHit]:
     """The best `limit` tickets for `query`, best first, each with its best message."""
     postgres = session.get_bind().dialect.name == "postgresql"
     q = websearch_text(query) if postgres else fts5_expression(query)
-    params = {"q": q, "limit": limit,
-              "statuses": list(statuses) or [s.value for s in TicketStatus]}
+    params: dict[str, object] = {"q": q, "limit": limit, "statuses": list(statuses)}
     try:
-        rows = session.execute(_PG_RANKED if postgres else _SQLITE_RANKED, params).all()
+        newest = session.scalar(select(func.max(Message.id))) or 0
+        for window in (*WINDOWS, None):
+            floor = 0 if window is None else max(0, newest - window)
+            key = (bool(statuses), floor > 0)
+            rows = session.execute((_PG_RANKED if postgres else _SQLITE_RANKED)[key],
+                                   {**params, "floor": floor}).all()
+            if floor == 0 or (rows and rows[0].candidates >= ENOUGH):
+                break
         ids = [r.message_row_id for r in rows]
         snippet_sql = _PG_SNIPPETS if postgres else _SQLITE_SNIPPETS
         snippets: dict[int, str] = {
@@ -194,45 +209,76 @@ def search(
     ]
 
 
-# Each ticket once, with its best message: rank the matching messages, keep the best per
-# ticket, then the best tickets; snippets are made for those few messages only. Mail we
-# wrote ourselves (acknowledgements, notifications, forwards) repeats the customer's words
-# or boilerplate, so only incoming mail, notes and agents' replies count. Weights: subject
-# 8, new text 4, full text 1, sender 4 (SQLite's bm25 per column; PostgreSQL's A/B/D/C).
-_SQLITE_RANKED = text("""
-SELECT ticket_id, message_row_id, score, subject, status, priority, updated_at FROM (
-  SELECT m.ticket_id, m.id AS message_row_id, hits.score, t.subject, t.status, t.priority,
-         t.updated_at,
-         row_number() OVER (PARTITION BY m.ticket_id ORDER BY hits.score DESC, m.id DESC) AS n
+# `hits`: the matching messages above the window's floor that count, on tickets of the
+# wanted statuses, with their score; `best`: each ticket's best message; then the best
+# tickets, with the number of hits the window held. Mail we wrote ourselves
+# (acknowledgements, notifications, forwards) repeats the customer's words or boilerplate,
+# so only incoming mail, notes and agents' replies count. Weights: subject 8, new text 4,
+# full text 1, sender 4 (SQLite's bm25 per column; PostgreSQL's A/B/D/C).
+_SQLITE_RANKED_SQL = """
+WITH hits AS (
+  SELECT m.ticket_id, m.id, f.score
   FROM (SELECT rowid AS id, -bm25(messages_fts, 8.0, 4.0, 1.0, 4.0, 4.0) AS score
-        FROM messages_fts WHERE messages_fts MATCH :q) AS hits
-  JOIN messages m ON m.id = hits.id
-  JOIN tickets t ON t.id = m.ticket_id
-  WHERE (m.direction = 'in' OR m.kind = 'agent_reply') AND t.status IN :statuses
-) AS best WHERE n = 1
-ORDER BY score DESC, ticket_id DESC
+        FROM messages_fts WHERE messages_fts MATCH :q /*floor*/) AS f
+  JOIN messages m ON m.id = f.id
+  /*status*/
+  WHERE (m.direction = 'in' OR m.kind = 'agent_reply')
+), best AS (
+  SELECT ticket_id, id, score,
+         row_number() OVER (PARTITION BY ticket_id ORDER BY score DESC, id DESC) AS n
+  FROM hits
+)
+SELECT b.ticket_id, b.id AS message_row_id, b.score, t.subject, t.status, t.priority,
+       t.updated_at, (SELECT count(*) FROM hits) AS candidates
+FROM best b JOIN tickets t ON t.id = b.ticket_id
+WHERE b.n = 1
+ORDER BY b.score DESC, b.ticket_id DESC
 LIMIT :limit
-""").bindparams(bindparam("statuses", expanding=True)).columns(updated_at=UTCDateTime())
+"""
 _SQLITE_SNIPPETS = text("""
 SELECT rowid, snippet(messages_fts, -1, '**', '**', '…', 16)
 FROM messages_fts WHERE messages_fts MATCH :q AND rowid IN :ids
 """).bindparams(bindparam("ids", expanding=True))
 
 _PG_RANKED_SQL = """
-SELECT ticket_id, message_row_id, score, subject, status, priority, updated_at FROM (
-  SELECT m.ticket_id, m.id AS message_row_id, ts_rank(m.search, q.q) AS score,
-         t.subject, t.status, t.priority, t.updated_at,
-         row_number() OVER (PARTITION BY m.ticket_id
-                            ORDER BY ts_rank(m.search, q.q) DESC, m.id DESC) AS n
-  FROM (SELECT websearch_to_tsquery('simple', :q) AS q) AS q
-  JOIN messages m ON m.search @@ q.q
-  JOIN tickets t ON t.id = m.ticket_id
-  WHERE (m.direction = 'in' OR m.kind = 'agent_reply') AND t.status = ANY(:statuses)
-) AS best WHERE n = 1
-ORDER BY score DESC, ticket_id DESC
+WITH q AS (SELECT websearch_to_tsquery('simple', :q) AS q), hits AS (
+  SELECT m.ticket_id, m.id, ts_rank(m.search, q.q) AS score
+  FROM q, messages m
+  /*status*/
+  WHERE m.search @@ q.q /*floor*/ AND (m.direction = 'in' OR m.kind = 'agent_reply')
+), best AS (
+  SELECT DISTINCT ON (ticket_id) ticket_id, id, score FROM hits
+  ORDER BY ticket_id, score DESC, id DESC
+)
+SELECT b.ticket_id, b.id AS message_row_id, b.score, t.subject, t.status, t.priority,
+       t.updated_at, (SELECT count(*) FROM hits) AS candidates
+FROM best b JOIN tickets t ON t.id = b.ticket_id
+ORDER BY b.score DESC, b.ticket_id DESC
 LIMIT :limit
 """
-_PG_RANKED = text(_PG_RANKED_SQL).columns(updated_at=UTCDateTime())
+
+
+def _variants(sql: str, *, status: str, floor: str) -> dict[tuple[bool, bool], str]:
+    """The ranking SQL by (status filter?, window?). Only a status filter pays for joining
+    the tickets (the count then counts hits on tickets of those statuses), and only a
+    window has the id condition, so that a search over all mail is the index's alone."""
+    return {(by_status, windowed): sql.replace("/*status*/", status if by_status else "")
+            .replace("/*floor*/", floor if windowed else "")
+            for by_status in (False, True) for windowed in (False, True)}
+
+
+_SQLITE_RANKED = {
+    key: text(sql).bindparams(*([bindparam("statuses", expanding=True)] if key[0] else []))
+    .columns(updated_at=UTCDateTime())
+    for key, sql in _variants(
+        _SQLITE_RANKED_SQL, floor="AND rowid > :floor",
+        status="JOIN tickets t ON t.id = m.ticket_id AND t.status IN :statuses").items()
+}
+_PG_RANKED_SQLS = _variants(
+    _PG_RANKED_SQL, floor="AND m.id > :floor",
+    status="JOIN tickets t ON t.id = m.ticket_id AND t.status = ANY(:statuses)")
+_PG_RANKED = {key: text(sql).columns(updated_at=UTCDateTime())
+              for key, sql in _PG_RANKED_SQLS.items()}
 # ts_headline parses the text again, so it gets a bounded part of it, as the index does.
 _PG_SNIPPETS = text("""
 SELECT m.id,
@@ -247,12 +293,13 @@ FROM messages m WHERE m.id IN :ids
 
 
 def explain(session: Session, query: SearchQuery, *, statuses: Sequence[str] = (),
-            limit: int = 20) -> list[str]:
-    """PostgreSQL's plan for `search`, with timings (EXPLAIN ANALYZE): for benchmarks and to
-    check that the GIN index is used."""
-    params = {"q": websearch_text(query), "limit": limit,
-              "statuses": list(statuses) or [s.value for s in TicketStatus]}
-    plan = session.execute(text("EXPLAIN (ANALYZE, BUFFERS) " + _PG_RANKED_SQL), params)
+            limit: int = 20, floor: int = 0) -> list[str]:
+    """PostgreSQL's plan for one window of `search` (message ids above `floor`), with
+    timings (EXPLAIN ANALYZE): for benchmarks and to check that the GIN index is used."""
+    params = {"q": websearch_text(query), "limit": limit, "floor": floor,
+              "statuses": list(statuses)}
+    sql = _PG_RANKED_SQLS[(bool(statuses), floor > 0)]
+    plan = session.execute(text("EXPLAIN (ANALYZE, BUFFERS) " + sql), params)
     return [str(line) for line in plan.scalars()]
 
 
