@@ -6,13 +6,16 @@ from typing import Any, TextIO
 
 import click
 
-from helpdesk import relay, staff
+from helpdesk import context, relay, staff
 from helpdesk import tickets as ticket_service
+from helpdesk.actions import ActionContext
 from helpdesk.cli import AppContext, Failure, pass_app
 from helpdesk.cli.output import emit_json, fields, table, when
 from helpdesk.notices import Notice
+from helpdesk.rules import RuleSet
 from helpdesk.store import queries
 from helpdesk.store.models import Event, Message, Ticket, utcnow
+from helpdesk.templates import TemplateSet, load_templates
 from helpdesk.thread import format_tag
 from helpdesk.values import Address, Priority, TicketStatus
 
@@ -297,8 +300,7 @@ def status(app: AppContext, ticket_id: int, status: str, quiet: bool, as_json: b
     """Change a ticket's status; resolving it mails the requester the resolution notice."""
     notice = None
     if status == TicketStatus.RESOLVED and not quiet:
-        # Templates (and rules) load first: a broken file must not half-do the change.
-        notice = Notice(app.ingest_context().actions)
+        notice = Notice(_mail_context(app))
     elif status == TicketStatus.RESOLVED:
         notice = Notice(None, quiet="--quiet")
     with app.transaction() as session:
@@ -313,6 +315,16 @@ def status(app: AppContext, ticket_id: int, status: str, quiet: bool, as_json: b
         emit_json(data)
         return
     click.echo(f"{data['reference']} is now {data['status']}{_notice_words(data['notice'])}")
+
+
+def _mail_context(app: AppContext) -> ActionContext | None:
+    """What the resolution notice needs: the templates (a broken one is an error before
+    anything changes), not the rules, so that a rule file being edited does not stop it."""
+    directory = app.settings.templates.dir
+    templates = load_templates(directory) if directory.exists() else TemplateSet()
+    with app.transaction() as session:
+        return context.ingest_context(session, app.settings,
+                                      context.Configured(RuleSet(), templates)).actions
 
 
 def _notice_words(notice: dict[str, Any] | None) -> str:

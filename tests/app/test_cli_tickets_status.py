@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from helpdesk.store.models import OutboxItem
-from tests.app.test_cli_tickets_reply import run, write_config
+from tests.app.test_cli_tickets_reply import ROOT, run, write_config
 from tests.conftest import Store
 from tests.mailfactory import make_mail
 
@@ -59,3 +60,28 @@ def test_other_statuses_send_nothing(config: Path, store: Store) -> None:
         result = run(config, "tickets", "status", "1", status)
         assert result.output == f"[#1] is now {status}\n"
     assert notices(store) == []
+
+
+def test_a_broken_rule_file_does_not_stop_a_resolution(config: Path, store: Store,
+                                                       tmp_path: Path) -> None:
+    """The notice needs the templates, not the rules: a rule file being edited is no reason
+    to refuse; a broken template is, before anything changes."""
+    assert run(config, "ingest", stdin=make_mail(subject="Printer jammed")).exit_code == 0
+    rules, templates = tmp_path / "rules", tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", templates)
+    rules.mkdir()
+    (rules / "10-broken.toml").write_text("[[rule]\nname = ")
+    text = config.read_text().replace(f'{ROOT.as_posix()}/rules', rules.as_posix())
+    config.write_text(text.replace(f'{ROOT.as_posix()}/templates', templates.as_posix()))
+    assert run(config, "rules", "check").exit_code == 1
+    result = run(config, "tickets", "status", "1", "resolved")
+    assert result.exit_code == 0, result.output
+    assert len(notices(store)) == 1
+    assert run(config, "tickets", "status", "1", "open").exit_code == 0
+    (templates / "resolved.txt").write_text("Subject: {{ ticket.reference }\n\nbroken\n")
+    refused = run(config, "tickets", "status", "1", "resolved")
+    assert refused.exit_code == 1
+    assert "invalid templates" in refused.output
+    assert "[#1] is now" not in refused.output
+    assert json.loads(run(config, "tickets", "show", "1", "--json").output)["status"] == "open"
+    assert len(notices(store)) == 1
