@@ -14,16 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TypedDict
 
 import structlog
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from helpdesk import anchors, outbox, tickets
-from helpdesk.mail.classify import is_noreply_address
+from helpdesk import anchors, notices, outbox, tickets
+from helpdesk.notices import AUTO_GENERATED, AUTO_REPLIED, AutomaticFields
 from helpdesk.store import queries
-from helpdesk.store.models import AutoReplyLog, Event, Suppression, Ticket
+from helpdesk.store.models import AutoReplyLog, Event, Ticket
 from helpdesk.templates import (
     RenderedTemplate,
     TemplateRenderError,
@@ -57,20 +55,6 @@ LIMIT_NOTICE = (
     "\n\n-- \nThis is the last automatic reply you will receive from us today; "
     "we have read every message you sent and will answer in person."
 )
-# RFC 3834 section 5.1 keywords.
-AUTO_REPLIED = "auto-replied"  # a direct answer to a message
-AUTO_GENERATED = "auto-generated"  # caused by time or by a change, not an answer
-
-
-class AutomaticFields(TypedDict):
-    """What makes an OutgoingMail automatic: RFC 3834 headers and the envelope sender."""
-
-    automated: bool
-    auto_submitted: str
-    precedence: str | None
-    envelope_sender: str | None
-
-
 @dataclass(frozen=True)
 class ActionContext:
     """Everything actions need that is not in the message or the ticket."""
@@ -137,7 +121,12 @@ def apply_actions(
             event(f"rule:{trace.rule}", "rule.matched",
                   {"file": trace.file, "reasons": list(trace.reasons)})
 
-    _apply_fields(session, ticket, _last_wins(evaluation), event, applied, now, message_row_id)
+    # A rule's own automatic reply to this mail says enough: no resolution notice besides.
+    answered = any(isinstance(a, AutoReply) for _, a in _each_action(evaluation))
+    quiet = "a rule's automatic reply answers this mail" if answered else None
+    notice = notices.Notice(ctx, verdict=verdict, correlation_id=correlation_id, quiet=quiet)
+    _apply_fields(session, ticket, _last_wins(evaluation), event, applied, now, message_row_id,
+                  notice)
     mail_sent = False
     for rule, action in _each_action(evaluation):
         if isinstance(action, AutoReply):
@@ -181,6 +170,7 @@ def _apply_fields(
     applied: Applied,
     now: datetime,
     message_row_id: int | None,
+    notice: notices.Notice,
 ) -> None:
     for rule, action in final.values():
         if isinstance(action, SetTeam):
@@ -206,10 +196,10 @@ def _apply_fields(
             if tickets.change_priority(session, ticket, action.priority, actor=rule, now=now,
                                        message_row_id=message_row_id):
                 applied.changes.append(f"priority={action.priority.value}")
-        elif isinstance(action, SetStatus) and ticket.status != action.status.value:
-            event(rule, "status.changed", {"from": ticket.status, "to": action.status.value})
-            ticket.status = action.status.value
-            applied.changes.append(f"status={action.status.value}")
+        elif isinstance(action, SetStatus):
+            if tickets.change_status(session, ticket, action.status, actor=rule, now=now,
+                                     notice=notice, message_row_id=message_row_id):
+                applied.changes.append(f"status={action.status.value}")
         elif isinstance(action, AddTags):
             new = tickets.add_tags(session, ticket, action.tags, actor=rule, now=now,
                                    message_row_id=message_row_id)
@@ -269,31 +259,11 @@ def _why_not_auto_reply(
     session: Session, address: str, verdict: Verdict, ctx: ActionContext, now: datetime
 ) -> tuple[str | None, int]:
     """The reason not to answer `address` automatically (None: go ahead) and the count so far."""
-    if verdict.automated:
-        why = verdict.reasons[0] if verdict.reasons else ""
-        return f"automated: {verdict.mail_class.value} ({why})", 0
-    if ctx.is_own_address(address):
-        return "own_address: mail from one of our own addresses", 0
-    if is_noreply_address(address):
-        return f"noreply: {address} does not take replies", 0
-    suppressed = _suppressed_until(session, address, now)
-    if suppressed is not None:
-        return f"bounced: {address} bounced permanently; suppressed until {suppressed:%Y-%m-%d}", 0
-    since = now - ctx.auto_reply_window
-    count = session.scalar(
-        select(func.count())
-        .select_from(AutoReplyLog)
-        .where(AutoReplyLog.address == address, AutoReplyLog.sent_at > since)
-    ) or 0
-    if count >= ctx.auto_reply_limit:
-        return (f"rate_limit: {count} automatic replies to {address} in the last "
-                f"{ctx.auto_reply_window.total_seconds() / 3600:g} h"), count
-    return None, count
+    return notices.why_no_automatic_mail(session, address, verdict=verdict, ctx=ctx, now=now)
 
 
 def _suppressed_until(session: Session, address: str, now: datetime) -> datetime | None:
-    row = session.get(Suppression, address)
-    return row.until if row is not None and row.until > now else None
+    return notices.suppressed_until(session, address, now)
 
 
 def _forward(

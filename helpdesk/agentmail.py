@@ -17,12 +17,20 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from helpdesk import anchors, outbox, relay, tickets
-from helpdesk.actions import AUTO_REPLIED, ActionContext
+from helpdesk.actions import ActionContext
 from helpdesk.errors import HelpdeskError
-from helpdesk.mail.commands import Command, CommandBlock
+from helpdesk.mail.commands import RESOLVED_QUIET, Command, CommandBlock
+from helpdesk.notices import AUTO_REPLIED, Notice, resolution_notice
 from helpdesk.store.models import Event, Ticket
 from helpdesk.thread import format_tag
-from helpdesk.values import Address, MessageKind, OutgoingMail, ParsedMessage, Priority
+from helpdesk.values import (
+    Address,
+    MessageKind,
+    OutgoingMail,
+    ParsedMessage,
+    Priority,
+    TicketStatus,
+)
 
 
 @dataclass
@@ -53,7 +61,37 @@ def handle(
     ctx: ActionContext | None,
     now: datetime,
 ) -> AgentMailResult:
-    """Apply the commands, then relay the reply or keep the note; see the module docstring."""
+    """Apply the commands, then relay the reply or keep the note; see the module docstring.
+
+    A mail that resolves the ticket (`#status resolved`) has the requester
+    told after its reply was relayed, so the answer comes before the notice;
+    `#status resolved quiet` resolves without a notice.
+    """
+    assert msg.from_ is not None
+    ticket = session.get_one(Ticket, ticket_id)
+    was = ticket.status
+    result = _handle(session, ticket_id=ticket_id, message_row_id=message_row_id, msg=msg,
+                     block=block, kind=kind, ctx=ctx, now=now)
+    if was != TicketStatus.RESOLVED and ticket.status == TicketStatus.RESOLVED:
+        quiet = any(c.name == "status" and c.argument == RESOLVED_QUIET for c in block.commands)
+        notice = Notice(ctx, quiet="#status resolved quiet" if quiet else None,
+                        correlation_id=msg.message_id)
+        resolution_notice(session, ticket, notice, actor=msg.from_.address, now=now,
+                          message_row_id=message_row_id)
+    return result
+
+
+def _handle(
+    session: Session,
+    *,
+    ticket_id: int,
+    message_row_id: int,
+    msg: ParsedMessage,
+    block: CommandBlock,
+    kind: MessageKind,
+    ctx: ActionContext | None,
+    now: datetime,
+) -> AgentMailResult:
     assert msg.from_ is not None
     agent = msg.from_
     result = AgentMailResult(kind=kind)
@@ -94,7 +132,8 @@ def _apply(session: Session, ticket_id: int, command: Command, actor: str, now: 
     elif name == "team":
         tickets.assign(session, ticket_id, team=argument, actor=actor, now=now)
     elif name == "status":
-        tickets.set_status(session, ticket_id, argument, actor=actor, now=now)
+        # The resolution notice is queued by `handle`, after the relay.
+        tickets.set_status(session, ticket_id, argument.split()[0], actor=actor, now=now)
     elif name == "priority":
         ticket = session.get_one(Ticket, ticket_id)
         tickets.change_priority(session, ticket, Priority(argument.lower()), actor=actor, now=now)
@@ -116,6 +155,7 @@ def _error_mail(session: Session, ticket_id: int, msg: ParsedMessage, rejected: 
         f"requester, because these commands could not be applied:\n\n{lines}\n\n"
         "Commands go on the first lines of the mail, one per line:\n"
         "  #assign agent@example.com   #team NAME   #status new|open|pending|resolved|closed\n"
+        "  #status resolved quiet (no resolution notice to the requester)\n"
         "  #priority low|normal|high|urgent   #tag WORD   #note (an internal note)\n\n"
         "Fix them and send the mail again.\n"
     )

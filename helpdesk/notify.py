@@ -22,7 +22,8 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from helpdesk import anchors, outbox
-from helpdesk.actions import AUTO_GENERATED, ActionContext
+from helpdesk.actions import ActionContext
+from helpdesk.notices import AUTO_GENERATED
 from helpdesk.store.models import Event, OutboxItem, Ticket
 from helpdesk.templates import RenderedTemplate
 from helpdesk.thread import format_tag, with_tag

@@ -1,7 +1,8 @@
-"""Ticket use cases shared by the CLI and e-mail commands: show, assign, status, note, merge.
+"""Ticket use cases shared by the CLI, e-mail commands, rules and timers.
 
-Each function works inside the caller's transaction and records an event for
-every change, naming the actor.
+Show, assign, status (and the resolution notice), priority, tags, note,
+merge, search. Each function works inside the caller's transaction and
+records an event for every change, naming the actor.
 """
 
 from __future__ import annotations
@@ -11,14 +12,19 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from helpdesk.errors import InvalidInput, NotFound
 from helpdesk.store import queries
+from helpdesk.store import search as full_text
 from helpdesk.store.models import Event, Message, Participant, Ticket, TicketTag, utcnow
 from helpdesk.values import Address, Direction, MessageKind, Priority, TicketStatus
+
+if TYPE_CHECKING:
+    from helpdesk.notices import Notice
 
 # Tickets someone still has to work on; `helpdesk stats` and `teams list` count these.
 OPEN_STATUSES: tuple[TicketStatus, ...] = (
@@ -57,6 +63,63 @@ def events(session: Session, ticket_id: int) -> list[Event]:
             select(Event).where(Event.ticket_id == ticket_id).order_by(Event.id)
         )
     )
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One mail of a ticket's thread as people read it.
+
+    An agent's mail that was relayed to the requester is one entry: the
+    agent's mail, `relayed`, with the delivery of the relayed copy (the copy
+    itself is not a second entry). An outgoing mail carries its own delivery.
+    """
+
+    message: Message
+    relayed: bool
+    delivery: queries.Delivery | None
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A ticket, its thread (each mail once) and all its outgoing mail with delivery state."""
+
+    ticket: Ticket
+    entries: tuple[Entry, ...]
+    deliveries: tuple[queries.Delivery, ...]
+
+
+def conversation(session: Session, ticket_id: int) -> Conversation:
+    """The ticket as `tickets show` presents it; NotFound when there is none."""
+    ticket = get(session, ticket_id)
+    deliveries = queries.ticket_deliveries(session, ticket_id)
+    by_message_id = {d.message_id: d for d in deliveries}
+    relays = queries.relayed_copies(session, ticket_id)
+    copies = set(relays.values())
+    entries: list[Entry] = []
+    for message in ticket.messages:
+        outgoing = message.direction == Direction.OUTGOING.value
+        if outgoing and message.message_id in copies:
+            continue  # shown as the agent's mail it relays
+        relay = relays.get(message.id)
+        sent_as = relay or (message.message_id if outgoing else None)
+        entries.append(Entry(
+            message=message,
+            relayed=relay is not None or (outgoing and message.kind == MessageKind.AGENT_REPLY),
+            delivery=by_message_id.get(sent_as) if sent_as else None,
+        ))
+    return Conversation(ticket, tuple(entries), tuple(deliveries))
+
+
+def search(
+    session: Session, query: str, *, statuses: Sequence[str] = (), limit: int = 20
+) -> list[full_text.SearchHit]:
+    """Tickets whose mail matches `query` (words, "phrases", or, -word), best first.
+
+    InvalidInput when the query holds nothing to look for; SearchUnavailable
+    when the database cannot search (SQLite without FTS5).
+    """
+    return full_text.search(session, full_text.parse_query(query), statuses=statuses,
+                            limit=limit)
 
 
 def assign(
@@ -104,28 +167,66 @@ def assign(
 
 
 def set_status(
-    session: Session, ticket_id: int, status: str, *, actor: str, now: datetime | None = None
+    session: Session,
+    ticket_id: int,
+    status: str,
+    *,
+    actor: str,
+    now: datetime | None = None,
+    notice: Notice | None = None,
+    message_row_id: int | None = None,
 ) -> Ticket:
-    """Move the ticket to `status`, keeping resolved_at in step."""
+    """Move the ticket to `status` (a word people type); see `change_status`."""
     try:
         new = TicketStatus(status)
     except ValueError:
         allowed = ", ".join(s.value for s in TicketStatus)
         raise InvalidInput(f"unknown status {status!r}; use one of {allowed}") from None
     ticket = get(session, ticket_id)
-    when = now or utcnow()
-    if ticket.status == new:
-        return ticket
-    before = ticket.status
-    ticket.status = new
-    if new in (TicketStatus.RESOLVED, TicketStatus.CLOSED):
-        ticket.resolved_at = ticket.resolved_at or when
-    else:
-        ticket.resolved_at = None
-    ticket.updated_at = when
-    _log(session, ticket, actor, "status.changed", {"from": before, "to": new.value}, when)
+    change_status(session, ticket, new, actor=actor, now=now or utcnow(), notice=notice,
+                  message_row_id=message_row_id)
     session.flush()
     return ticket
+
+
+def change_status(
+    session: Session,
+    ticket: Ticket,
+    status: TicketStatus,
+    *,
+    actor: str,
+    now: datetime,
+    notice: Notice | None = None,
+    message_row_id: int | None = None,
+) -> bool:
+    """Move a loaded ticket to `status` with an event; False when it already had it.
+
+    Every path that changes a status comes here: the CLI, `#status`, rules
+    and timers. A move *into* `resolved` is a resolution: with a `notice` it
+    mails the requester the resolution notice (`resolution_notice`), so a
+    ticket resolved, reopened and resolved again announces each resolution
+    once, and setting `resolved` on a resolved ticket announces nothing.
+    `closed` is final and administrative (merges close tickets): no notice.
+    """
+    if ticket.status == status.value:
+        return False
+    before = ticket.status
+    ticket.status = status.value
+    if status in (TicketStatus.RESOLVED, TicketStatus.CLOSED):
+        ticket.resolved_at = ticket.resolved_at or now
+    else:
+        ticket.resolved_at = None
+    ticket.updated_at = now
+    _log(session, ticket, actor, "status.changed", {"from": before, "to": status.value}, now,
+         message_row_id)
+    if status is TicketStatus.RESOLVED and notice is not None:
+        # Imported here: mail composition is only needed when a ticket is resolved,
+        # and `helpdesk tickets list` should not pay for loading it.
+        from helpdesk.notices import resolution_notice
+
+        resolution_notice(session, ticket, notice, actor=actor, now=now,
+                          message_row_id=message_row_id)
+    return True
 
 
 def last_customer_message(session: Session, ticket_id: int) -> Message | None:
@@ -305,6 +406,41 @@ def add_tags(
         _log(session, ticket, actor, "tags.added", {"tags": new}, now, message_row_id)
         ticket.updated_at = now
     return new
+
+
+def remove_tags(
+    session: Session,
+    ticket: Ticket,
+    tags: Sequence[str],
+    *,
+    actor: str,
+    now: datetime,
+    message_row_id: int | None = None,
+) -> list[str]:
+    """Remove tags from a loaded ticket, with one event; returns the ones it had."""
+    gone = set(tags)
+    removed = [t.tag for t in ticket.tags if t.tag in gone]
+    if removed:
+        ticket.tags = [t for t in ticket.tags if t.tag not in gone]
+        _log(session, ticket, actor, "tags.removed", {"tags": removed}, now, message_row_id)
+        ticket.updated_at = now
+    return removed
+
+
+MAX_TAG_LENGTH = 100  # TicketTag.tag
+
+
+def clean_tags(tags: Sequence[str]) -> list[str]:
+    """Tags as people type them, checked: one word each (as `#tag` splits them), not too long."""
+    cleaned: list[str] = []
+    for raw in tags:
+        tag = raw.strip()
+        if not tag or any(ch.isspace() or ch == "," for ch in tag):
+            raise InvalidInput(f"a tag is one word without commas (got {raw!r})")
+        if len(tag) > MAX_TAG_LENGTH:
+            raise InvalidInput(f"a tag has at most {MAX_TAG_LENGTH} characters (got {len(tag)})")
+        cleaned.append(tag)
+    return list(dict.fromkeys(cleaned))
 
 
 def _log(

@@ -16,7 +16,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from helpdesk import notify
+from helpdesk import notices, notify, tickets
 from helpdesk.actions import ActionContext
 from helpdesk.rules.timers import ESCALATED_TAG, Firing, Timer, TimerTicket, due, raise_priority
 from helpdesk.store import queries
@@ -73,11 +73,13 @@ def _apply(session: Session, ticket: Ticket, firing: Firing, ctx: ActionContext,
                           created_at=now))
 
     event("timer.fired", {"reason": firing.reason, "file": timer.path.name})
-    if timer.set_status is not None and ticket.status != timer.set_status:
-        event("status.changed", {"from": ticket.status, "to": timer.set_status.value})
-        ticket.status = timer.set_status.value
-        if timer.set_status in (TicketStatus.RESOLVED, TicketStatus.CLOSED):
-            ticket.resolved_at = ticket.resolved_at or now
+    resolved = False
+    if timer.set_status is not None:
+        # A timer that resolves announces it once: its `notify` template is the notice.
+        notice = notices.Notice(ctx, template=timer.notify or "resolved")
+        changed = tickets.change_status(session, ticket, timer.set_status, actor=actor,
+                                        now=now, notice=notice)
+        resolved = changed and timer.set_status is TicketStatus.RESOLVED
     have = {t.tag for t in ticket.tags}
     for tag in timer.tags:
         if tag not in have:
@@ -85,7 +87,7 @@ def _apply(session: Session, ticket: Ticket, firing: Firing, ctx: ActionContext,
             have.add(tag)
     if timer.escalate:
         _escalate(session, ticket, ctx, now, event, have)
-    if timer.notify is not None:
+    if timer.notify is not None and not resolved:
         _notify(session, ticket, timer.notify, ctx, now, event)
     ticket.updated_at = now
     log.info("timer.fired", timer=timer.name, ticket_id=ticket.id, reason=firing.reason)

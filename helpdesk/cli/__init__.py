@@ -47,6 +47,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("helpdesk.cli.config:config",
                "The effective configuration, and a check of config, rules and templates."),
     "db": ("helpdesk.cli.db:db", "Manage the database schema."),
+    "export": ("helpdesk.cli.export:export",
+               "Export tickets: all of them, one (--ticket), or those active since a date "
+               "(--since)."),
     "demo": ("helpdesk.cli.demo:demo",
              "Ingest the shipped sample mails into a fresh SQLite store and show the tickets."),
     "ingest": ("helpdesk.cli.ingest:ingest",

@@ -1,8 +1,8 @@
-"""`helpdesk tickets list|show|assign|status|reply|note|merge`."""
+"""`helpdesk tickets list|show|search|assign|status|priority|tag|reply|note|merge`."""
 
 from __future__ import annotations
 
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
@@ -13,9 +13,13 @@ from helpdesk.cli.output import emit_json, fields, table, when
 from helpdesk.store import queries
 from helpdesk.store.models import Event, Message, Ticket, utcnow
 from helpdesk.thread import format_tag
-from helpdesk.values import Address, TicketStatus
+from helpdesk.values import Address, Priority, TicketStatus
+
+if TYPE_CHECKING:
+    from helpdesk.actions import ActionContext
 
 STATUSES = [s.value for s in TicketStatus]
+PRIORITIES = [p.value for p in Priority]
 CLI_ACTOR = "cli"
 
 
@@ -94,7 +98,7 @@ def ticket_json(app: AppContext, ticket: Ticket) -> dict[str, Any]:
         "team": ticket.team.name if ticket.team else None,
         "assignee": ticket.assignee.primary_address if ticket.assignee else None,
         "requester": ticket.requester.address if ticket.requester else None,
-        "tags": [t.tag for t in ticket.tags],
+        "tags": sorted(t.tag for t in ticket.tags),
         "created_at": ticket.created_at,
         "updated_at": ticket.updated_at,
         "first_response_at": ticket.first_response_at,
@@ -132,17 +136,62 @@ def event_json(e: Event) -> dict[str, Any]:
     return {"id": e.id, "at": e.created_at, "actor": e.actor, "kind": e.kind, "detail": e.detail}
 
 
+def delivery_json(d: queries.Delivery) -> dict[str, Any]:
+    return {
+        "outbox_id": d.outbox_id,
+        "message_id": d.message_id,
+        "kind": d.kind,
+        "subject": d.subject,
+        "state": d.state,
+        "attempts": d.attempts,
+        "last_error": d.last_error,
+        "next_attempt_at": d.next_attempt_at if d.state == "pending" else None,
+        "created_at": d.created_at,
+        "sent_at": d.sent_at,
+        "recipients": [{"address": r.address, "state": r.state} for r in d.recipients],
+    }
+
+
+def _delivery_words(d: queries.Delivery) -> str:
+    """`sent`, `failed: 550 …`, `pending (2 attempts: 451 …)`: the state in a few words."""
+    tries = f"{d.attempts} attempt{'s' if d.attempts != 1 else ''}"
+    if d.state == "sent":
+        return f"sent {when(d.sent_at)}"
+    if d.state == "failed":
+        return f"failed after {tries}: {d.last_error or 'no error recorded'}"
+    if d.attempts:
+        error = f": {d.last_error}" if d.last_error else ""
+        return f"pending, {tries}, next {when(d.next_attempt_at)}{error}"
+    return "pending"
+
+
+def _recipients(d: queries.Delivery) -> str:
+    # A recipient whose own state differs from the mail's is named with it.
+    return ", ".join(r.address if r.state == d.state else f"{r.address} ({r.state})"
+                     for r in d.recipients)
+
+
 @tickets.command("show")
 @click.argument("ticket_id", type=int)
 @click.option("--full", is_flag=True, help="Show each message's full text, quotes included.")
 @click.option("--json", "as_json", is_flag=True, help="Print the ticket as JSON.")
 @pass_app
 def show(app: AppContext, ticket_id: int, full: bool, as_json: bool) -> None:
-    """Show a ticket: its thread (oldest first) and its events."""
+    """Show a ticket: its thread (oldest first), its outgoing mail and its events.
+
+    An agent's mail that was relayed to the requester is shown once, marked
+    relayed, with the delivery state of the relayed copy.
+    """
     with app.transaction() as session:
-        ticket = ticket_service.get(session, ticket_id)
+        view = ticket_service.conversation(session, ticket_id)
+        ticket = view.ticket
         data = ticket_json(app, ticket)
-        data["messages"] = [message_json(m) for m in ticket.messages]
+        data["messages"] = [
+            {**message_json(e.message), "relayed": e.relayed,
+             "delivery": delivery_json(e.delivery) if e.delivery else None}
+            for e in view.entries
+        ]
+        data["outgoing"] = [delivery_json(d) for d in view.deliveries]
         data["events"] = [event_json(e) for e in ticket_service.events(session, ticket_id)]
     if as_json:
         emit_json(data)
@@ -158,19 +207,63 @@ def show(app: AppContext, ticket_id: int, full: bool, as_json: bool) -> None:
         ("created", when(ticket.created_at)),
         ("updated", when(ticket.updated_at)),
     ])
-    for m in data["messages"]:
+    for entry, m in zip(view.entries, data["messages"], strict=True):
         click.echo()
         who = f"{m['from_name']} <{m['from']}>" if m["from_name"] else m["from"]
-        click.echo(click.style(f"── #{m['id']} {m['kind']} from {who} · {when(m['date'])}",
-                               fg="cyan"))
+        head = f"── #{m['id']} {m['kind']} from {who} · {when(m['date'])}"
+        if m["direction"] == "out" and not entry.relayed:
+            head += f" · to {m['to']}"
+        if entry.relayed:
+            head += " · relayed"
+        if entry.delivery is not None:
+            head += f" · {_delivery_words(entry.delivery)}"
+        click.echo(click.style(head, fg="cyan"))
         click.echo((m["text"] if full else m["new_text"] or m["text"]).rstrip() or "(no text)")
         for a in m["attachments"]:
             click.echo(f"  📎 {a['filename']} ({a['content_type']}, {a['size']} bytes)")
+    if view.deliveries:
+        click.echo()
+        click.echo(click.style("Outgoing mail", bold=True))
+        table(["OUTBOX", "KIND", "STATE", "TRIES", "TO", "DELIVERY"],
+              [[d.outbox_id, d.kind, d.state, d.attempts, _recipients(d), _delivery_words(d)]
+               for d in view.deliveries])
     click.echo()
     click.echo(click.style("Events", bold=True))
     for e in data["events"]:
         detail = ", ".join(f"{k}={v}" for k, v in e["detail"].items())
         click.echo(f"  {when(e['at'])}  {e['kind']:<22} {e['actor']}  {detail}")
+
+
+@tickets.command("search")
+@click.argument("query")
+@click.option("--status", "statuses", multiple=True, type=click.Choice(STATUSES),
+              help="Only tickets with these statuses (repeatable).")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@pass_app
+def search(app: AppContext, query: str, statuses: tuple[str, ...], limit: int,
+           as_json: bool) -> None:
+    """Find tickets by the words of their mail: subject, text and sender, best match first.
+
+    QUERY is words (all must occur), "a phrase", `or` between alternatives and
+    -word to exclude, e.g. `tickets search 'drucker "3. stock" -toner'` (a query
+    that starts with "-" goes after `--`).
+    """
+    with app.transaction() as session:
+        hits = ticket_service.search(session, query, statuses=statuses, limit=limit)
+    if as_json:
+        emit_json([{"id": h.ticket_id, "reference": _reference(app, h.ticket_id),
+                    "subject": h.subject, "status": h.status, "priority": h.priority,
+                    "updated_at": h.updated_at, "score": round(h.score, 6),
+                    "message_row_id": h.message_row_id, "snippet": h.snippet} for h in hits])
+        return
+    if not hits:
+        click.echo("No tickets match.")
+        return
+    for h in hits:
+        click.echo(f"{click.style(_reference(app, h.ticket_id), bold=True)} {h.status:<8} "
+                   f"{when(h.updated_at)}  {h.subject}")
+        click.echo(f"    {h.snippet}")
 
 
 @tickets.command("assign")
@@ -198,17 +291,99 @@ def assign(
 @tickets.command("status")
 @click.argument("ticket_id", type=int)
 @click.argument("status", type=click.Choice(STATUSES))
+@click.option("--quiet", is_flag=True,
+              help="Resolve without mailing the requester the resolution notice.")
 @click.option("--json", "as_json", is_flag=True, help="Print the updated ticket as JSON.")
 @pass_app
-def status(app: AppContext, ticket_id: int, status: str, as_json: bool) -> None:
-    """Change a ticket's status."""
+def status(app: AppContext, ticket_id: int, status: str, quiet: bool, as_json: bool) -> None:
+    """Change a ticket's status; resolving it mails the requester the resolution notice."""
+    from helpdesk.notices import Notice  # mail composition: only status changes need it
+
+    notice = None
+    if status == TicketStatus.RESOLVED and not quiet:
+        notice = Notice(_mail_context(app))
+    elif status == TicketStatus.RESOLVED:
+        notice = Notice(None, quiet="--quiet")
     with app.transaction() as session:
-        ticket = ticket_service.set_status(session, ticket_id, status, actor=CLI_ACTOR)
+        before = [e.id for e in ticket_service.events(session, ticket_id)]
+        ticket = ticket_service.set_status(session, ticket_id, status, actor=CLI_ACTOR,
+                                           notice=notice)
+        data = ticket_json(app, ticket)
+        told = [e for e in ticket_service.events(session, ticket_id)
+                if e.id not in before and e.kind.startswith("notice.")]
+        data["notice"] = event_json(told[-1]) if told else None
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(f"{data['reference']} is now {data['status']}{_notice_words(data['notice'])}")
+
+
+def _mail_context(app: AppContext) -> ActionContext | None:
+    """What the resolution notice needs: the templates (a broken one is an error before
+    anything changes), not the rules, so that a rule file being edited does not stop it."""
+    from helpdesk import context
+    from helpdesk.rules import RuleSet
+    from helpdesk.templates import TemplateSet, load_templates
+
+    directory = app.settings.templates.dir
+    templates = load_templates(directory) if directory.exists() else TemplateSet()
+    with app.transaction() as session:
+        return context.ingest_context(session, app.settings,
+                                      context.Configured(RuleSet(), templates)).actions
+
+
+def _notice_words(notice: dict[str, Any] | None) -> str:
+    if notice is None:
+        return ""
+    detail = notice["detail"]
+    if notice["kind"] == "notice.queued":
+        return f"; resolution notice queued to {detail['to']}"
+    return f"; no resolution notice ({detail.get('reason')})"
+
+
+@tickets.command("priority")
+@click.argument("ticket_id", type=int)
+@click.argument("priority", type=click.Choice(PRIORITIES))
+@click.option("--json", "as_json", is_flag=True, help="Print the updated ticket as JSON.")
+@pass_app
+def priority(app: AppContext, ticket_id: int, priority: str, as_json: bool) -> None:
+    """Set a ticket's priority (as `#priority` does by mail)."""
+    with app.transaction() as session:
+        ticket = ticket_service.get_unmerged(session, ticket_id)
+        changed = ticket_service.change_priority(session, ticket, Priority(priority),
+                                                 actor=CLI_ACTOR, now=utcnow())
+        session.flush()
         data = ticket_json(app, ticket)
     if as_json:
         emit_json(data)
+    elif changed:
+        click.echo(f"{data['reference']} priority is now {data['priority']}")
     else:
-        click.echo(f"{data['reference']} is now {data['status']}")
+        click.echo(f"{data['reference']} priority was already {data['priority']}")
+
+
+@tickets.command("tag")
+@click.argument("ticket_id", type=int)
+@click.argument("tags", nargs=-1, required=True)
+@click.option("--remove", is_flag=True, help="Remove these tags instead of adding them.")
+@click.option("--json", "as_json", is_flag=True, help="Print the updated ticket as JSON.")
+@pass_app
+def tag(app: AppContext, ticket_id: int, tags: tuple[str, ...], remove: bool,
+        as_json: bool) -> None:
+    """Add tags to a ticket (as `#tag` does by mail), or remove them with --remove."""
+    wanted = ticket_service.clean_tags(tags)
+    with app.transaction() as session:
+        ticket = ticket_service.get_unmerged(session, ticket_id)
+        change = ticket_service.remove_tags if remove else ticket_service.add_tags
+        changed = change(session, ticket, wanted, actor=CLI_ACTOR, now=utcnow())
+        session.flush()
+        data = {**ticket_json(app, ticket), "changed": changed}
+    if as_json:
+        emit_json(data)
+        return
+    verb = "removed" if remove else "added"
+    did = f"{verb} {', '.join(changed)}" if changed else f"nothing {verb}"
+    click.echo(f"{data['reference']} tags: {', '.join(data['tags']) or '-'} ({did})")
 
 
 # Git's scissors line: everything below it in the editor is ignored.

@@ -19,7 +19,8 @@
 * A line of command form that cannot be applied goes to `unknown` as a
   `(line, reason)` pair, with the reason in plain words for the error mail the
   caller sends back: an unknown name, a missing argument, or an argument
-  outside a fixed vocabulary (`#status`: new, open, pending, resolved, closed;
+  outside a fixed vocabulary (`#status`: new, open, pending, resolved, closed,
+  and `resolved quiet`, which resolves without the resolution notice;
   `#priority`: low, normal, high, urgent). Valid commands of the same block are
   still returned; whether to apply them when some lines failed is the
   caller's decision.
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 
 from helpdesk.values import Priority, TicketStatus
 
-__all__ = ["DEFAULT_COMMANDS", "Command", "CommandBlock", "parse_commands"]
+__all__ = ["DEFAULT_COMMANDS", "RESOLVED_QUIET", "Command", "CommandBlock", "parse_commands"]
 
 DEFAULT_COMMANDS: frozenset[str] = frozenset(
     {"assign", "team", "status", "priority", "tag", "note"}
@@ -46,6 +47,10 @@ _VOCABULARIES: dict[str, tuple[str, ...]] = {
     "status": tuple(status.value for status in TicketStatus),
     "priority": tuple(priority.value for priority in Priority),
 }
+# Resolves without mailing the requester the resolution notice.
+RESOLVED_QUIET = "resolved quiet"
+# Arguments accepted besides the vocabulary.
+_EXTRA_FORMS: dict[str, tuple[str, ...]] = {"status": (RESOLVED_QUIET,)}
 # Commands that act on no argument; every other known command needs one.
 _NO_ARGUMENT = frozenset({"note"})
 
@@ -139,14 +144,15 @@ def _problem(name: str, argument: str, known: frozenset[str]) -> str | None:
     if not argument and name not in _NO_ARGUMENT:
         return f"#{name} needs an argument"
     vocabulary = _VOCABULARIES.get(name)
-    if vocabulary is not None and argument.lower() not in vocabulary:
+    allowed = (*vocabulary, *_EXTRA_FORMS.get(name, ())) if vocabulary is not None else ()
+    if vocabulary is not None and _normalise(name, argument) not in allowed:
         return f"#{name} must be one of {', '.join(vocabulary)} (got {argument!r})"
     return None
 
 
 def _normalise(name: str, argument: str) -> str:
     """Vocabulary words in lower case ("#status Pending" means pending); the rest as written."""
-    return argument.lower() if name in _VOCABULARIES else argument
+    return " ".join(argument.lower().split()) if name in _VOCABULARIES else argument
 
 
 def _drop_leading_blank(lines: list[str]) -> list[str]:

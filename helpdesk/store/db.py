@@ -13,6 +13,8 @@ head and fails when `HEAD_REVISION` is not kept in step with the migrations.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,9 +97,30 @@ def _sqlite_engine(url: str, *, echo: bool) -> Engine:
         # IMMEDIATE takes the write lock up front: a deferred transaction that
         # later wants to write fails at once with SQLITE_BUSY when another
         # process committed in between, instead of waiting for busy_timeout.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A read-only snapshot (`snapshot`) never writes, so it must not hold the lock.
+        read_only = conn.get_execution_options().get(_READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+_READ_ONLY = "helpdesk_read_only"
+
+
+@contextmanager
+def snapshot(engine: Engine) -> Iterator[Session]:
+    """A read-only session on one consistent view of the store that never blocks writers.
+
+    For long reads such as exports: SQLite reads a WAL snapshot without the
+    write lock; PostgreSQL runs REPEATABLE READ, READ ONLY.
+    """
+    with engine.connect() as conn:
+        if is_sqlite(engine):
+            conn.execution_options(**{_READ_ONLY: True})
+        else:
+            conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        with conn.begin(), Session(bind=conn) as session:
+            yield session
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -10,13 +10,16 @@ from sqlalchemy import bindparam, func, insert, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer, selectinload
 
 from helpdesk.store.models import (
     Agent,
     AgentAddress,
+    Attachment,
     Contact,
+    Event,
     Message,
+    OutboxItem,
     Participant,
     QuarantineItem,
     Team,
@@ -311,3 +314,144 @@ def ticket_tags(session: Session, ticket_id: int) -> list[str]:
     return list(
         session.scalars(select(TicketTag.tag).where(TicketTag.ticket_id == ticket_id)).all()
     )
+
+
+@dataclass(frozen=True)
+class RecipientState:
+    """Where one recipient of an outgoing mail stands: pending, sent or failed."""
+
+    address: str
+    state: str
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One outgoing mail of a ticket and its delivery state (an outbox row)."""
+
+    outbox_id: int
+    message_id: str
+    kind: str
+    subject: str
+    state: str
+    attempts: int
+    last_error: str | None
+    next_attempt_at: datetime
+    created_at: datetime
+    sent_at: datetime | None
+    recipients: tuple[RecipientState, ...]
+
+
+def ticket_deliveries(session: Session, ticket_id: int) -> list[Delivery]:
+    """The outgoing mail of a ticket, oldest first, with its delivery state."""
+    rows = session.execute(
+        select(OutboxItem, Message.subject)
+        .outerjoin(Message, (Message.message_id == OutboxItem.message_id)
+                   & (Message.direction == Direction.OUTGOING.value)
+                   & (Message.ticket_id == OutboxItem.ticket_id))
+        .where(OutboxItem.ticket_id == ticket_id)
+        .order_by(OutboxItem.id)
+    )
+    return [
+        Delivery(
+            outbox_id=item.id, message_id=item.message_id, kind=item.kind,
+            subject=subject or "", state=item.state, attempts=item.attempts,
+            last_error=item.last_error, next_attempt_at=item.next_attempt_at,
+            created_at=item.created_at, sent_at=item.sent_at,
+            recipients=_recipient_states(item),
+        )
+        for item, subject in rows
+    ]
+
+
+def _recipient_states(item: OutboxItem) -> tuple[RecipientState, ...]:
+    # The outbox keeps one state per row today: every recipient shares it. Per-recipient
+    # delivery state replaces this one function.
+    return tuple(RecipientState(address, item.state) for address in item.envelope_to)
+
+
+def relayed_copies(session: Session, ticket_id: int) -> dict[int, str]:
+    """Agents' mails relayed to the requester: the incoming row id -> the relay's Message-ID."""
+    rows = session.execute(
+        select(Event.message_row_id, Event.detail)
+        .where(Event.ticket_id == ticket_id, Event.kind == "reply.relayed",
+               Event.message_row_id.is_not(None))
+    )
+    return {row_id: str(detail["message_id"]) for row_id, detail in rows
+            if row_id is not None and isinstance(detail, dict) and detail.get("message_id")}
+
+
+def export_ticket_ids(
+    session: Session, *, ticket_id: int | None = None, since: datetime | None = None
+) -> list[int]:
+    """The tickets an export covers, in id order: one ticket, those active since, or all."""
+    query = select(Ticket.id).order_by(Ticket.id)
+    if ticket_id is not None:
+        query = query.where(Ticket.id == ticket_id)
+    if since is not None:
+        query = query.where(Ticket.updated_at >= since)
+    return list(session.scalars(query))
+
+
+@dataclass(frozen=True)
+class RawMail:
+    """A stored mail's bytes as received or sent, with who sent it and when."""
+
+    ticket_id: int
+    message_row_id: int
+    sender: str
+    when: datetime
+    raw: bytes
+
+
+def raw_mails(session: Session, ticket_ids: Sequence[int]) -> Iterator[RawMail]:
+    """The raw mails of these tickets, ticket by ticket, each in arrival order (no notes)."""
+    query = (
+        select(Message.ticket_id, Message.id, Message.from_address, Message.received_at,
+               Message.raw)
+        .where(Message.ticket_id.in_(list(ticket_ids)), Message.raw.is_not(None))
+        .order_by(Message.ticket_id, Message.id)
+        .execution_options(yield_per=50)
+    )
+    for ticket_id, row_id, sender, when, raw in session.execute(query):
+        yield RawMail(ticket_id, row_id, sender, when, raw or b"")
+
+
+def tickets_with_history(session: Session, ticket_ids: Sequence[int]) -> list[Ticket]:
+    """These tickets with their messages and attachments' metadata (no bytes), in id order."""
+    return list(session.scalars(
+        select(Ticket)
+        .where(Ticket.id.in_(list(ticket_ids)))
+        .options(
+            selectinload(Ticket.tags),
+            selectinload(Ticket.team),
+            selectinload(Ticket.requester),
+            selectinload(Ticket.assignee).selectinload(Agent.addresses),
+            selectinload(Ticket.messages).options(
+                defer(Message.raw),
+                selectinload(Message.attachments).options(defer(Attachment.content)),
+            ),
+        )
+        .order_by(Ticket.id)
+    ))
+
+
+def events_of(session: Session, ticket_ids: Sequence[int]) -> dict[int, list[Event]]:
+    """The events of these tickets, oldest first, by ticket."""
+    found: dict[int, list[Event]] = {i: [] for i in ticket_ids}
+    for e in session.scalars(select(Event).where(Event.ticket_id.in_(list(ticket_ids)))
+                             .order_by(Event.id)):
+        found[e.ticket_id].append(e)
+    return found
+
+
+def participants_of(
+    session: Session, ticket_ids: Sequence[int]
+) -> dict[int, list[tuple[str, str]]]:
+    """(address, role) of the participants of these tickets, by ticket."""
+    found: dict[int, list[tuple[str, str]]] = {i: [] for i in ticket_ids}
+    for ticket_id, address, role in session.execute(
+            select(Participant.ticket_id, Participant.address, Participant.role)
+            .where(Participant.ticket_id.in_(list(ticket_ids)))
+            .order_by(Participant.ticket_id, Participant.address)):
+        found[ticket_id].append((address, role))
+    return found

@@ -37,6 +37,10 @@ host = "127.0.0.1"
 port = {smtp_port}
 timeout = 5.0
 
+# The agents' mail in these tests is about the desk, not about trust.
+[security]
+trust_from_header = true
+
 [rules]
 dir = "{root}/rules"
 

@@ -150,11 +150,18 @@ def test_full_conversation(store: Store, ctx: IngestContext, sink: SmtpSink, clo
     assert "Still dropping after the update." in body(note)
     assert note["Reply-To"].addresses[0].addr_spec == SUPPORT
 
-    # 4. The agent resolves it by mail with only a command: nothing goes to the requester.
+    # 4. The agent resolves it by mail with only a command: the requester gets the
+    #    resolution notice (templates/resolved.txt) on her own thread, and nothing else.
     done = make_mail(sender=ALICE, subject=f"Re: [#{ticket_id}] VPN", message_id="<alice-2@x>",
                      body="#status resolved\n", extra={"Authentication-Results": AUTH_OK})
     run(store, ctx, done)
-    assert deliver(store, sink, clock) == []
+    (notice,) = deliver(store, sink, clock)
+    assert [a.addr_spec for a in notice["To"].addresses] == ["dana.reyes@example.com"]
+    assert notice["Subject"] == f"[#{ticket_id}] Resolved: VPN drops every hour"
+    assert notice["In-Reply-To"] == "<ask-2@mail.example.com>"
+    assert notice["Auto-Submitted"] is not None
+    assert "as resolved" in body(notice)
+    assert "#status" not in body(notice)
     with store.sessions() as session:
         assert session.get_one(Ticket, ticket_id).status == "resolved"
         kinds = [e.kind for e in tickets.events(session, ticket_id)]

@@ -84,6 +84,7 @@ def test_unknown_command_is_reported_with_a_reason() -> None:
         ("#status done", f"#status must be one of {STATUSES} (got 'done')"),
         ("#priority critical", f"#priority must be one of {PRIORITIES} (got 'critical')"),
         ("#status pending later", f"#status must be one of {STATUSES} (got 'pending later')"),
+        ("#status pending quiet", f"#status must be one of {STATUSES} (got 'pending quiet')"),
         ("#assign", "#assign needs an argument"),
         ("#team", "#team needs an argument"),
     ],
@@ -173,3 +174,10 @@ def test_empty_and_commands_only() -> None:
     block = parse_commands("#status closed")
     assert block.commands == (Command("status", "closed", "#status closed"),)
     assert block.remaining == ""
+
+
+def test_status_resolved_quiet() -> None:
+    """`#status resolved quiet` (any case and spacing) resolves without the notice."""
+    block = parse_commands("#Status Resolved   QUIET\n\nDone.")
+    assert block.commands == (Command("status", "resolved quiet", "#Status Resolved   QUIET"),)
+    assert block.unknown == ()

@@ -3,6 +3,7 @@
 from alembic import context
 
 from helpdesk.store.models import Base
+from helpdesk.store.search import include_object
 
 config = context.config
 target_metadata = Base.metadata
@@ -20,6 +21,8 @@ def run_migrations_online() -> None:
             target_metadata=target_metadata,
             render_as_batch=connection.dialect.name == "sqlite",
             compare_type=True,
+            # The full-text index is engine-specific and lives outside the models.
+            include_object=include_object,
         )
         with context.begin_transaction():
             context.run_migrations()
