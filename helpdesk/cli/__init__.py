@@ -69,14 +69,15 @@ class AppContext:
         return self._engine
 
     def sessions(self, *, check: bool = True) -> sessionmaker[Session]:
-        """The session factory; verifies the schema and syncs the directory first."""
+        """The session factory; verifies the schema and syncs the directory first (only when
+        the configuration's teams or agents changed since the last sync)."""
         if self._factory is None:
             if check:
                 check_schema(self.engine)
             self._factory = make_session_factory(self.engine)
             if check:
                 with self._factory.begin() as session:
-                    directory.sync(session, self.settings.teams, self.settings.agents)
+                    directory.ensure_synced(session, self.settings.teams, self.settings.agents)
         return self._factory
 
     @contextmanager
