@@ -240,7 +240,7 @@ def _held(session: Session, pool: Sequence[str], clock: datetime) -> dict[str, s
             MailboxState.lease_expires_at > clock,
         )
     )
-    return {mailbox: who for mailbox, who in rows}
+    return {mailbox: who for mailbox, who in rows if who is not None}
 
 
 def release_lease(session: Session, name: str, holder: str, now: datetime | None = None) -> bool:

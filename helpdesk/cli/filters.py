@@ -42,7 +42,7 @@ def parse_since(text: str, now: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-class Since(click.ParamType):
+class Since(click.ParamType[datetime]):
     """A point in time given as a date or as a duration back from now."""
 
     name = "DATE|DURATION"
