@@ -17,6 +17,7 @@ the pass: the caller also holds a lease so that only one does at a time.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
@@ -79,28 +80,51 @@ _INSERT_FIRING = {
 }
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of a timer pass: what fired, and where the next chunk starts."""
+
+    fired: list[Firing]
+    last_id: int
+    done: bool
+
+
 def run(session: Session, timers: Sequence[Timer], ctx: ActionContext, now: datetime,
         *, chunk: int = CHUNK) -> list[Firing]:
-    """Apply every due timer and store the next deadlines; returns what fired."""
-    if not timers:
-        return []
-    _reset_if_changed(session, timers)
+    """Apply every due timer and store the next deadlines, in the caller's transaction;
+    returns what fired."""
     fired: list[Firing] = []
     after = 0
     while True:
-        # In id order from where the last chunk ended: a ticket is looked at
-        # once per pass even if its new deadline were already due.
-        ids = list(session.scalars(
-            select(Ticket.id)
-            .where(Ticket.timer_due_at <= now, Ticket.id > after)
-            .order_by(Ticket.id)
-            .limit(chunk)
-        ))
-        if not ids:
-            break
-        fired += _run_chunk(session, timers, ids, ctx, now)
-        after = ids[-1]
-    return fired
+        part = run_chunk(session, timers, ctx, now, after=after, size=chunk)
+        fired += part.fired
+        if part.done:
+            return fired
+        after = part.last_id
+
+
+def run_chunk(session: Session, timers: Sequence[Timer], ctx: ActionContext, now: datetime,
+              *, after: int = 0, size: int = CHUNK) -> Chunk:
+    """Up to `size` of the due tickets with ids above `after`: fire, store next deadlines.
+
+    A caller may commit between chunks (the daemon does), so that a long first
+    pass does not hold its row locks for the whole pass; ids only grow, so each
+    ticket is looked at once per pass even if its new deadline were due.
+    """
+    if not timers:
+        return Chunk([], after, True)
+    if after == 0:
+        _reset_if_changed(session, timers)
+    ids = list(session.scalars(
+        select(Ticket.id)
+        .where(Ticket.timer_due_at <= now, Ticket.id > after)
+        .order_by(Ticket.id)
+        .limit(size)
+    ))
+    if not ids:
+        return Chunk([], after, True)
+    fired = _run_chunk(session, timers, ids, ctx, now)
+    return Chunk(fired, ids[-1], len(ids) < size)
 
 
 def _run_chunk(session: Session, timers: Sequence[Timer], ids: list[int], ctx: ActionContext,

@@ -295,3 +295,18 @@ def test_two_passes_racing_without_a_lease_fire_once(
     assert errors == []
     assert sorted(results) == [0, 1]
     assert count(store, OutboxItem) == 1
+
+
+def test_a_pass_in_small_chunks_sees_every_due_ticket_once(
+    store: Store, clock: Clock, ctx: ActionContext
+) -> None:
+    """Chunks follow the ids: ten due tickets in chunks of three all fire, each once."""
+    nag = Timer(name="nag", path=HERE, no_response={"normal": timedelta(hours=1)},
+                tags=("late",))
+    ids = [new_ticket(store, clock, n) for n in range(1, 11)]
+    clock.advance(hours=2)
+    with store.sessions.begin() as session:
+        fired = timers.run(session, [nag], ctx, clock.now, chunk=3)
+    assert sorted(f.ticket_id for f in fired) == ids
+    with store.sessions.begin() as session:
+        assert timers.run(session, [nag], ctx, clock.now, chunk=3) == []
