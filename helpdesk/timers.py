@@ -68,6 +68,7 @@ CHUNK = 500
 
 _tickets = table(Ticket)
 _firings = table(TimerFiring)
+_tags = table(TicketTag)
 _SET_DEADLINE = (
     update(_tickets)
     .where(_tickets.c.id == bindparam("ticket_id"))
@@ -129,23 +130,51 @@ def run_chunk(session: Session, timers: Sequence[Timer], ctx: ActionContext, now
 
 def _run_chunk(session: Session, timers: Sequence[Timer], ids: list[int], ctx: ActionContext,
                now: datetime) -> list[Firing]:
-    tickets = session.scalars(
-        select(Ticket).where(Ticket.id.in_(ids)).options(selectinload(Ticket.tags))
-        .order_by(Ticket.id)
-    ).all()
+    # Snapshots by plain SQL: most tickets looked at only get a new deadline;
+    # the ORM loads the few that fire (the first pass after an upgrade looks at
+    # every open ticket).
+    snapshots = _snapshots(session, ids)
     records = _records(session, ids)
     fired: list[Firing] = []
-    for ticket in tickets:
-        fired += _fire(session, ticket, timers, records.setdefault(ticket.id, {}), ctx, now)
+    for ticket_id, before in snapshots.items():
+        mine = records.setdefault(ticket_id, {})
+        if not due(timers, before, now, mine):
+            continue
+        ticket = session.scalars(
+            select(Ticket).where(Ticket.id == ticket_id).options(selectinload(Ticket.tags))
+        ).one()
+        fired += _fire(session, ticket, timers, mine, ctx, now)
+        snapshots[ticket_id] = snapshot(ticket)
     # The ORM's changes first: they make the deadline stale (trigger), the
     # deadlines written next must come after them.
     session.flush()
     deadlines = [
-        {"ticket_id": t.id, "due": next_deadline(timers, snapshot(t), records[t.id])}
-        for t in tickets
+        {"ticket_id": ticket_id, "due": next_deadline(timers, snap, records[ticket_id])}
+        for ticket_id, snap in snapshots.items()
     ]
     session.connection().execute(_SET_DEADLINE, deadlines)
     return fired
+
+
+def _snapshots(session: Session, ids: list[int]) -> dict[int, TimerTicket]:
+    conn = session.connection()
+    t = _tickets.c
+    tags: dict[int, set[str]] = {}
+    for ticket_id, tag in conn.execute(select(_tags.c.ticket_id, _tags.c.tag)
+                                       .where(_tags.c.ticket_id.in_(ids))):
+        tags.setdefault(ticket_id, set()).add(tag)
+    rows = conn.execute(
+        select(t.id, t.status, t.priority, t.created_at, t.updated_at, t.first_response_at,
+               t.merged_into_id)
+        .where(t.id.in_(ids)).order_by(t.id)
+    )
+    return {
+        row.id: TimerTicket(
+            id=row.id, status=row.status, priority=row.priority, created_at=row.created_at,
+            updated_at=row.updated_at, first_response_at=row.first_response_at,
+            tags=frozenset(tags.get(row.id, ())), merged=row.merged_into_id is not None)
+        for row in rows
+    }
 
 
 def _fire(session: Session, ticket: Ticket, timers: Sequence[Timer],
