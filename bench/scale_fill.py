@@ -179,14 +179,14 @@ def _fill_statements(tickets: int, contacts: int, show: int) -> list[tuple[str, 
             INSERT INTO tickets (subject, status, priority, team_id, assignee_id, requester_id,
                                  created_at, updated_at, first_response_at, resolved_at,
                                  timer_due_at)
-            SELECT {subjects}[1 + (g * 7919) % {len(SUBJECTS)}] || ' (' || g || ')', status,
+            SELECT {subjects}[1 + (g::bigint * 7919) % {len(SUBJECTS)}] || ' (' || g || ')', status,
                    CASE WHEN r2 < 0.05 THEN 'urgent' WHEN r2 < 0.2 THEN 'high'
                         WHEN r2 < 0.9 THEN 'normal' ELSE 'low' END,
                    CASE WHEN r3 < 0.1 THEN NULL
                         ELSE (SELECT ids FROM teams)[1 + floor(r3 * {len(TEAMS)})::int] END,
                    CASE WHEN r5 < 0.4 THEN NULL
                         ELSE (SELECT ids FROM agents)[1 + floor(random() * {AGENTS})::int] END,
-                   1 + (g * 104729) % {contacts},
+                   1 + (g::bigint * 104729) % {contacts},
                    created,
                    CASE WHEN status = 'pending'  -- quiet for less than a week
                         THEN GREATEST(created, now() - r4 * interval '6 days')

@@ -138,3 +138,10 @@ def test_describe_names_the_filters() -> None:
                        since=datetime(2026, 11, 1, tzinfo=UTC), subject="disk")
     assert flt.describe() == ("priority=high", "subject=disk", "tag=vpn", "tag=remote",
                               "unassigned", "since=2026-11-01T00:00+00:00")
+
+
+def test_since_counts_activity_not_creation(store: Store, desk: dict[str, int]) -> None:
+    """An old ticket with fresh activity is listed under --since; its age does not matter."""
+    with store.sessions.begin() as session:
+        session.get_one(Ticket, desk["t1"]).updated_at = NOW - timedelta(minutes=10)
+    assert listed(store, desk, since=NOW - timedelta(minutes=30)) == ["t1"]
