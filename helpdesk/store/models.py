@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -176,6 +177,10 @@ class Ticket(Base):
         Index("ix_tickets_timer_due_at", "timer_due_at",
               postgresql_where=text("timer_due_at IS NOT NULL"),
               sqlite_where=text("timer_due_at IS NOT NULL")),
+        # `--subject` on PostgreSQL: trigrams of the lower-cased subject (pg_trgm, created
+        # by migration 0009 where the extension can be had; SQLite has no such index).
+        Index("ix_tickets_subject_trgm", func.lower(text("subject")).label("subject_lower"),
+              postgresql_using="gin", postgresql_ops={"subject_lower": "gin_trgm_ops"}),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
