@@ -1,4 +1,4 @@
-"""The periodic job behind time-driven rules: apply the timers that are due, in one transaction.
+"""The periodic job behind time-driven rules: apply the timers that are due, store next deadlines.
 
 `run(session, timers, ctx, now)` reads only the tickets whose stored deadline
 (`tickets.timer_due_at`) has passed -- which includes every ticket changed
