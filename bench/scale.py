@@ -197,7 +197,7 @@ def cases(tickets: int, search: bool) -> list[Case]:
         list_case("tickets list --unassigned", ("--unassigned",), {"unassigned": True}, False),
         list_case("tickets list --subject printer", ("--subject", "printer"),
                   {"subject": "printer"}, False),
-        list_case("tickets list --subject (no match: whole table)",
+        list_case("tickets list --subject (no match)",
                   ("--subject", "no such words"), {"subject": "no such words"}, False),
         list_case("tickets list --status pending --unassigned --priority high",
                   ("--status", "pending", "--unassigned", "--priority", "high"),

@@ -352,17 +352,17 @@ class Daemon:
             return 0
         now = self.clock()
         lease = timedelta(seconds=max(TIMER_INTERVAL * 2, self.settings.daemon.lease_seconds))
-        fired, after = 0, 0
+        fired = 0
+        seen: set[int] = set()
         while True:
             with self.sessions.begin() as session:
                 if not mailboxes.acquire_lease(session, TIMERS_LEASE, self.holder, lease,
                                                self.clock()):
                     return fired
-                part = timers.run_chunk(session, ctx.rules.timers, ctx.actions, now, after=after)
+                part = timers.run_chunk(session, ctx.rules.timers, ctx.actions, now, seen=seen)
             fired += len(part.fired)
             if part.done:
                 return fired
-            after = part.last_id
 
     def request_stop(self) -> None:
         self._stop.set()

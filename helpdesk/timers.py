@@ -83,10 +83,9 @@ _INSERT_FIRING = {
 
 @dataclass(frozen=True)
 class Chunk:
-    """One chunk of a timer pass: what fired, and where the next chunk starts."""
+    """One chunk of a timer pass: what fired, and whether the pass is done."""
 
     fired: list[Firing]
-    last_id: int
     done: bool
 
 
@@ -95,37 +94,40 @@ def run(session: Session, timers: Sequence[Timer], ctx: ActionContext, now: date
     """Apply every due timer and store the next deadlines, in the caller's transaction;
     returns what fired."""
     fired: list[Firing] = []
-    after = 0
+    seen: set[int] = set()
     while True:
-        part = run_chunk(session, timers, ctx, now, after=after, size=chunk)
+        part = run_chunk(session, timers, ctx, now, seen=seen, size=chunk)
         fired += part.fired
         if part.done:
             return fired
-        after = part.last_id
 
 
 def run_chunk(session: Session, timers: Sequence[Timer], ctx: ActionContext, now: datetime,
-              *, after: int = 0, size: int = CHUNK) -> Chunk:
-    """Up to `size` of the due tickets with ids above `after`: fire, store next deadlines.
+              *, seen: set[int], size: int = CHUNK) -> Chunk:
+    """The next `size` due tickets, earliest deadline first: fire, store next deadlines.
 
-    A caller may commit between chunks (the daemon does), so that a long first
-    pass does not hold its row locks for the whole pass; ids only grow, so each
-    ticket is looked at once per pass even if its new deadline were due.
+    `seen` (the caller keeps it across the chunks of one pass) collects the
+    tickets looked at: a ticket is looked at once per pass even if its new
+    deadline were already due. A caller may commit between chunks (the daemon
+    does), so that a long first pass does not hold its row locks throughout.
     """
     if not timers:
-        return Chunk([], after, True)
-    if after == 0:
+        return Chunk([], True)
+    if not seen:
         _reset_if_changed(session, timers)
-    ids = list(session.scalars(
+    # Earliest deadline first, in the order of the partial index (timer_due_at, id):
+    # a range read however stale the planner's statistics; what was looked at has
+    # a new deadline (later, or none), so the next chunk reads the next tickets.
+    ids = [i for i in session.scalars(
         select(Ticket.id)
-        .where(Ticket.timer_due_at <= now, Ticket.id > after)
-        .order_by(Ticket.id)
+        .where(Ticket.timer_due_at <= now)
+        .order_by(Ticket.timer_due_at, Ticket.id)
         .limit(size)
-    ))
+    ) if i not in seen]
     if not ids:
-        return Chunk([], after, True)
-    fired = _run_chunk(session, timers, ids, ctx, now)
-    return Chunk(fired, ids[-1], len(ids) < size)
+        return Chunk([], True)
+    seen.update(ids)
+    return Chunk(_run_chunk(session, timers, sorted(ids), ctx, now), False)
 
 
 def _run_chunk(session: Session, timers: Sequence[Timer], ids: list[int], ctx: ActionContext,

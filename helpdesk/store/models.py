@@ -173,8 +173,9 @@ class Ticket(Base):
         Index("ix_tickets_assignee_updated", "assignee_id", "updated_at", "id"),
         Index("ix_tickets_requester_updated", "requester_id", "updated_at", "id"),
         # Only tickets with a deadline (or a stale one) are indexed: closed tickets,
-        # the vast majority, have none, and the timer pass reads a short range.
-        Index("ix_tickets_timer_due_at", "timer_due_at",
+        # the vast majority, have none, and the timer pass reads a short range, in
+        # the index's order (whatever the planner's statistics say).
+        Index("ix_tickets_timer_due_at", "timer_due_at", "id",
               postgresql_where=text("timer_due_at IS NOT NULL"),
               sqlite_where=text("timer_due_at IS NOT NULL")),
         # `--subject` on PostgreSQL: trigrams of the lower-cased subject (pg_trgm, created

@@ -109,7 +109,7 @@ def upgrade() -> None:
     for name, columns in _LIST_INDEXES.items():
         op.create_index(name, "tickets", columns, unique=False)
     where = sa.text("timer_due_at IS NOT NULL")
-    op.create_index("ix_tickets_timer_due_at", "tickets", ["timer_due_at"], unique=False,
+    op.create_index("ix_tickets_timer_due_at", "tickets", ["timer_due_at", "id"], unique=False,
                     postgresql_where=where, sqlite_where=where)
     op.drop_index("ix_ticket_tags_tag", table_name="ticket_tags")
     op.create_index("ix_ticket_tags_tag_ticket", "ticket_tags", ["tag", "ticket_id"],
