@@ -1,7 +1,7 @@
 """scale: list indexes, timer deadlines and firings, daemon heartbeats
 
 Revision ID: 0009
-Revises: 0003
+Revises: 0008
 Create Date: 2026-12-01
 
 * `tickets list` narrows by one column and orders by (updated_at, id): one
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 
 revision = "0009"
-down_revision = "0003"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
