@@ -2,18 +2,33 @@
 
 The config is the admin's source of truth for what it names; agents and
 teams added in the store by other means are left alone.
+
+Mirroring is cheap when nothing changed: the store keeps a hash of the
+configuration it last mirrored (`store_values`), and `ensure_synced` compares
+it with the current one in one statement before doing any work. Every CLI
+command calls it, so a command on an unchanged configuration pays one SELECT
+instead of a few statements per agent.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from typing import Protocol
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, selectinload
 
-from helpdesk.store import queries
-from helpdesk.store.models import Agent, AgentAddress, Team
+from helpdesk.store.models import Agent, AgentAddress, StoreValue, Team, table
+
+# The store value holding the hash of the last mirrored configuration. The
+# version in the hashed text changes when `sync` learns to mirror more, so that
+# stores synced by an older version are synced again.
+HASH_KEY = "directory.config_sha256"
+_VERSION = "directory-sync-v1"
 
 
 class TeamSpec(Protocol):
@@ -32,8 +47,44 @@ class AgentSpec(Protocol):
     def teams(self) -> Sequence[str]: ...
 
 
+def fingerprint(teams: Sequence[TeamSpec], agents: Sequence[AgentSpec]) -> str:
+    """A hash of everything `sync` mirrors from these specs."""
+    data = {
+        "version": _VERSION,
+        "teams": [[t.name, t.address, getattr(t, "lead", None)] for t in teams],
+        "agents": [[a.name, [x.lower() for x in a.addresses], list(a.teams)] for a in agents],
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def ensure_synced(session: Session, teams: Sequence[TeamSpec],
+                  agents: Sequence[AgentSpec]) -> bool:
+    """Mirror the specs unless the store already mirrors exactly these; True when it synced."""
+    digest = fingerprint(teams, agents)
+    stored = session.connection().execute(
+        select(StoreValue.value).where(StoreValue.key == HASH_KEY)
+    ).scalar()
+    if stored == digest:
+        return False
+    sync(session, teams, agents)
+    _store_hash(session, digest)
+    return True
+
+
+def invalidate(session: Session) -> None:
+    """Forget the stored hash: the next `ensure_synced` mirrors the configuration again.
+
+    For commands that change agents or teams the configuration names.
+    """
+    session.execute(delete(StoreValue).where(StoreValue.key == HASH_KEY))
+
+
 def sync(session: Session, teams: Sequence[TeamSpec], agents: Sequence[AgentSpec]) -> None:
-    """Create or update the configured teams and agents in the store."""
+    """Create or update the configured teams and agents in the store (always; see ensure_synced).
+
+    A fixed number of statements to read what exists, whatever the number of
+    agents, then one write per change.
+    """
     by_name = {t.name: t for t in session.scalars(select(Team))}
     for spec in teams:
         # A lead address is optional in a spec (settings have it, ad-hoc specs may not).
@@ -49,26 +100,49 @@ def sync(session: Session, teams: Sequence[TeamSpec], agents: Sequence[AgentSpec
             if team.lead_address != lead:
                 team.lead_address = lead
     session.flush()
+    known = _agents_by_address(session, [a.lower() for spec in agents for a in spec.addresses])
     for agent_spec in agents:
-        _sync_agent(session, agent_spec, by_name)
+        _sync_agent(session, agent_spec, by_name, known)
     session.flush()
 
 
-def _sync_agent(session: Session, spec: AgentSpec, teams: dict[str, Team]) -> None:
+def _agents_by_address(session: Session, addresses: Sequence[str]) -> dict[str, Agent]:
+    """The agents owning any of `addresses`, keyed by each of their addresses."""
+    if not addresses:
+        return {}
+    agents = session.scalars(
+        select(Agent)
+        .join(AgentAddress)
+        .where(AgentAddress.address.in_(sorted(set(addresses))))
+        .options(selectinload(Agent.addresses), selectinload(Agent.teams))
+    ).unique()
+    return {a.address: agent for agent in agents for a in agent.addresses}
+
+
+def _sync_agent(session: Session, spec: AgentSpec, teams: dict[str, Team],
+                known: dict[str, Agent]) -> None:
     addresses = [a.lower() for a in spec.addresses]
-    agent: Agent | None = None
-    for address in addresses:
-        agent = queries.agent_by_address(session, address)
-        if agent is not None:
-            break
+    agent = next((known[a] for a in addresses if a in known), None)
     if agent is None:
-        agent = Agent(name=spec.name, active=True)
+        agent = Agent(name=spec.name, active=True, addresses=[], teams=[])
         session.add(agent)
-    agent.name = spec.name
-    known = {a.address for a in agent.addresses}
+    if agent.name != spec.name:
+        agent.name = spec.name
+    have = {a.address for a in agent.addresses}
     for address in addresses:
-        if address not in known:
+        if address not in have:
             agent.addresses.append(AgentAddress(address=address))
+            have.add(address)
+        known[address] = agent
     wanted = [teams[name] for name in spec.teams if name in teams]
-    if [t.id for t in agent.teams] != [t.id for t in wanted]:
+    if {t.id for t in agent.teams} != {t.id for t in wanted}:
         agent.teams = wanted
+
+
+def _store_hash(session: Session, digest: str) -> None:
+    values = {"key": HASH_KEY, "value": digest}
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(table(StoreValue)).values(**values)
+    session.execute(statement.on_conflict_do_update(index_elements=["key"],
+                                                    set_={"value": digest}))

@@ -12,21 +12,66 @@ daemons cannot both see "free" and both take it; SQLite transactions are
 ``BEGIN IMMEDIATE`` (store/db.py), which serialises writers anyway. The lease
 is an efficiency and politeness measure: correctness (nothing stored twice)
 still rests on ingest's dedupe, which holds even if two holders overlapped.
+
+Whose clock: on PostgreSQL, lease expiry (and daemon heartbeats) are measured
+by the database's ``now()``, never by the host's clock, so that daemons on
+hosts whose clocks disagree still agree on who holds a lease. The `now`
+callers pass is used on SQLite only, where every process is on one host.
+
+Progress belongs to its lease and its UIDVALIDITY: `record_progress` and
+`record_uidvalidity` refuse (`LeaseLost`) a writer that no longer holds the
+lease or read another UIDVALIDITY, so a stale daemon cannot make the new
+holder skip mail.
+
+Sharing the work: daemons announce themselves with `heartbeat`; with
+`acquire_lease(..., share_of=mailboxes)` a daemon takes at most its fair share
+(ceil(mailboxes / live daemons)) and hands back what it holds beyond it when a
+live daemon that holds less asks for one, so two daemons with two mailboxes
+work one each. A mailbox that nobody has taken for a whole lease period (its
+would-be holder is stuck) is taken by anyone, share or not.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from helpdesk.store.models import ImapFetchFailure, MailboxState
+from helpdesk.errors import HelpdeskError
+from helpdesk.store.models import DaemonBeat, ImapFetchFailure, MailboxState, table, utcnow
 
 COUNTERS = ("fetched", "ingested", "duplicates", "quarantined", "errors")
+
+
+class LeaseLost(HelpdeskError):
+    """A mailbox write was refused: the writer no longer holds the lease, or the folder's
+    UIDVALIDITY is not the one it read."""
+
+    def __init__(self, mailbox: str, holder: str, reason: str) -> None:
+        self.mailbox = mailbox
+        self.holder = holder
+        self.reason = reason
+        super().__init__(f"mailbox {mailbox}: {holder} may not record progress: {reason}")
+
+
+def database_now(session: Session, now: datetime) -> datetime:
+    """The time leases are measured by: the database's `now()` on PostgreSQL, else `now`.
+
+    `now()` is the start of the current transaction; lease transactions are short.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        value = session.execute(select(func.now())).scalar_one()
+        assert isinstance(value, datetime)
+        return value
+    return now
 
 
 def get_state(session: Session, name: str) -> MailboxState:
@@ -44,14 +89,19 @@ def list_states(session: Session) -> list[MailboxState]:
     return list(session.scalars(select(MailboxState).order_by(MailboxState.name)))
 
 
-def record_uidvalidity(session: Session, name: str, uidvalidity: int) -> bool:
+def record_uidvalidity(session: Session, name: str, uidvalidity: int, *,
+                       holder: str | None = None) -> bool:
     """Remember the folder's UIDVALIDITY; True when a different one was recorded before.
 
     A changed UIDVALIDITY means every UID we knew is void (RFC 3501 §2.3.1.1,
     RFC 9051 §2.3.1.1), so `last_uid` goes back to 0 and the next pass rescans
     the folder; ingest's dedupe recognises the messages already stored.
+    With `holder`, LeaseLost unless `holder` holds the lease (a stale daemon
+    must not turn the UIDVALIDITY back and make the holder rescan).
     """
     state = _load(session, name, lock=True)
+    if holder is not None:
+        _check_holder(state, holder)
     changed = state.uidvalidity is not None and state.uidvalidity != uidvalidity
     if state.uidvalidity != uidvalidity:
         state.uidvalidity = uidvalidity
@@ -61,12 +111,34 @@ def record_uidvalidity(session: Session, name: str, uidvalidity: int) -> bool:
     return changed
 
 
-def record_progress(session: Session, name: str, uid: int) -> None:
-    """Everything up to `uid` is done; `last_uid` never goes backwards."""
+def record_progress(session: Session, name: str, uid: int, *, holder: str | None = None,
+                    uidvalidity: int | None = None) -> None:
+    """Everything up to `uid` is done; `last_uid` never goes backwards.
+
+    With `holder` and `uidvalidity` (the lease holder's name and the
+    UIDVALIDITY it read when it selected the folder), LeaseLost when another
+    daemon holds the lease now or the recorded UIDVALIDITY differs: UIDs of
+    another UIDVALIDITY mean other messages, and progress from a daemon that
+    lost its lease could make the new holder skip mail. The row is locked, so
+    the check and the write are one step.
+    """
     state = _load(session, name, lock=True)
+    if holder is not None:
+        _check_holder(state, holder)
+    if uidvalidity is not None and state.uidvalidity != uidvalidity:
+        raise LeaseLost(name, holder or "?",
+                        f"UIDVALIDITY is {state.uidvalidity} now, not {uidvalidity}")
     if uid > state.last_uid:
         state.last_uid = uid
         session.flush()
+
+
+def _check_holder(state: MailboxState, holder: str) -> None:
+    # Under the row lock: a daemon taking the lease over writes its name first,
+    # so a lapsed lease nobody took yet is still the writer's own.
+    if state.lease_holder != holder:
+        now_held = f"held by {state.lease_holder}" if state.lease_holder else "released"
+        raise LeaseLost(state.name, holder, f"the lease is {now_held}")
 
 
 def add_counters(session: Session, name: str, **deltas: int) -> dict[str, Any]:
@@ -134,33 +206,164 @@ def forget_fetch_failures(session: Session, name: str, uidvalidity: int, uids: l
 
 
 def acquire_lease(
-    session: Session, name: str, holder: str, ttl: timedelta, now: datetime
+    session: Session, name: str, holder: str, ttl: timedelta, now: datetime, *,
+    share_of: Sequence[str] | None = None,
 ) -> bool:
-    """Take or renew the lease on `name` until `now + ttl`; False when someone else holds it."""
+    """Take or renew the lease on `name` for `ttl`; False when someone else holds it.
+
+    `share_of`: the mailboxes the daemons share. Then `holder` takes at most
+    its fair share of them (see the module docstring), and a renewal beyond it
+    gives the lease back (False) when a live daemon that holds less is asking.
+    """
     state = _load(session, name, lock=True)
-    free = (
-        state.lease_holder is None
-        or state.lease_holder == holder
-        or state.lease_expires_at is None
-        or state.lease_expires_at <= now
-    )
-    if not free:
+    clock = database_now(session, now)
+    if not _free_for(state, holder, clock):
+        if share_of is not None:
+            _note_wanting(session, holder, clock)
+        return False
+    if share_of is not None and not _within_share(session, state, holder, ttl, clock, share_of):
         return False
     state.lease_holder = holder
-    state.lease_expires_at = now + ttl
+    state.lease_expires_at = clock + ttl
     session.flush()
     return True
 
 
-def release_lease(session: Session, name: str, holder: str) -> bool:
-    """Give the lease up if `holder` has it; True when it did."""
-    result = session.execute(
-        update(MailboxState)
-        .where(MailboxState.name == name, MailboxState.lease_holder == holder)
-        .values(lease_holder=None, lease_expires_at=None)
-        .execution_options(synchronize_session="fetch")
+def _free_for(state: MailboxState, holder: str, clock: datetime) -> bool:
+    return (
+        state.lease_holder is None
+        or state.lease_holder == holder
+        or state.lease_expires_at is None
+        or state.lease_expires_at <= clock
     )
-    return bool(getattr(result, "rowcount", 0))
+
+
+def _within_share(session: Session, state: MailboxState, holder: str, ttl: timedelta,
+                  clock: datetime, pool: Sequence[str]) -> bool:
+    """Whether `holder` may take or keep `state`'s lease under the fair share.
+
+    Below its share: yes. Holding it beyond its share: it hands the lease over
+    (frees it, False) when a live daemon below its share asked for a lease
+    within the last `ttl`, else keeps it. Taking one more beyond its share:
+    only a mailbox free for a whole `ttl` (nobody else is taking it).
+    """
+    _lock_beat(session, holder)
+    beats = _live(session, clock, pool)
+    live = set(beats) | {holder}
+    share = math.ceil(len(set(pool) | {state.name}) / len(live))
+    held = _held(session, pool, clock)
+    mine = sum(1 for mailbox, who in held.items() if who == holder and mailbox != state.name)
+    if mine < share:
+        return True
+    if held.get(state.name) == holder:
+        per_holder = Counter(held.values())
+        asking = [other for other, wants_at in beats.items()
+                  if other != holder and per_holder[other] < share
+                  and wants_at is not None and clock - wants_at < ttl]
+        if not asking:
+            return True
+        state.lease_holder = None
+        state.lease_expires_at = clock  # free since now
+        session.flush()
+        return False
+    if state.lease_expires_at is None:
+        # Never held: start its clock, so that if the daemon meant to take it
+        # never does (stuck), anyone may after a lease period.
+        state.lease_expires_at = clock
+        session.flush()
+        return False
+    return clock - state.lease_expires_at >= ttl
+
+
+def _held(session: Session, pool: Sequence[str], clock: datetime) -> dict[str, str]:
+    """Who holds each unexpired lease among `pool`."""
+    rows = session.execute(
+        select(MailboxState.name, MailboxState.lease_holder).where(
+            MailboxState.name.in_(sorted(set(pool))),
+            MailboxState.lease_holder.is_not(None),
+            MailboxState.lease_expires_at > clock,
+        )
+    )
+    return {mailbox: who for mailbox, who in rows if who is not None}
+
+
+def release_lease(session: Session, name: str, holder: str, now: datetime | None = None) -> bool:
+    """Give the lease up if `holder` has it; True when it did.
+
+    The expiry becomes the release time (the database's on PostgreSQL): with
+    no holder it says since when the mailbox is free, which fair sharing reads.
+    """
+    state = _select(session, name, lock=True)
+    if state is None or state.lease_holder != holder:
+        return False
+    state.lease_holder = None
+    state.lease_expires_at = database_now(session, now or utcnow())
+    session.flush()
+    return True
+
+
+# -- daemons ---------------------------------------------------------------------
+
+
+def pool_key(pool: Sequence[str]) -> str:
+    """Daemons share leases with daemons configured with the same mailboxes only."""
+    return hashlib.sha256("\n".join(sorted(set(pool))).encode()).hexdigest()[:32]
+
+
+def heartbeat(session: Session, holder: str, ttl: timedelta, now: datetime, *,
+              pool: Sequence[str] = ()) -> None:
+    """Announce that `holder` is alive for `ttl` more (the database's clock on PostgreSQL).
+
+    `pool`: the mailboxes it works; daemons share leases with those announcing
+    the same set. Call it more often than `ttl` (e.g. every third of it).
+    """
+    clock = database_now(session, now)
+    values = {"holder": holder, "started_at": clock, "seen_at": clock,
+              "expires_at": clock + ttl, "pool": pool_key(pool)}
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(table(DaemonBeat)).values(**values)
+    session.execute(statement.on_conflict_do_update(
+        index_elements=["holder"],
+        set_={"seen_at": clock, "expires_at": clock + ttl, "pool": values["pool"]},
+    ))
+
+
+def live_daemons(session: Session, now: datetime, *, pool: Sequence[str] | None = None
+                 ) -> list[str]:
+    """The daemons whose heartbeat has not expired, by name; with `pool`, those sharing it."""
+    return sorted(_live(session, database_now(session, now), pool))
+
+
+def retire(session: Session, holder: str) -> None:
+    """Remove `holder`'s heartbeat (a daemon shutting down): the others' shares grow at once."""
+    session.execute(delete(DaemonBeat).where(DaemonBeat.holder == holder))
+
+
+def _live(session: Session, clock: datetime, pool: Sequence[str] | None
+          ) -> dict[str, datetime | None]:
+    """Live daemons (sharing `pool` when given) and when each last asked for a lease."""
+    query = select(DaemonBeat.holder, DaemonBeat.wants_at).where(DaemonBeat.expires_at > clock)
+    if pool is not None:
+        query = query.where(DaemonBeat.pool == pool_key(pool))
+    return {holder: wants_at for holder, wants_at in session.execute(query)}
+
+
+def _note_wanting(session: Session, holder: str, clock: datetime) -> None:
+    """`holder` asked for a lease someone else holds: a holder beyond its share may hand over."""
+    session.execute(update(DaemonBeat).where(DaemonBeat.holder == holder)
+                    .values(wants_at=clock))
+
+
+def _lock_beat(session: Session, holder: str) -> None:
+    # One holder's lease decisions one at a time (its mailbox threads renew
+    # concurrently): without this, two of them over the share could both give
+    # their lease back. SQLite ignores FOR UPDATE; BEGIN IMMEDIATE serialises.
+    session.execute(select(DaemonBeat.holder).where(DaemonBeat.holder == holder)
+                    .with_for_update())
+
+
+# -- rows ------------------------------------------------------------------------
 
 
 def _select(session: Session, name: str, *, lock: bool) -> MailboxState | None:

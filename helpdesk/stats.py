@@ -9,6 +9,10 @@ Counts are SQL aggregates (portable between SQLite and PostgreSQL); medians
 are computed in Python from the selected timestamps, which is cheap at
 help-desk sizes and avoids percentile functions SQLite lacks. A ticket merged
 into another is a duplicate and counts nowhere. Time is a parameter.
+
+The filters of `tickets list` (`queries.TicketFilter`: tags, priority,
+unassigned, subject, ...) narrow every figure; their `since` sets the start of
+the window instead of `days`.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, case, func, select
+from sqlalchemy import ColumnElement, Select, and_, case, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from helpdesk.store.models import Contact, Team, Ticket, TicketTag
+from helpdesk.store.queries import TicketFilter, ticket_conditions
 from helpdesk.tickets import OPEN_STATUSES
 
 OPEN_STATUS_NAMES: tuple[str, ...] = tuple(s.value for s in OPEN_STATUSES)
@@ -77,29 +82,43 @@ class Stats:
     tags: tuple[Count, ...]
     teams: tuple[Count, ...]
     domains: tuple[Count, ...]
+    # The filters in force, as `key=value` words (empty: every ticket).
+    filters: tuple[str, ...] = ()
 
 
-def compute(session: Session, *, now: datetime, days: int = 30, top: int = 10) -> Stats:
-    """The stats for the `days` up to `now` against the `days` before them."""
+def compute(session: Session, *, now: datetime, days: int = 30, top: int = 10,
+            flt: TicketFilter | None = None) -> Stats:
+    """The stats for the `days` up to `now` (or since `flt.since`) against as long before.
+
+    `flt` narrows every figure to the tickets it matches.
+    """
     if days < 1 or top < 1:
         raise ValueError("days and top must be positive")
+    flt = flt or TicketFilter()
     since = now - timedelta(days=days)
-    previous_since = since - timedelta(days=days)
-    window = _Window(since, previous_since, now)
+    if flt.since is not None:
+        if flt.since >= now:
+            raise ValueError("since must be before now")
+        since = flt.since
+        days = max(1, round((now - since) / timedelta(days=1)))
+    previous_since = since - (now - since)
+    terms = tuple(ticket_conditions(flt))
+    window = _Window(since, previous_since, now, terms)
     return Stats(
         now=now,
         days=days,
         since=since,
         previous_since=previous_since,
-        open_tickets=_open_tickets(session),
+        open_tickets=_open_tickets(session, terms),
         created=_created(session, window),
-        first_response=_median(session, Ticket.first_response_at, since, now),
-        resolution=_median(session, Ticket.resolved_at, since, now),
+        first_response=_median(session, Ticket.first_response_at, window),
+        resolution=_median(session, Ticket.resolved_at, window),
         tags=_top(session, window, TicketTag.tag,
                   lambda q: q.join(TicketTag, TicketTag.ticket_id == Ticket.id), top),
         teams=_top(session, window, Team.name,
                    lambda q: q.outerjoin(Team, Team.id == Ticket.team_id), top),
         domains=_top_domains(session, window, top),
+        filters=flt.describe(),
     )
 
 
@@ -145,6 +164,7 @@ def to_json(stats: Stats) -> dict[str, Any]:
     return {
         "now": stats.now,
         "days": stats.days,
+        "filters": list(stats.filters),
         "since": stats.since,
         "previous_since": stats.previous_since,
         "open": [{"team": r.team, **{s: r.by_status.get(s, 0) for s in OPEN_STATUS_NAMES},
@@ -168,6 +188,7 @@ class _Window:
     since: datetime
     previous_since: datetime
     now: datetime
+    terms: tuple[ColumnElement[bool], ...] = ()
 
     def current(self) -> ColumnElement[int]:
         """1 for a ticket created in the window, else 0 (summed per group)."""
@@ -177,19 +198,21 @@ class _Window:
         return case((Ticket.created_at < self.since, 1), else_=0)
 
     def both(self) -> ColumnElement[bool]:
-        return (
-            (Ticket.created_at >= self.previous_since)
-            & (Ticket.created_at <= self.now)
-            & Ticket.merged_into_id.is_(None)
+        return and_(
+            Ticket.created_at >= self.previous_since,
+            Ticket.created_at <= self.now,
+            Ticket.merged_into_id.is_(None),
+            *self.terms,
         )
 
 
-def _open_tickets(session: Session) -> tuple[OpenRow, ...]:
+def _open_tickets(session: Session, terms: tuple[ColumnElement[bool], ...]
+                  ) -> tuple[OpenRow, ...]:
     rows = session.execute(
         select(Team.name, Ticket.status, func.count(Ticket.id))
         .select_from(Ticket)
         .outerjoin(Team, Team.id == Ticket.team_id)
-        .where(Ticket.status.in_(OPEN_STATUS_NAMES), Ticket.merged_into_id.is_(None))
+        .where(Ticket.status.in_(OPEN_STATUS_NAMES), Ticket.merged_into_id.is_(None), *terms)
         .group_by(Team.name, Ticket.status)
     )
     by_team: dict[str | None, dict[str, int]] = {}
@@ -210,15 +233,15 @@ def _created(session: Session, window: _Window) -> Count:
 
 
 def _median(
-    session: Session, column: InstrumentedAttribute[datetime | None], since: datetime,
-    now: datetime,
+    session: Session, column: InstrumentedAttribute[datetime | None], window: _Window,
 ) -> Median:
     rows = session.execute(
         select(Ticket.created_at, column).where(
-            Ticket.created_at >= since,
-            Ticket.created_at <= now,
+            Ticket.created_at >= window.since,
+            Ticket.created_at <= window.now,
             Ticket.merged_into_id.is_(None),
             column.is_not(None),
+            *window.terms,
         )
     ).all()
     durations = [max(0.0, (done - created).total_seconds())

@@ -106,7 +106,8 @@ class AppContext:
         return self._engine
 
     def sessions(self, *, check: bool = True) -> sessionmaker[Session]:
-        """The session factory; verifies the schema and syncs the directory first."""
+        """The session factory; verifies the schema and syncs the directory first (only when
+        the configuration's teams or agents changed since the last sync)."""
         if self._factory is None:
             from helpdesk import directory
             from helpdesk.store.db import StoreAccessDenied, check_schema, make_session_factory
@@ -123,7 +124,7 @@ class AppContext:
             install_commit_hooks(self._factory)
             if check:
                 with self._factory.begin() as session:
-                    directory.sync(session, self.settings.teams, self.settings.agents)
+                    directory.ensure_synced(session, self.settings.teams, self.settings.agents)
         return self._factory
 
     def access_denied(self, exc: HelpdeskError) -> ConfigError:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import click
 
 from helpdesk import stats as stats_service
 from helpdesk.cli import AppContext, pass_app
+from helpdesk.cli.filters import ticket_filter_options
 from helpdesk.cli.output import emit_json, fields, table, when
 from helpdesk.store.models import utcnow
+from helpdesk.store.queries import TicketFilter
 
 NO_TEAM = "(no team)"
 
@@ -19,12 +22,23 @@ NO_TEAM = "(no team)"
               help="Length of the window (and of the previous one it is compared with).")
 @click.option("--top", type=click.IntRange(1, 1000), default=10, show_default=True,
               help="How many tags, teams and sender domains to show.")
+@ticket_filter_options
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as JSON.")
 @pass_app
-def stats(app: AppContext, days: int, top: int, as_json: bool) -> None:
-    """Open tickets by team and status, response and resolution times, and what causes work."""
+def stats(app: AppContext, days: int, top: int, tags: tuple[str, ...], priority: str | None,
+          since: datetime | None, unassigned: bool, subject: str | None, as_json: bool) -> None:
+    """Open tickets by team and status, response and resolution times, and what causes work.
+
+    The filters narrow every figure to the tickets they match; --since starts the
+    window at that time instead of --days before now.
+    """
+    now = utcnow()
+    if since is not None and since >= now:
+        raise click.BadParameter("must be in the past", param_hint="--since")
+    flt = TicketFilter(tags=tags, priority=priority, since=since, unassigned=unassigned,
+                       subject=subject)
     with app.transaction() as session:
-        result = stats_service.compute(session, now=utcnow(), days=days, top=top)
+        result = stats_service.compute(session, now=now, days=days, top=top, flt=flt)
     if as_json:
         emit_json(stats_service.to_json(result))
         return
@@ -32,6 +46,9 @@ def stats(app: AppContext, days: int, top: int, as_json: bool) -> None:
 
 
 def _render(result: stats_service.Stats) -> None:
+    if result.filters:
+        click.echo(f"Tickets matching {' '.join(result.filters)}")
+        click.echo()
     click.echo(click.style("Open tickets", bold=True))
     statuses = stats_service.OPEN_STATUS_NAMES
     if result.open_tickets:
@@ -44,9 +61,12 @@ def _render(result: stats_service.Stats) -> None:
         click.echo("None.")
 
     click.echo()
+    length = result.now - result.since
+    whole = length.total_seconds() % 86_400 == 0
+    span = f"{length.days} days" if whole else stats_service.format_duration(length)
     click.echo(click.style(
-        f"Last {result.days} days ({when(result.since)} to {when(result.now)} UTC), "
-        f"against the {result.days} days before", bold=True))
+        f"Last {span} ({when(result.since)} to {when(result.now)} UTC), "
+        f"against the {span} before", bold=True))
     created = result.created
     fields([
         ("tickets created", f"{created.current} (before: {created.previous}, {created.trend})"),

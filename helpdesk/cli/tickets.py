@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 import click
@@ -9,6 +10,7 @@ import click
 from helpdesk import staff
 from helpdesk import tickets as ticket_service
 from helpdesk.cli import AppContext, Failure, pass_app
+from helpdesk.cli.filters import ticket_filter_options
 from helpdesk.cli.output import emit_json, fields, table, when
 from helpdesk.store import queries
 from helpdesk.store.models import Event, Message, Ticket, utcnow
@@ -54,6 +56,7 @@ def summary_json(app: AppContext, s: queries.TicketSummary) -> dict[str, Any]:
 @click.option("--team", help="Only tickets of this team.")
 @click.option("--assignee", metavar="EMAIL", help="Only tickets assigned to this agent.")
 @click.option("--requester", metavar="EMAIL", help="Only tickets from this requester.")
+@ticket_filter_options
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @pass_app
@@ -63,12 +66,21 @@ def list_(
     team: str | None,
     assignee: str | None,
     requester: str | None,
+    tags: tuple[str, ...],
+    priority: str | None,
+    since: datetime | None,
+    unassigned: bool,
+    subject: str | None,
     limit: int,
     as_json: bool,
 ) -> None:
-    """List tickets, most recently updated first."""
+    """List tickets, most recently updated first (--since: updated since then)."""
+    if unassigned and assignee:
+        raise click.UsageError("--unassigned and --assignee exclude each other")
     flt = queries.TicketFilter(
-        status=statuses or None, team=team, assignee=assignee, requester=requester, limit=limit
+        status=statuses or None, team=team, assignee=assignee, requester=requester,
+        tags=tags, priority=priority, since=since, unassigned=unassigned, subject=subject,
+        limit=limit,
     )
     with app.transaction() as session:
         rows = queries.list_tickets(session, flt)

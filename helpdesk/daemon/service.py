@@ -344,19 +344,31 @@ class Daemon:
                 await asyncio.wait_for(self._stop.wait(), timeout=TIMER_INTERVAL)
 
     def run_timers(self) -> int:
-        """One pass of the time-driven rules; returns how many fired."""
+        """One pass of the time-driven rules; returns how many fired.
+
+        The pass reads only tickets whose stored deadline has passed (helpdesk.timers),
+        in chunks, one transaction each: a long first pass (after an upgrade or a
+        change of the timers) does not hold row locks that ingest waits for. Each
+        chunk re-takes the lease, so a daemon that lost it stops.
+        """
         ctx = self.ctx
         if self.sessions is None or ctx is None or ctx.rules is None or ctx.actions is None:
             return 0
         if not ctx.rules.timers:
             return 0
         now = self.clock()
-        with self.sessions.begin() as session:
-            lease = timedelta(seconds=max(TIMER_INTERVAL * 2, self.settings.daemon.lease_seconds))
-            if not mailboxes.acquire_lease(session, TIMERS_LEASE, self.holder, lease, now):
-                return 0
-            fired = timers.run(session, ctx.rules.timers, ctx.actions, now)
-        return len(fired)
+        lease = timedelta(seconds=max(TIMER_INTERVAL * 2, self.settings.daemon.lease_seconds))
+        fired = 0
+        seen: set[int] = set()
+        while True:
+            with self.sessions.begin() as session:
+                if not mailboxes.acquire_lease(session, TIMERS_LEASE, self.holder, lease,
+                                               self.clock()):
+                    return fired
+                part = timers.run_chunk(session, ctx.rules.timers, ctx.actions, now, seen=seen)
+            fired += len(part.fired)
+            if part.done:
+                return fired
 
     def request_stop(self) -> None:
         self._stop.set()

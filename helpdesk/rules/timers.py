@@ -1,8 +1,17 @@
 """Time-driven rules (`[[timer]]` in rules/*.toml): what happens to a ticket when nothing happens.
 
-Pure: the schema of a timer table, and `due(timers, ticket, now)` deciding
-which timers fire for a ticket at `now`. The daemon's periodic job applies
-them (`helpdesk.timers`).
+Pure: the schema of a timer table; `deadline` (when a timer fires for a
+ticket as it is), `next_deadline` (the earliest of them, which the store keeps
+so that a timer pass reads only the tickets that are due) and `due` (which
+timers fire at `now`). The daemon's periodic job applies them
+(`helpdesk.timers`).
+
+A timer fires at most once per ticket state (`state_key`): an idle timer once
+per quiet period (the status and the time of the last change), a timer on
+`no_response_hours` alone once per ticket (a ticket is unanswered only once).
+The change the timer pass itself makes (the ticket's `updated_at`, a status)
+is not a new state for the timers that made it, so a notice never repeats
+itself; a change by anyone else (a mail, an agent, another timer later) is.
 
 ```toml
 [[timer]]
@@ -23,6 +32,8 @@ escalate = true                 # forward to the team lead, raise priority one s
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -61,6 +72,7 @@ class TimerTicket:
     updated_at: datetime
     first_response_at: datetime | None
     tags: frozenset[str] = frozenset()
+    merged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,41 +84,88 @@ class Firing:
     reason: str
 
 
-def due(timers: Sequence[Timer], ticket: TimerTicket, now: datetime) -> list[Firing]:
-    """The timers that fire for `ticket` at `now`, in file order."""
-    fired = []
-    for timer in timers:
-        reason = _fires(timer, ticket, now)
-        if reason is not None:
-            fired.append(Firing(timer, ticket.id, reason))
-    return fired
+@dataclass(frozen=True, slots=True)
+class FiredRecord:
+    """The last firing of a timer on a ticket: the state it fired in and the one it left."""
+
+    state: str
+    left_state: str | None = None
 
 
-def _fires(timer: Timer, ticket: TimerTicket, now: datetime) -> str | None:
+def state_key(timer: Timer, ticket: TimerTicket) -> str:
+    """The ticket's state as far as `timer` is concerned; it fires at most once per state."""
+    if timer.idle is not None:
+        return f"{ticket.status}@{ticket.updated_at.isoformat()}"
+    return "unanswered"
+
+
+def deadline(timer: Timer, ticket: TimerTicket, fired: FiredRecord | None = None
+             ) -> datetime | None:
+    """When `timer` fires for `ticket` as it is now; None when it cannot.
+
+    None: the timer does not apply to the status, the ticket is merged or
+    answered, or the timer already fired in this state (`fired`).
+    """
+    if ticket.merged:
+        return None
     if timer.statuses and ticket.status not in timer.statuses:
         return None
     if not timer.statuses and ticket.status in (TicketStatus.RESOLVED, TicketStatus.CLOSED):
         return None  # a closed matter does not escalate
-    reasons = [f"status {ticket.status}"] if timer.statuses else []
+    if fired is not None and state_key(timer, ticket) in (fired.state, fired.left_state):
+        return None
+    times = []
     if timer.idle is not None:
-        quiet = now - ticket.updated_at
-        if quiet < timer.idle:
-            return None
-        reasons.append(f"no activity for {_human(quiet)}")
+        times.append(ticket.updated_at + timer.idle)
     if timer.no_response:
         target = timer.no_response.get(ticket.priority)
         if target is None or ticket.first_response_at is not None:
             return None
         if timer.escalate and ESCALATED_TAG in ticket.tags:
             return None  # escalate once
-        waited = now - ticket.created_at
-        if waited < target:
-            return None
-        reasons.append(f"no agent response for {_human(waited)} "
+        times.append(ticket.created_at + target)
+    return max(times) if times else None  # a timer needs a time condition; the schema checks
+
+
+def next_deadline(timers: Sequence[Timer], ticket: TimerTicket,
+                  fired: Mapping[str, FiredRecord] | None = None) -> datetime | None:
+    """The earliest time one of `timers` fires for `ticket` as it is; None when none can."""
+    fired = fired or {}
+    times = [d for t in timers if (d := deadline(t, ticket, fired.get(t.name))) is not None]
+    return min(times) if times else None
+
+
+def due(timers: Sequence[Timer], ticket: TimerTicket, now: datetime,
+        fired: Mapping[str, FiredRecord] | None = None) -> list[Firing]:
+    """The timers that fire for `ticket` at `now`, in file order; `fired` by timer name."""
+    fired = fired or {}
+    found = []
+    for timer in timers:
+        when = deadline(timer, ticket, fired.get(timer.name))
+        if when is not None and when <= now:
+            found.append(Firing(timer, ticket.id, _reason(timer, ticket, now)))
+    return found
+
+
+def _reason(timer: Timer, ticket: TimerTicket, now: datetime) -> str:
+    reasons = [f"status {ticket.status}"] if timer.statuses else []
+    if timer.idle is not None:
+        reasons.append(f"no activity for {_human(now - ticket.updated_at)}")
+    if timer.no_response:
+        target = timer.no_response[ticket.priority]
+        reasons.append(f"no agent response for {_human(now - ticket.created_at)} "
                        f"(target for {ticket.priority}: {_human(target)})")
-    if timer.idle is None and not timer.no_response:
-        return None  # a timer needs a time condition; the schema makes sure
     return "; ".join(reasons)
+
+
+def conditions_signature(timers: Sequence[Timer]) -> str:
+    """A hash of what decides the timers' deadlines (their conditions), for noticing a change."""
+    parts = [
+        [t.name, sorted(t.statuses), t.idle.total_seconds() if t.idle else None,
+         sorted((p, span.total_seconds()) for p, span in t.no_response.items()), t.escalate]
+        for t in timers
+    ]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def _human(span: timedelta) -> str:

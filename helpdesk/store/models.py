@@ -25,6 +25,8 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -67,6 +69,14 @@ Blob = LargeBinary()
 def utcnow() -> datetime:
     """Default for timestamp columns; services pass explicit times where tests need a clock."""
     return datetime.now(UTC)
+
+
+# `tickets.timer_due_at` holds this when the ticket changed since its timer deadline was
+# computed: "look at it on the next timer pass". A date long past, so that one indexed
+# range (`timer_due_at <= now`) finds both the stale and the due tickets. Database
+# triggers (migration 0009) write it on every change of a ticket or its tags, whoever
+# makes the change (ORM, Core, raw SQL), so no writer can forget it.
+TIMER_STALE = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Base(DeclarativeBase):
@@ -153,19 +163,43 @@ class Ticket(Base):
     """A request from one requester, and everything said about it."""
 
     __tablename__ = "tickets"
+    __table_args__ = (
+        # `tickets list` orders by (updated_at, id) newest first and narrows by one of
+        # these columns: each index answers its filter in order, without a sort.
+        Index("ix_tickets_updated", "updated_at", "id"),
+        Index("ix_tickets_status_updated", "status", "updated_at", "id"),
+        Index("ix_tickets_priority_updated", "priority", "updated_at", "id"),
+        Index("ix_tickets_team_updated", "team_id", "updated_at", "id"),
+        Index("ix_tickets_assignee_updated", "assignee_id", "updated_at", "id"),
+        Index("ix_tickets_requester_updated", "requester_id", "updated_at", "id"),
+        # Only tickets with a deadline (or a stale one) are indexed: closed tickets,
+        # the vast majority, have none, and the timer pass reads a short range, in
+        # the index's order (whatever the planner's statistics say).
+        Index("ix_tickets_timer_due_at", "timer_due_at", "id",
+              postgresql_where=text("timer_due_at IS NOT NULL"),
+              sqlite_where=text("timer_due_at IS NOT NULL")),
+        # `--subject` on PostgreSQL: trigrams of the lower-cased subject (pg_trgm, created
+        # by migration 0009 where the extension can be had; SQLite has no such index).
+        Index("ix_tickets_subject_trgm", func.lower(text("subject")).label("subject_lower"),
+              postgresql_using="gin", postgresql_ops={"subject_lower": "gin_trgm_ops"}),
+    )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     subject: Mapped[str] = mapped_column(Text, default="")
-    status: Mapped[str] = mapped_column(String(20), index=True)
+    status: Mapped[str] = mapped_column(String(20))
     priority: Mapped[str] = mapped_column(String(20), default="normal")
-    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"), index=True)
-    assignee_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"), index=True)
-    requester_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"), index=True)
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id"))
+    assignee_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"))
+    requester_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"))
     merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     first_response_at: Mapped[datetime | None]
     resolved_at: Mapped[datetime | None]
+    # When the timer pass must look at this ticket next (helpdesk.timers): the earliest
+    # time one of the `[[timer]]` rules could fire, NULL when none can, TIMER_STALE
+    # after a change. Written by the timer pass and the triggers only.
+    timer_due_at: Mapped[datetime | None] = mapped_column(default=TIMER_STALE)
 
     team: Mapped[Team | None] = relationship()
     assignee: Mapped[Agent | None] = relationship()
@@ -182,11 +216,13 @@ class TicketTag(Base):
     """A free-form label on a ticket; a table, so that stats can group by it."""
 
     __tablename__ = "ticket_tags"
+    # By tag, then ticket: `--tag` finds its tickets from the index alone.
+    __table_args__ = (Index("ix_ticket_tags_tag_ticket", "tag", "ticket_id"),)
 
     ticket_id: Mapped[int] = mapped_column(
         ForeignKey("tickets.id", ondelete="CASCADE"), primary_key=True
     )
-    tag: Mapped[str] = mapped_column(String(100), primary_key=True, index=True)
+    tag: Mapped[str] = mapped_column(String(100), primary_key=True)
 
 
 class Participant(Base):
@@ -415,6 +451,42 @@ class ImapFetchFailure(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str] = mapped_column(Text, default="")
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TimerFiring(Base):
+    """The last firing of one `[[timer]]` on one ticket: a timer fires once per ticket state.
+
+    `state` is the ticket's state the timer fired in and `left_state` the state the
+    timer pass left the ticket in (helpdesk.rules.timers.state_key); the timer does
+    not fire again while the ticket is in either. The primary key makes a firing a
+    claim: two passes racing on one ticket cannot both record (and so both apply) it.
+    """
+
+    __tablename__ = "timer_firings"
+
+    ticket_id: Mapped[int] = mapped_column(
+        ForeignKey("tickets.id", ondelete="CASCADE"), primary_key=True
+    )
+    timer: Mapped[str] = mapped_column(String(200), primary_key=True)
+    state: Mapped[str] = mapped_column(String(200))
+    left_state: Mapped[str | None] = mapped_column(String(200))
+    fired_at: Mapped[datetime]
+
+
+class DaemonBeat(Base):
+    """A running daemon's heartbeat: live while `expires_at` (the database's clock) is ahead."""
+
+    __tablename__ = "daemons"
+
+    holder: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # Which mailboxes it works (helpdesk.mailboxes.pool_key): daemons share leases
+    # with the daemons configured with the same mailboxes only.
+    pool: Mapped[str] = mapped_column(String(64), default="")
+    started_at: Mapped[datetime]
+    seen_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    # When it last asked for a lease another daemon held (fair sharing hands one over).
+    wants_at: Mapped[datetime | None]
 
 
 class QuarantineItem(Base):

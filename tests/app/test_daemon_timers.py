@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import select
@@ -55,6 +56,31 @@ def test_timers_fire_once_across_two_daemons(tmp_path: Path, store: Store, clock
         with store.sessions() as session:
             statuses = list(session.scalars(select(Ticket.status)))
         assert statuses == ["resolved"]
+    finally:
+        for d in (first, second):
+            if d.engine is not None:
+                d.engine.dispose()
+
+
+def test_only_the_timers_lease_holder_runs_a_pass(tmp_path: Path, store: Store, clock: Clock
+                                                  ) -> None:
+    """While one daemon holds the timers lease, another's pass does nothing, even with a
+    ticket due; the holder's pass fires it."""
+    first, second = daemon(tmp_path, store, clock, "a"), daemon(tmp_path, store, clock, "b")
+    try:
+        assert first.run_timers() == 0  # takes the lease
+        with store.sessions.begin() as session:
+            outcome = ingest(session, make_mail(), Origin("file"),
+                             IngestContext(clock=lambda: clock.now - timedelta(days=9)))
+            ticket = session.get_one(Ticket, outcome.ticket_id)
+            ticket.status = "pending"
+            ticket.first_response_at = ticket.updated_at = clock.now - timedelta(days=8)
+        assert second.run_timers() == 0
+        with store.sessions() as session:
+            assert list(session.scalars(select(Ticket.status))) == ["pending"]
+        assert first.run_timers() == 1
+        with store.sessions() as session:
+            assert list(session.scalars(select(Ticket.status))) == ["resolved"]
     finally:
         for d in (first, second):
             if d.engine is not None:

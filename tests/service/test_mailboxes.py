@@ -9,10 +9,14 @@ import pytest
 from sqlalchemy import func, select
 
 from helpdesk import mailboxes
+from helpdesk.mailboxes import LeaseLost
 from helpdesk.store.models import MailboxState
 from tests.conftest import Clock, Store
+from tests.leaseclock import elapse, remaining
 
 TTL = timedelta(seconds=60)
+POSTGRES_ONLY = pytest.mark.parametrize(
+    "store", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 
 
 def rows(store: Store) -> int:
@@ -120,7 +124,7 @@ def test_lease_is_exclusive(store: Store, clock: Clock) -> None:
     """While one holder's lease runs, another cannot take it."""
     assert lease(store, "daemon-a", clock) is True
     assert lease(store, "daemon-b", clock) is False
-    clock.advance(seconds=59)
+    elapse(store, clock, 59)
     assert lease(store, "daemon-b", clock) is False
     with store.sessions() as session:
         assert mailboxes.get_state(session, "it").lease_holder == "daemon-a"
@@ -129,18 +133,18 @@ def test_lease_is_exclusive(store: Store, clock: Clock) -> None:
 def test_renew_extends_the_lease(store: Store, clock: Clock) -> None:
     """Taking the lease again as its holder moves the expiry forward."""
     assert lease(store, "daemon-a", clock)
-    clock.advance(seconds=50)
+    elapse(store, clock, 50)
+    assert remaining(store, clock) <= timedelta(seconds=10)
     assert lease(store, "daemon-a", clock)
-    with store.sessions() as session:
-        assert mailboxes.get_state(session, "it").lease_expires_at == clock.now + TTL
-    clock.advance(seconds=50)  # 100 s after the first take, 50 s after the renewal
+    assert TTL - timedelta(seconds=1) <= remaining(store, clock) <= TTL
+    elapse(store, clock, 50)  # 100 s after the first take, 50 s after the renewal
     assert lease(store, "daemon-b", clock) is False
 
 
 def test_expired_lease_is_taken_over(store: Store, clock: Clock) -> None:
     """A holder that stopped renewing (a dead daemon) loses the lease at expiry."""
     assert lease(store, "daemon-a", clock)
-    clock.advance(seconds=60)
+    elapse(store, clock, 60)
     assert lease(store, "daemon-b", clock) is True
     assert lease(store, "daemon-a", clock) is False
     with store.sessions() as session:
@@ -158,8 +162,7 @@ def test_release_frees_the_lease_only_for_its_holder(store: Store, clock: Clock)
     assert lease(store, "daemon-b", clock) is True
 
 
-@pytest.mark.parametrize("store", [pytest.param("postgres", marks=pytest.mark.postgres)],
-                         indirect=True)
+@POSTGRES_ONLY
 def test_competing_holders_get_one_lease(store: Store, clock: Clock) -> None:
     """Many daemons asking at the same instant: exactly one gets the lease (row lock)."""
     barrier = threading.Barrier(6)
@@ -183,3 +186,93 @@ def test_competing_holders_get_one_lease(store: Store, clock: Clock) -> None:
     assert len(won) == 1
     with store.sessions() as session:
         assert mailboxes.get_state(session, "it").lease_holder == won[0]
+
+
+@POSTGRES_ONLY
+def test_lease_expiry_follows_the_database_clock_not_the_host(store: Store, clock: Clock
+                                                               ) -> None:
+    """On PostgreSQL a host whose clock runs an hour ahead cannot take a running lease,
+    and a holder whose clock runs behind still loses it when the database says so."""
+    assert lease(store, "daemon-a", clock)
+    skewed_ahead = Clock()
+    skewed_ahead.now = clock.now + timedelta(hours=1)
+    assert lease(store, "daemon-b", skewed_ahead) is False
+    assert TTL - timedelta(seconds=5) <= remaining(store, skewed_ahead) <= TTL
+    skewed_behind = Clock()
+    skewed_behind.now = clock.now - timedelta(hours=1)
+    elapse(store, clock, 61)
+    assert lease(store, "daemon-b", skewed_behind) is True
+    assert lease(store, "daemon-a", clock) is False
+
+
+def progress_setup(store: Store, clock: Clock) -> None:
+    """daemon-a holds the lease and recorded UIDVALIDITY 1000 and progress 10."""
+    assert lease(store, "daemon-a", clock)
+    with store.sessions.begin() as session:
+        mailboxes.record_uidvalidity(session, "it", 1000, holder="daemon-a")
+        mailboxes.record_progress(session, "it", 10, holder="daemon-a", uidvalidity=1000)
+
+
+def last_uid(store: Store) -> int:
+    with store.sessions() as session:
+        return mailboxes.get_state(session, "it").last_uid
+
+
+def test_progress_of_a_holder_that_lost_its_lease_is_refused(store: Store, clock: Clock
+                                                             ) -> None:
+    """A daemon whose lease was taken over cannot move progress: the new holder would skip
+    mail."""
+    progress_setup(store, clock)
+    elapse(store, clock, 61)
+    assert lease(store, "daemon-b", clock)
+    with pytest.raises(LeaseLost, match="held by daemon-b"), store.sessions.begin() as session:
+        mailboxes.record_progress(session, "it", 500, holder="daemon-a", uidvalidity=1000)
+    assert last_uid(store) == 10
+    with store.sessions.begin() as session:
+        mailboxes.record_progress(session, "it", 12, holder="daemon-b", uidvalidity=1000)
+    assert last_uid(store) == 12
+
+
+def test_progress_after_a_release_is_refused(store: Store, clock: Clock) -> None:
+    """Once released, the lease is nobody's: its former holder records nothing."""
+    progress_setup(store, clock)
+    with store.sessions.begin() as session:
+        assert mailboxes.release_lease(session, "it", "daemon-a", clock.now)
+    with pytest.raises(LeaseLost, match="released"), store.sessions.begin() as session:
+        mailboxes.record_progress(session, "it", 20, holder="daemon-a", uidvalidity=1000)
+    assert last_uid(store) == 10
+
+
+def test_progress_read_under_another_uidvalidity_is_refused(store: Store, clock: Clock) -> None:
+    """UIDs read under UIDVALIDITY 1000 mean nothing once the folder is at 2000."""
+    progress_setup(store, clock)
+    with store.sessions.begin() as session:
+        assert mailboxes.record_uidvalidity(session, "it", 2000, holder="daemon-a") is True
+    with pytest.raises(LeaseLost, match="UIDVALIDITY is 2000"), store.sessions.begin() as session:
+        mailboxes.record_progress(session, "it", 5000, holder="daemon-a", uidvalidity=1000)
+    assert last_uid(store) == 0
+
+
+def test_uidvalidity_from_a_stale_holder_is_refused(store: Store, clock: Clock) -> None:
+    """A stale daemon cannot turn the UIDVALIDITY back (and reset the holder's progress)."""
+    progress_setup(store, clock)
+    elapse(store, clock, 61)
+    assert lease(store, "daemon-b", clock)
+    with pytest.raises(LeaseLost), store.sessions.begin() as session:
+        mailboxes.record_uidvalidity(session, "it", 999, holder="daemon-a")
+    with store.sessions() as session:
+        state = mailboxes.get_state(session, "it")
+        assert (state.uidvalidity, state.last_uid) == (1000, 10)
+
+
+def test_release_records_since_when_the_mailbox_is_free(store: Store, clock: Clock) -> None:
+    """A released lease has no holder and its expiry says when it was freed."""
+    assert lease(store, "daemon-a", clock)
+    with store.sessions.begin() as session:
+        assert mailboxes.release_lease(session, "it", "daemon-a", clock.now)
+    with store.sessions() as session:
+        state = mailboxes.get_state(session, "it")
+        freed = state.lease_expires_at
+        assert state.lease_holder is None
+        assert freed is not None
+        assert abs(mailboxes.database_now(session, clock.now) - freed) < timedelta(seconds=5)

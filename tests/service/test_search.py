@@ -248,9 +248,20 @@ def test_the_migration_indexes_mail_stored_before_it(store: Store, clock: Clock)
 
     command.downgrade(alembic_config(store.engine), "0006")
     store.engine.dispose()
-    with store.sessions.begin() as session:  # mail stored before full-text search (0007)
-        ingest(session, make_mail(subject="Beamer im Konferenzraum", message_id="<old@x>"),
-               Origin("file"), IngestContext(clock=clock))
+    # Mail stored before full-text search (0007), written as that schema had it: the
+    # models and ingest describe the newest schema.
+    with store.engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO tickets (id, subject, status, priority, created_at, updated_at) "
+            "VALUES (1, 'Beamer im Konferenzraum', 'new', 'normal', :t, :t)"), {"t": clock.now})
+        conn.execute(text(
+            "INSERT INTO messages (ticket_id, direction, kind, message_id, message_id_synthetic,"
+            " content_hash, in_reply_to, \"references\", from_address, from_name, to_addresses,"
+            " cc_addresses, subject, received_at, text, new_text, raw, size, defects,"
+            " mail_class, origin_source, thread_index) VALUES (1, 'in', 'customer', 'old@x',"
+            " false, 'x', '', '', 'dana@example.com', '', '', '', 'Beamer im Konferenzraum',"
+            " :t, 'Der Beamer geht nicht.', 'Der Beamer geht nicht.', :raw, 0, '', 'human',"
+            " 'file', '')"), {"t": clock.now, "raw": b"Subject: Beamer\r\n\r\nx\r\n"})
     assert upgrade(store.engine) == ("0006", head_revision())
     (hit,) = find(store, "beamer")
     assert "**Beamer**" in hit.snippet

@@ -9,7 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from helpdesk import stats
-from helpdesk.store.models import Contact, Team, Ticket, TicketTag
+from helpdesk.store.models import Agent, AgentAddress, Contact, Team, Ticket, TicketTag
+from helpdesk.store.queries import TicketFilter
 from tests.conftest import Store
 
 NOW = datetime(2026, 3, 31, 12, 0, tzinfo=UTC)
@@ -22,6 +23,7 @@ class Desk:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.teams: dict[str, Team] = {}
+        self.agent: Agent | None = None
 
     def ticket(
         self,
@@ -34,14 +36,20 @@ class Desk:
         responded: timedelta | None = None,
         resolved: timedelta | None = None,
         merged_into: int | None = None,
+        priority: str = "normal",
+        subject: str = "s",
+        assigned: bool = False,
     ) -> int:
         created = NOW - age
         contact = self.session.scalars(
             select(Contact).where(Contact.address == requester)).first()
         if team is not None and team not in self.teams:
             self.teams[team] = Team(name=team)
+        if assigned and self.agent is None:
+            self.agent = Agent(name="Alice", addresses=[AgentAddress(address="alice@x.example")])
         ticket = Ticket(
-            subject="s", status=status, priority="normal",
+            subject=subject, status=status, priority=priority,
+            assignee=self.agent if assigned else None,
             requester=contact or Contact(address=requester, name=""),
             team=self.teams[team] if team else None,
             created_at=created, updated_at=created,
@@ -55,9 +63,9 @@ class Desk:
         return ticket.id
 
 
-def compute(store: Store, **kwargs: int) -> stats.Stats:
+def compute(store: Store, flt: TicketFilter | None = None, **kwargs: int) -> stats.Stats:
     with store.sessions() as session:
-        return stats.compute(session, now=NOW, **kwargs)
+        return stats.compute(session, now=NOW, flt=flt, **kwargs)
 
 
 def test_open_tickets_by_team_and_status(store: Store) -> None:
@@ -174,3 +182,49 @@ def test_trend(current: int, previous: int, expected: str) -> None:
 def test_format_duration(value: timedelta | None, expected: str) -> None:
     """Durations read like `3h 20m`: the two largest units, truncated; seconds under a minute."""
     assert stats.format_duration(value) == expected
+
+
+@pytest.fixture
+def mixed(store: Store) -> None:
+    """Open and recent tickets that differ in tag, priority, assignee and subject."""
+    with store.sessions.begin() as session:
+        desk = Desk(session)
+        hour = timedelta(hours=1)
+        desk.ticket("a@corp.example", age=DAY, tags=("vpn",), priority="high", subject="VPN down",
+                    responded=hour, status="open", team="networking")
+        desk.ticket("b@corp.example", age=2 * DAY, tags=("vpn",), subject="vpn slow",
+                    responded=3 * hour, assigned=True, status="open", team="networking")
+        desk.ticket("c@shop.example", age=3 * DAY, tags=("printer",), priority="high",
+                    subject="Printer", responded=5 * hour)
+        desk.ticket("d@shop.example", age=12 * DAY, tags=("vpn",), priority="high",
+                    subject="VPN again", status="open")
+
+
+def test_filters_narrow_every_figure(store: Store, mixed: None) -> None:
+    """--tag, --priority, --unassigned and --subject narrow the open tickets, the counts, the
+    medians and the top lists alike."""
+    by_tag = compute(store, TicketFilter(tags=("vpn",)), days=7)
+    assert (by_tag.created.current, by_tag.created.previous) == (2, 1)
+    assert by_tag.first_response == stats.Median(2, timedelta(hours=2))
+    assert [(c.key, c.current) for c in by_tag.tags] == [("vpn", 2)]
+    assert [(r.team, r.total) for r in by_tag.open_tickets] == [("networking", 2), (None, 1)]
+    high = compute(store, TicketFilter(priority="high"), days=7)
+    assert [(c.key, c.current) for c in high.domains] == [("corp.example", 1),
+                                                           ("shop.example", 1)]
+    assert high.first_response == stats.Median(2, timedelta(hours=3))
+    unassigned = compute(store, TicketFilter(unassigned=True, tags=("vpn",)), days=7)
+    assert (unassigned.created.current, unassigned.created.previous) == (1, 1)
+    by_subject = compute(store, TicketFilter(subject="vpn"), days=7)
+    assert [(c.key, c.current, c.previous) for c in by_subject.tags] == [("vpn", 2, 1)]
+    assert by_subject.filters == ("subject=vpn",)
+    assert stats.to_json(by_subject)["filters"] == ["subject=vpn"]
+
+
+def test_since_sets_the_window(store: Store, mixed: None) -> None:
+    """--since starts the window there (instead of --days) and the previous window is as
+    long."""
+    result = compute(store, TicketFilter(since=NOW - timedelta(hours=60)))
+    assert result.since == NOW - timedelta(hours=60)
+    assert result.previous_since == NOW - timedelta(hours=120)
+    assert (result.created.current, result.created.previous) == (2, 1)
+    assert result.first_response == stats.Median(2, timedelta(hours=2))
