@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import click
 
 from helpdesk import stats as stats_service
 from helpdesk.cli import AppContext, pass_app
 from helpdesk.cli.output import emit_json, fields, table, when
+from helpdesk.report import html as report_html
+from helpdesk.report.data import Report, Series
+from helpdesk.report.spark import fold, sparkline
 from helpdesk.store.models import utcnow
 
 NO_TEAM = "(no team)"
@@ -19,19 +27,29 @@ NO_TEAM = "(no team)"
               help="Length of the window (and of the previous one it is compared with).")
 @click.option("--top", type=click.IntRange(1, 1000), default=10, show_default=True,
               help="How many tags, teams and sender domains to show.")
+@click.option("--html", "html_path", metavar="FILE",
+              type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+              help="Write the report as one self-contained HTML page (charts and tables) "
+                   "to FILE, or to standard output with -.")
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as JSON.")
 @pass_app
-def stats(app: AppContext, days: int, top: int, as_json: bool) -> None:
+def stats(app: AppContext, days: int, top: int, html_path: Path | None, as_json: bool) -> None:
     """Open tickets by team and status, response and resolution times, and what causes work."""
+    if as_json and html_path == Path("-"):
+        raise click.UsageError("--json and --html - would both write to standard output")
     with app.transaction() as session:
         result = stats_service.compute(session, now=utcnow(), days=days, top=top)
+        series = stats_service.compute_series(session, since=result.since, now=result.now)
+    if html_path is not None:
+        _write_report(html_path, stats_service.report_data(result, series), quiet=as_json)
     if as_json:
-        emit_json(stats_service.to_json(result))
+        emit_json({**stats_service.to_json(result), **stats_service.series_to_json(series)})
         return
-    _render(result)
+    if html_path is None:
+        _render(result, series if _on_terminal() else None)
 
 
-def _render(result: stats_service.Stats) -> None:
+def _render(result: stats_service.Stats, series: Series | None = None) -> None:
     click.echo(click.style("Open tickets", bold=True))
     statuses = stats_service.OPEN_STATUS_NAMES
     if result.open_tickets:
@@ -50,6 +68,7 @@ def _render(result: stats_service.Stats) -> None:
     created = result.created
     fields([
         ("tickets created", f"{created.current} (before: {created.previous}, {created.trend})"),
+        *([("tickets per day", _spark(series))] if series is not None else []),
         ("median first response", _median(result.first_response)),
         ("median resolution", _median(result.resolution)),
     ])
@@ -74,3 +93,40 @@ def _counts(title: str, label: str, counts: Sequence[stats_service.Count]) -> No
     table([label, "TICKETS", "BEFORE", "TREND"],
           [[c.key if c.key is not None else NO_TEAM, c.current, c.previous, c.trend]
            for c in counts])
+
+
+def _on_terminal() -> bool:
+    """The sparkline is for people: not when the output goes to a pipe or a file."""
+    return sys.stdout.isatty()
+
+
+def _spark(series: Series) -> str:
+    """The sparkline of tickets opened per day, folded to fit the terminal."""
+    room = shutil.get_terminal_size((80, 24)).columns - 40
+    values, n = fold(series.opened_per_day, max(10, room))
+    span = "" if n == 1 else f"per {n} days, "
+    return f"{sparkline(values)}  ({span}most {max(values, default=0)})"
+
+
+def _write_report(path: Path, report: Report, *, quiet: bool) -> None:
+    """The page to standard output, or to the file by rename so no reader sees half of it."""
+    page = report_html.render(report)
+    if path == Path("-"):
+        click.echo(page, nl=False)
+        return
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(page)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # as a plain open() would have made it
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise click.FileError(str(path), hint=exc.strerror or str(exc)) from exc
+    if not quiet:
+        click.echo(f"report written to {path} ({len(report.series.days)} days, "
+                   f"{report.created.current} tickets opened)")
