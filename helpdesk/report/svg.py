@@ -232,7 +232,8 @@ def stacked_bars(chart: Chart, categories: Sequence[str], series: Sequence[Serie
                          f'height="{num(r.height)}"><title>{escape(tip)}</title></rect>')
         parts.append("</g>")
     band = plot.band(count)
-    if band >= 7 * CHAR_WIDTH or (band >= 3.2 * CHAR_WIDTH and max(totals) < 1000):
+    # Totals above the bars where the widest fits its band; the table has them all.
+    if band >= (len(_figure(max(totals))) + 0.5) * CHAR_WIDTH:
         parts.append(f'<g class="totals" fill="{INK}" text-anchor="middle">')
         for i, total in enumerate(totals):
             if total > 0:
