@@ -415,7 +415,9 @@ def _backlog(session: Session, days: Sequence[date], now: datetime,
 
     A ticket's status at an instant is the `to` of its last status change
     before it, else the `from` of its first change, else its status today.
-    Only tickets open now or changed since the first day can be open on one.
+    Only tickets open now or changed since the first day can be open on one,
+    and only their changes since then are read: the `from` of the first one
+    is the status the ticket had when the window began.
     """
     # Day k ends when day k+1 begins; what happened before a cutoff counts.
     cutoffs = [datetime.combine(d + timedelta(days=1), time(), UTC) for d in days[:-1]]
@@ -434,7 +436,8 @@ def _backlog(session: Session, days: Sequence[date], now: datetime,
     changes: dict[int, list[tuple[datetime, dict[str, Any]]]] = {}
     for ticket_id, when, detail in session.execute(
         select(Event.ticket_id, Event.created_at, Event.detail)
-        .where(Event.kind == BACKLOG_EVENT, Event.ticket_id.in_(candidates))
+        .where(Event.kind == BACKLOG_EVENT, Event.created_at >= start,
+               Event.ticket_id.in_(candidates))
         .order_by(Event.ticket_id, Event.created_at, Event.id)
     ):
         changes.setdefault(ticket_id, []).append((when, detail))

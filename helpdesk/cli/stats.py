@@ -37,16 +37,20 @@ def stats(app: AppContext, days: int, top: int, html_path: Path | None, as_json:
     """Open tickets by team and status, response and resolution times, and what causes work."""
     if as_json and html_path == Path("-"):
         raise click.UsageError("--json and --html - would both write to standard output")
+    # The day-by-day series cost a second pass: only for the page, the JSON
+    # and the sparkline, not for the tables piped into another program.
+    drawn = html_path is not None or as_json or _on_terminal()
     with app.transaction() as session:
         result = stats_service.compute(session, now=utcnow(), days=days, top=top)
-        series = stats_service.compute_series(session, since=result.since, now=result.now)
-    if html_path is not None:
+        series = (stats_service.compute_series(session, since=result.since, now=result.now)
+                  if drawn else None)
+    if html_path is not None and series is not None:
         _write_report(html_path, stats_service.report_data(result, series), quiet=as_json)
-    if as_json:
+    if as_json and series is not None:
         emit_json({**stats_service.to_json(result), **stats_service.series_to_json(series)})
         return
     if html_path is None:
-        _render(result, series if _on_terminal() else None)
+        _render(result, series)
 
 
 def _render(result: stats_service.Stats, series: Series | None = None) -> None:
