@@ -44,7 +44,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Engine
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from helpdesk import context, directory, mailboxes, timers, wakeup
@@ -208,11 +208,14 @@ class Daemon:
         assert self.sessions is not None
         sessions = self.sessions
 
+        pool = [m.name for m in s.mailboxes]
+
         def make() -> Runnable:
             return ImapSource(mailbox, self._sink, sessions, holder=self.holder,
                               lease_ttl=timedelta(seconds=s.daemon.lease_seconds),
                               clock=self.clock,
-                              max_message_bytes=s.intake.max_message_bytes)
+                              max_message_bytes=s.intake.max_message_bytes,
+                              share_of=pool)
 
         return Worker(f"imap:{mailbox.name}", make, stuck_after=stuck_after(s),
                       on_problem=self._worker_problem(mailbox.name))
@@ -273,6 +276,7 @@ class Daemon:
         # Each source gets a thread of its own (daemon/workers.py), not one of
         # the default executor's: sources never return, so they would take
         # every executor thread and starve the sender's database calls.
+        await asyncio.to_thread(self._heartbeat)
         for worker in self.workers.values():
             worker.start()
         assert self.sender is not None
@@ -283,10 +287,12 @@ class Daemon:
                                    max_message_bytes=self.settings.intake.max_message_bytes)
         ticker = asyncio.create_task(self._tick(), name="status")
         clock_task = asyncio.create_task(self._timers(), name="timers")
+        beating = asyncio.create_task(self._beat(), name="heartbeat")
         log.info("daemon.started", holder=self.holder, workers=list(self.workers),
                  lmtp=self.settings.lmtp is not None)
         self.notifier.send(ready="1", status=self.status())
         await self._stop.wait()
+        beating.cancel()
         await self._shutdown(sender, exit_deadline)
         ticker.cancel()
         clock_task.cancel()
@@ -317,6 +323,7 @@ class Daemon:
                 log.warning("daemon.task_did_not_stop", task=worker.name)
         if self.intake is not None:
             await asyncio.to_thread(self.intake.committer.stop)
+        await asyncio.to_thread(self._leave)
         left = max(0.1, GRACE_SECONDS - (time.monotonic() - started))
         done, _pending = await asyncio.wait([sender], timeout=left)
         if not done:
@@ -331,6 +338,35 @@ class Daemon:
     def _close_intake(self) -> None:
         if self.intake is not None:
             self.intake.close()
+
+    # -- heartbeat: several daemons share the mailboxes (mailboxes.py) -------------
+
+    async def _beat(self) -> None:
+        """Announce this daemon every third of a lease, so the others count it in."""
+        period = self.settings.daemon.lease_seconds / 3
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=period)
+            if not self._stop.is_set():
+                await asyncio.to_thread(self._heartbeat)
+
+    def _heartbeat(self) -> None:
+        if self.sessions is None:
+            return
+        ttl = timedelta(seconds=self.settings.daemon.lease_seconds)
+        try:
+            with self.sessions.begin() as session:
+                mailboxes.heartbeat(session, self.holder, ttl, self.clock(),
+                                    pool=[m.name for m in self.settings.mailboxes])
+        except DBAPIError as exc:
+            log.warning("daemon.heartbeat_failed", error=str(exc.orig))
+
+    def _leave(self) -> None:
+        """Leave the heartbeat table, so the other daemons' shares grow at once."""
+        if self.sessions is None:
+            return
+        with contextlib.suppress(DBAPIError), self.sessions.begin() as session:
+            mailboxes.retire(session, self.holder)
 
     async def _timers(self) -> None:
         """Time-driven rules, once a minute, by whichever daemon holds the timers lease."""

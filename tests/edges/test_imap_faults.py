@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, update
 
+from helpdesk.mailboxes import LeaseLost
 from helpdesk.sources.base import Sink
 from helpdesk.sources.imap import FAILED_KEYWORD
 from helpdesk.sources.imap.fetching import plan_batches
-from helpdesk.store.models import ImapFetchFailure, QuarantineItem
+from helpdesk.store.models import ImapFetchFailure, MailboxState, QuarantineItem
+from helpdesk.values import Incoming, IngestOutcome
 from tests.conftest import Store
 from tests.edges.conftest import (
     SourceFactory,
@@ -138,3 +142,24 @@ def test_batches_are_bounded_by_count_and_bytes() -> None:
     assert plan_batches(sized, count=2, total_bytes=1000) == [
         [(1, 10), (2, 10)], [(3, 50), (4, 100)], [(5, 5), (6, 5)], [(7, 5)]]
     assert plan_batches([], count=3, total_bytes=60) == []
+
+
+def test_a_daemon_that_lost_its_lease_cannot_move_progress(
+    dovecot: DovecotServer, imap: Any, store: Store, sink: Sink, make_source: SourceFactory,
+) -> None:
+    """Another daemon takes the mailbox over during a pass: the stale one's progress is
+    refused (LeaseLost), so the new holder cannot be made to skip mail."""
+    append_all(imap, "INBOX", mails(3))
+
+    def stealing(batch: Sequence[Incoming]) -> list[IngestOutcome]:
+        outcomes = sink(batch)
+        with store.sessions.begin() as session:
+            session.execute(update(MailboxState).where(MailboxState.name == "support")
+                            .values(lease_holder="other-daemon"))
+        return outcomes
+
+    source = make_source(dovecot, store, stealing)
+    with pytest.raises(LeaseLost, match="held by other-daemon"):
+        source.run_once()
+    assert state(store).last_uid == 0
+    assert state(store).lease_holder == "other-daemon"

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from helpdesk import mailboxes
 from helpdesk.errors import StoreUnavailable
 from helpdesk.intake import header_of, too_large
+from helpdesk.mailboxes import LeaseLost
 from helpdesk.settings import AfterProcessing, MailboxSettings
 from helpdesk.sources.base import Sink, SourceStats
 from helpdesk.sources.imap.fetching import (
@@ -73,6 +74,7 @@ class Progress:
 
     safe_uid: int
     flushed_uid: int
+    uidvalidity: int | None = None  # the one the pass selected; progress only counts under it
     blocked: bool = False
     interrupted: bool = False  # stopped early: stop was set or the lease was lost
     deltas: Counter[str] = field(default_factory=Counter)
@@ -122,6 +124,7 @@ class FolderPass:
         ensure_folder: Callable[[Any, str], None],
         now: Callable[[], Any],
         log: Any,
+        holder: str | None = None,
     ) -> None:
         self.settings = settings
         self.name = settings.name
@@ -133,6 +136,7 @@ class FolderPass:
         self.ensure_folder = ensure_folder
         self.now = now
         self.log = log
+        self.holder = holder
 
     def run(self, link: Link, uidvalidity: int, uids: list[int], progress: Progress) -> int:
         """Work through `uids` batch by batch; returns how many were acknowledged."""
@@ -151,7 +155,7 @@ class FolderPass:
                     self.flush(progress)
         except BaseException:
             # Keep what was acknowledged so far; the original error matters more.
-            with contextlib.suppress(StoreUnavailable):
+            with contextlib.suppress(StoreUnavailable, LeaseLost):
                 self.flush(progress)
             raise
         return processed
@@ -293,7 +297,10 @@ class FolderPass:
             return
         with self.state() as session:
             if progress.safe_uid > progress.flushed_uid:
-                mailboxes.record_progress(session, self.name, progress.safe_uid)
+                # Refused (LeaseLost) when another daemon took the mailbox over or the
+                # UIDVALIDITY changed: stale progress must not make it skip mail.
+                mailboxes.record_progress(session, self.name, progress.safe_uid,
+                                          holder=self.holder, uidvalidity=progress.uidvalidity)
             if progress.deltas:
                 mailboxes.add_counters(session, self.name, **progress.deltas)
         progress.flushed_uid = progress.safe_uid

@@ -38,7 +38,7 @@ import contextlib
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -51,6 +51,7 @@ from structlog.contextvars import bound_contextvars
 
 from helpdesk import mailboxes
 from helpdesk.errors import StoreUnavailable
+from helpdesk.mailboxes import LeaseLost
 from helpdesk.settings import AfterProcessing, MailboxSettings, Tls
 from helpdesk.sources.base import Backoff, Sink, SourceStats
 from helpdesk.sources.imap.fetching import Link
@@ -101,6 +102,7 @@ class ImapSource:
         io_timeout: float = DEFAULT_IO_TIMEOUT,
         backoff: Backoff | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        share_of: Sequence[str] | None = None,
         log: Any = log,
     ) -> None:
         self.settings = settings
@@ -125,12 +127,14 @@ class ImapSource:
         self._exists = 0  # messages in the folder when it was last selected
         self._outage_started = 0.0
         self._health: str | None = None  # as last recorded in the store
+        # The mailboxes the daemons share: this one takes at most its fair share.
+        self.share_of = list(share_of) if share_of is not None else None
         # Monotonic time of the last sign of life; the daemon's watchdog reads it.
         self.last_beat = time.monotonic()
         self._pass = FolderPass(
             settings, sink, self._state, self.stats,
             max_message_bytes=max_message_bytes, may_go_on=self._may_go_on,
-            ensure_folder=self._ensure_folder, now=clock, log=self._log,
+            ensure_folder=self._ensure_folder, now=clock, log=self._log, holder=holder,
         )
 
     # -- one pass ------------------------------------------------------------
@@ -150,7 +154,7 @@ class ImapSource:
         uidvalidity, uidnext = self._select(client)
         last_uid = self._begin_pass(uidvalidity)
         uids = self._search(client, last_uid)
-        progress = Progress(safe_uid=last_uid, flushed_uid=last_uid)
+        progress = Progress(safe_uid=last_uid, flushed_uid=last_uid, uidvalidity=uidvalidity)
         link = Link(current=self._connected, reconnect=lambda: self._reconnect(uidvalidity))
         with self._keeping_lease():
             processed = self._pass.run(link, uidvalidity, uids, progress)
@@ -165,7 +169,8 @@ class ImapSource:
         now = self._clock()
         with self._state() as session:
             previous = mailboxes.get_state(session, self.name).uidvalidity
-            changed = mailboxes.record_uidvalidity(session, self.name, uidvalidity)
+            changed = mailboxes.record_uidvalidity(session, self.name, uidvalidity,
+                                                   holder=self.holder)
             mailboxes.record_poll(session, self.name, now)
             last_uid = mailboxes.get_state(session, self.name).last_uid
         self.stats.last_poll_at = now
@@ -319,7 +324,8 @@ class ImapSource:
     def _take_lease_locked(self) -> bool:
         now = self._clock()
         with self._state() as session:
-            got = mailboxes.acquire_lease(session, self.name, self.holder, self.lease_ttl, now)
+            got = mailboxes.acquire_lease(session, self.name, self.holder, self.lease_ttl, now,
+                                          share_of=self.share_of)
         if got and not self._holding:
             self._log.info("imap.lease_acquired", mailbox=self.name, holder=self.holder)
         elif not got and self._holding:
@@ -406,6 +412,13 @@ class ImapSource:
                         self._recovered()
                         if not stop.is_set():
                             self._wait_for_mail(stop)
+                    except LeaseLost as exc:
+                        # Another daemon holds the mailbox now: stand by, no backoff.
+                        self._log.warning("imap.lease_lost", mailbox=self.name,
+                                          holder=self.holder, reason=str(exc))
+                        with self._lease_lock:
+                            self._holding, self._lease_at = False, None
+                        self._disconnect(polite=True)
                     except Exception as exc:  # noqa: BLE001 - _fault() sorts and logs every kind
                         stop.wait(self._fault(exc))
             finally:
