@@ -170,6 +170,9 @@ class Incoming:
     problem: str | None = None
     # The SMTP MAIL FROM, where the source knows it (LMTP, the MTA pipe).
     envelope_sender: str | None = None
+    # When the mail reached the server we read it from (IMAP INTERNALDATE), where the
+    # source knows it: the start of the arrival-to-commit latency the daemon measures.
+    arrived_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,8 @@ class Worker:
         self.stop = threading.Event()
         self.restarts = 0
         self.last_error: str | None = None
+        # True from a death until a fresh source is built (/healthz reports it).
+        self.crashed = False
         self.ended = threading.Event()
         self._on_problem = on_problem
         self._backoff = backoff or Backoff(base=1.0, cap=300.0)
@@ -95,11 +97,13 @@ class Worker:
                 except Exception as exc:  # noqa: BLE001 - building it again failed: retry later
                     self._died(exc)
                     continue
+                self.crashed = False
                 log.info("worker.restarted", worker=self.name, restarts=self.restarts)
         finally:
             self.ended.set()
 
     def _died(self, exc: BaseException) -> None:
+        self.crashed = True
         self.restarts += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
         log.error("worker.died", worker=self.name, error=self.last_error,

@@ -45,6 +45,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from helpdesk import delivery, outbox
+from helpdesk.observe import NULL_OBSERVER, Observer
 from helpdesk.settings import SmtpSettings
 from helpdesk.smtp.conversation import Envelope, Problem, Relay, RelayProblem
 from helpdesk.smtp.recorder import STORE_ERRORS, Backoff, Recorder, StoreHealth
@@ -86,8 +87,11 @@ class Sender:
         relay_backoff: Backoff | None = None,
         reuse_connection: bool = True,
         watch: bool = True,
+        observer: Observer = NULL_OBSERVER,
     ) -> None:
         self.sessions = sessions
+        # Told the relay's answer about each recipient of each attempt (metrics).
+        self.observer = observer
         self.settings = settings
         self.policy = policy
         self.holder = holder
@@ -174,11 +178,16 @@ class Sender:
             try:
                 replies = await self._deliver_one(row)
             except RelayProblem as problem:
+                # The relay's own refusal has a code (MAIL FROM, AUTH); a lost
+                # connection or a timeout has none.
+                self.observer.send_attempted(problem.code, len(row.envelope.recipients))
                 if problem.problem is not Problem.TIMEOUT or self._stop_at is None:
                     await self._relay_failed(problem)
                 break
             except _ClaimRunningOut:
-                break
+                break  # given back before its dot: not an attempt the relay answered
+            for reply in replies:
+                self.observer.send_attempted(reply.code)
             await self._relay_ok()
             given.add(row.item_id)
             self.recorder.add(delivery.DeliveryReport(row.item_id, replies), row)

@@ -163,6 +163,7 @@ class ImapSource:
             # (moved, expunged) or carries our keyword: done, as far as we care.
             progress.done(uidnext - 1)
             self._pass.flush(progress)
+        self.stats.last_success_at = self._clock()
         return processed
 
     def _begin_pass(self, uidvalidity: int) -> int:
@@ -316,6 +317,11 @@ class ImapSource:
             close(client)
 
     # -- lease -----------------------------------------------------------------
+
+    @property
+    def holds_lease(self) -> bool:
+        """Whether this source holds the mailbox's lease (works it) right now."""
+        return bool(self._holding)
 
     def _take_lease(self) -> bool:
         with self._lease_lock:
@@ -481,6 +487,7 @@ class ImapSource:
             self._disconnect()
         if event == "daemon.stopping":
             return 0.0  # the pool closed under a batch: nothing was acknowledged
+        self.stats.up = False
         delay = self.backoff.next_delay()
         if event != self._outage:
             if self._outage is None:
@@ -512,6 +519,7 @@ class ImapSource:
             )
             self._outage = None
         self.backoff.reset()
+        self.stats.up = True
         if self._health != "ok":
             self._record_health("ok", None)
 
