@@ -208,6 +208,26 @@ def test_metrics_move_as_mail_flows_in_and_out(
 
 @pytest.mark.slow
 @SQLITE
+def test_a_mailbox_whose_server_is_gone_is_down_and_its_last_poll_stops(
+    store: Store, relay: SmtpSink, dovecot: DovecotServer, daemons: DaemonFactory,
+) -> None:
+    """The IMAP server stops: mailbox_up drops to 0 and the last successful poll stays
+    where it was (what the mailbox-down alert watches); the daemon itself is healthy."""
+    config = metrics_config(settings_for(store, relay, dovecot, poll_interval=1.0), free_port())
+    daemon, metrics = started(daemons, store, config)
+    assert metrics.value("helpdesk_mailbox_up", mailbox="support") == 1
+    dovecot.stop()
+    got = metrics.wait(lambda s: s.get(key("helpdesk_mailbox_up", mailbox="support")) == 0)
+    last = got[key("helpdesk_mailbox_last_successful_poll_timestamp_seconds", mailbox="support")]
+    time.sleep(2.5)  # two poll intervals
+    assert metrics.value("helpdesk_mailbox_last_successful_poll_timestamp_seconds",
+                         mailbox="support") == last
+    assert metrics.health() == (200, "ok\n")
+    assert daemon.terminate()[0] == 0
+
+
+@pytest.mark.slow
+@SQLITE
 def test_healthz_is_503_while_a_worker_hangs_on_a_frozen_imap_server(
     store: Store, relay: SmtpSink, dovecot: DovecotServer, daemons: DaemonFactory,
 ) -> None:
