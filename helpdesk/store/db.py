@@ -242,11 +242,15 @@ def upgrade(engine: Engine, revision: str = "head",
 def pending_revisions(engine: Engine, revision: str = "head") -> list[str]:
     """The revisions `upgrade` would apply, oldest first (none when the schema is current)."""
     from alembic.script import ScriptDirectory
+    from alembic.script.revision import RevisionError
 
     script = ScriptDirectory(str(MIGRATIONS))
     current = current_revision(engine)
-    steps = script.iterate_revisions(revision, current or "base")
-    return [r.revision for r in reversed(list(steps)) if r.revision != current]
+    try:
+        steps = list(script.iterate_revisions(revision, current or "base"))
+    except RevisionError:
+        return []  # a revision this package does not know: `upgrade` says so itself
+    return [r.revision for r in reversed(steps) if r.revision != current]
 
 
 def isolate_sequences(conn: Connection, *, lock_timeout_ms: int = 2000) -> bool:
