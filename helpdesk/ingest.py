@@ -489,7 +489,11 @@ def _run_rules(
         # No rule can fire: skip loading the ticket and the actions' savepoint,
         # which cost a few milliseconds a mail (issue 13).
         return (), Applied()
-    view = queries.ticket_view(session, ticket_id)
+    # Held here: the session's identity map keeps objects only while they are
+    # referenced, and the actions below would otherwise load the ticket again.
+    ticket = session.get_one(Ticket, ticket_id, options=queries.TICKET_WITH_RELATIONS)
+    queries.hold(session, ticket)
+    view = queries.view_of(ticket, queries.participants(session, ticket_id))
     recipients = (origin.recipient,) if origin.recipient else ()
     rule_input = RuleInput(mailbox=origin.mailbox, recipients=recipients, is_new=is_new,
                            verdict=verdict)
@@ -525,7 +529,7 @@ def _open_ticket(
 ) -> int:
     assert msg.from_ is not None
     requester_id = queries.contact_id(session, sender, msg.from_.name[:200], now)
-    team_row = queries.team_by_name(session, team) if team else None
+    team_row = queries.known_team(session, team) if team else None
     values = {
         "team_id": team_row.id if team_row is not None else None,
         "subject": clean_subject(msg.subject, ctx.tag_prefix),
