@@ -66,6 +66,9 @@ _MAX_GAP = 2
 # Header lines longer than this are prose, not a forward's header block; the
 # bound also keeps the regexes linear on hostile input.
 _MAX_HEADER_LINE = 1000
+# A field folded over many lines keeps this much: a wrapped To line of a big
+# forward fits, a Sent value of a million continuation lines does not.
+_MAX_FIELD = 4 * _MAX_HEADER_LINE
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,9 @@ _REPLY_PREFIXES = frozenset(
 )  # fmt: skip
 
 
+_KNOWN_PREFIXES = _FORWARD_PREFIXES | _REPLY_PREFIXES
+
+
 def _subject_kind(subject: str) -> str:
     """Whether the subject is a "forward", a "reply" or "plain", by its first prefix."""
     match = _PREFIX_RE.match(subject)
@@ -143,11 +149,12 @@ def _without_prefixes(subject: str) -> str:
     Used when an inline forward has no Subject line of its own.
     """
     text = subject.strip()
+    start = 0  # a position, not a slice per prefix: "Fwd: " * 200000 is one pass
     while True:
-        match = _PREFIX_RE.match(text)
-        if match is None or match.group(1).lower() not in _FORWARD_PREFIXES | _REPLY_PREFIXES:
-            return text
-        text = text[match.end() :]
+        match = _PREFIX_RE.match(text, start)
+        if match is None or match.group(1).lower() not in _KNOWN_PREFIXES:
+            return text[start:]
+        start = match.end()
 
 
 # --------------------------------------------------------------------------
@@ -325,7 +332,10 @@ def _read_block(lines: list[str], start: int) -> _Block:
     follows right after it: mail converted from HTML sometimes separates
     every header line by a blank line.
     """
-    fields: dict[str, str] = {}
+    # The pieces of each field, joined once at the end: joining as each
+    # continuation line comes would copy the value again for every line.
+    fields: dict[str, list[str]] = {}
+    lengths: dict[str, int] = {}
     first: str | None = None
     last: str | None = None
     index = start
@@ -344,7 +354,9 @@ def _read_block(lines: list[str], start: int) -> _Block:
         label = _label(stripped)
         if label is None:
             if last is not None and line[:1] in (" ", "\t"):  # a wrapped To or Cc line
-                fields[last] = f"{fields[last]} {stripped}".strip()
+                if lengths[last] < _MAX_FIELD:
+                    fields[last].append(stripped)
+                    lengths[last] += len(stripped) + 1
                 index += 1
                 continue
             break
@@ -353,10 +365,12 @@ def _read_block(lines: list[str], start: int) -> _Block:
             break  # a second From: the block of an older mail further down
         first = first or kind
         last = kind
-        fields[kind] = value
+        fields[kind] = [value] if value else []
+        lengths[kind] = len(value)
         index += 1
     fields.pop("other", None)
-    return _Block(fields, first, index)
+    joined = {kind: " ".join(parts)[:_MAX_FIELD] for kind, parts in fields.items()}
+    return _Block(joined, first, index)
 
 
 # --------------------------------------------------------------------------
@@ -385,7 +399,11 @@ def _inline(msg: ParsedMessage, lines: list[str], marker: _Marker) -> ForwardedM
 
 # An address as forwards write it: "<a@b>", "[mailto:a@b]", "a@b", also
 # Outlook's "a@b<mailto:a@b>" after an HTML conversion.
-_ADDRESS_RE = re.compile(r"[^\s<>\[\]()\"',;:@*]+@[^\s<>\[\]()\"',;:@*]+")
+# Matched only where a run of address characters begins: tried at every
+# character of a long run without "@", it rescanned the rest of the run.
+_ADDRESS_RE = re.compile(
+    r"(?<![^\s<>\[\]()\"',;:@*])[^\s<>\[\]()\"',;:@*]+@[^\s<>\[\]()\"',;:@*]+"
+)
 
 
 def _sender(value: str) -> Address | None:
@@ -473,7 +491,11 @@ _NUMERIC_DATE_RE = re.compile(r"(?<!\d)(\d{1,4})([./-])(\d{1,2})\2(\d{2,4})(?!\d
 _YEAR_RE = re.compile(r"(?<!\d)(\d{4})(?!\d)")
 _DAY_RE = re.compile(r"(?<!\d)(\d{1,2})(?!\d)")
 _WORD_RE = re.compile(r"[^\W\d_]+")
-_OFFSET_RE = re.compile(r"(?:GMT|UTC)?\s*([+-])(\d{1,2})(?::?(\d{2}))?(?!\d)", re.IGNORECASE)
+# White space only after GMT or UTC: a leading `\s*` made every space of a
+# long run the start of a scan over the rest of the run.
+_OFFSET_RE = re.compile(
+    r"(?:(?:GMT|UTC)\s*)?([+-])(\d{1,2})(?::?(\d{2}))?(?!\d)", re.IGNORECASE
+)
 
 _MONTH_NAMES = {
     1: "january jan januar jänner jän janvier janv enero ene januari gennaio gen janeiro",
