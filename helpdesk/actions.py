@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from helpdesk import outbox, tickets
 from helpdesk.mail.classify import is_noreply_address
+from helpdesk.rules.conditions import regex_timed_out
 from helpdesk.store import queries
 from helpdesk.store.models import AutoReplyLog, Event, Suppression, Ticket
 from helpdesk.templates import (
@@ -108,6 +109,13 @@ def apply_actions(
         if trace.matched:
             event(f"rule:{trace.rule}", "rule.matched",
                   {"file": trace.file, "reasons": list(trace.reasons)})
+        elif regex_timed_out(trace.reasons):
+            # The admin's regex ran out of time on this mail, so the rule did
+            # not match: say so where the admin looks, the ticket and the log.
+            event(f"rule:{trace.rule}", "rule.regex_timeout",
+                  {"file": trace.file, "reasons": list(trace.reasons)})
+            log.warning("rule.regex_timeout", ticket_id=ticket_id, rule=trace.rule,
+                        file=trace.file)
 
     _apply_fields(session, ticket, _last_wins(evaluation), event, applied, now, message_row_id)
     mail_sent = False
