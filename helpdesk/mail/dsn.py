@@ -120,6 +120,12 @@ _TYPED_VALUE_RE = re.compile(r"^\s*[A-Za-z][\w-]*\s*;\s*(.*)$", re.S)
 _ID_RE = re.compile(r"<([^<>\s]+)>")
 _SURROGATES_RE = re.compile("[\udc80-\udcff]")
 _BLANK_LINE_RE = re.compile(r"\r?\n[ \t]*\r?\n")
+# A line and its break, as str.splitlines has them (CRLF is one break).
+_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+_LINE_RE = re.compile(f"([^{_BREAKS}]*)(\r\n|[{_BREAKS}])?")
+# A status field is a line or two; a diagnostic may run over several. Longer
+# is not a report but an attempt to make us hold it.
+_MAX_FIELD = 10_000
 
 _Fields = dict[str, str]
 
@@ -185,26 +191,49 @@ def _message_fields(msg: Message) -> _Fields:
 
 
 def _text_blocks(text: str) -> list[_Fields]:
-    """RFC 3464 section 2.1: blocks of header-style fields separated by blank lines."""
+    """RFC 3464 section 2.1: blocks of header-style fields separated by blank lines.
+
+    A field keeps its first `_MAX_FIELD` characters however often it is
+    folded, and the lines are read one at a time: a million continuation
+    lines cost time in proportion, and little memory.
+    """
     blocks: list[_Fields] = []
     for chunk in _BLANK_LINE_RE.split(text):
         # The pieces of each field, joined once at the end: joining as each
         # folded line comes would copy the value again for every line.
         fields: dict[str, list[str]] = {}
+        room: dict[str, int] = {}
         name = ""
-        for line in chunk.splitlines():
+        for line in _lines(chunk):
             if line[:1] in (" ", "\t") and name:
-                fields[name].append(line.strip())  # a folded continuation
+                if room[name] > 0:  # a folded continuation
+                    piece = line.strip()
+                    fields[name].append(piece)
+                    room[name] -= len(piece) + 1
                 continue
             key, colon, value = line.partition(":")
             name = key.strip().lower() if colon else ""
             if name and name not in fields:
                 fields[name] = [value.strip()]
+                room[name] = _MAX_FIELD - len(fields[name][0])
             elif name:
                 name = ""  # a repeated field: the first one counts
         if fields:
-            blocks.append({key: _recover(" ".join(parts)) for key, parts in fields.items()})
+            blocks.append(
+                {key: _recover(" ".join(parts)[:_MAX_FIELD]) for key, parts in fields.items()}
+            )
     return blocks
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The lines of `text` as `str.splitlines` cuts them, one at a time."""
+    for match in _LINE_RE.finditer(text):
+        line = match.group(1)
+        if match.end() == len(text) and not match.group(2):
+            if line:
+                yield line
+            return
+        yield line
 
 
 def _decoded_text(part: Message) -> str:
