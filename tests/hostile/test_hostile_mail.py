@@ -47,7 +47,7 @@ from helpdesk.mail.parse import parse
 from helpdesk.mail.quoting import split_reply
 from helpdesk.rules import build_rule_set, evaluate
 from helpdesk.rules.schema import KnownNames
-from helpdesk.values import MailClass, RuleInput
+from helpdesk.values import MailClass, ParsedMessage, RuleInput
 from tests.hostile import shapes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,11 +94,16 @@ def _pure_steps() -> list[Pure]:
     slow_rules = build_rule_set(
         [(Path("rules/10-slow.toml"), {"rule": [
             {"name": f"slow{i}", "when": {"body": "(x+x+)+y"}, "then": {"tags": ["slow"]}}
-            for i in range(10)
+            for i in range(20)
         ]})],
         KnownNames.of(teams=(), agents=(), templates=()),
     )
     slow_mail = parse(shapes.customer("x" * 5000, "slow"))
+    ctype_raw = shapes.content_type_params()
+    ctype = parse(ctype_raw)
+    prefixes = shapes.forwarded_body(lines=1).replace("Subject: VPN drops every hour\n", "")
+    many_prefixes = ParsedMessage(message_id="p@x", message_id_synthetic=False,
+                             subject="Fwd: " * 200_000 + "VPN", from_=None, text=prefixes)
     return [
         Pure("bounce text: 40 KB of blank lines", lambda: parse_bounce_text(shapes.BLANK_LINES),
              len(shapes.BLANK_LINES)),
@@ -122,9 +127,14 @@ def _pure_steps() -> list[Pure]:
              lambda: html_to_text(shapes.HTML_STRAY_END_TAGS), len(shapes.HTML_STRAY_END_TAGS)),
         Pure("forward: a Sent value over 10,000 continuation lines",
              lambda: find_forwarded(forward), len(forward.text)),
+        Pure("forward: 200,000 subject prefixes", lambda: find_forwarded(many_prefixes),
+             len(many_prefixes.subject)),
+        Pure("classify: a 200 KB run in a Content-Type parameter",
+             lambda: classify(ctype, ctype_raw, own_addresses=frozenset(), loop_id=""),
+             len(ctype_raw)),
         Pure("commands: 20,000 #tag lines", lambda: parse_commands(shapes.TAG_LINES),
              len(shapes.TAG_LINES)),
-        Pure("rules: ten catastrophic admin regexes",
+        Pure("rules: twenty catastrophic admin regexes (a 2 s budget per mail)",
              lambda: evaluate(slow_rules, slow_mail, None, RuleInput(), now=datetime.now(UTC)),
              len(slow_mail.text)),
     ]
