@@ -105,7 +105,7 @@ def _pure_steps() -> list[Pure]:
     ctype = parse(ctype_raw)
     prefixes = shapes.forwarded_body(lines=1).replace("Subject: VPN drops every hour\n", "")
     many_prefixes = ParsedMessage(message_id="p@x", message_id_synthetic=False,
-                             subject="Fwd: " * 200_000 + "VPN", from_=None, text=prefixes)
+                             subject="Fwd: " * 400_000 + "VPN", from_=None, text=prefixes)
     return [
         Pure("bounce text: 40 KB of blank lines", lambda: parse_bounce_text(shapes.BLANK_LINES),
              len(shapes.BLANK_LINES)),
@@ -129,7 +129,7 @@ def _pure_steps() -> list[Pure]:
              lambda: html_to_text(shapes.HTML_STRAY_END_TAGS), len(shapes.HTML_STRAY_END_TAGS)),
         Pure("forward: a Sent value over 10,000 continuation lines",
              lambda: find_forwarded(forward), len(forward.text)),
-        Pure("forward: 200,000 subject prefixes", lambda: find_forwarded(many_prefixes),
+        Pure("forward: 400,000 subject prefixes (2 MB)", lambda: find_forwarded(many_prefixes),
              len(many_prefixes.subject)),
         Pure("classify: a 200 KB run in a Content-Type parameter",
              lambda: classify(ctype, ctype_raw, own_addresses=frozenset(), loop_id=""),
