@@ -14,12 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypedDict
 
 import structlog
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from helpdesk import outbox, tickets
+from helpdesk import anchors, outbox, tickets
 from helpdesk.mail.classify import is_noreply_address
 from helpdesk.rules.conditions import regex_timed_out
 from helpdesk.store import queries
@@ -31,7 +32,7 @@ from helpdesk.templates import (
     build_context,
     fallback,
 )
-from helpdesk.thread import format_tag, reply_references, with_tag
+from helpdesk.thread import format_tag, with_tag
 from helpdesk.values import (
     Action,
     Address,
@@ -51,10 +52,24 @@ from helpdesk.values import (
 
 log = structlog.get_logger()
 
+# Appended to the reply that reaches [auto_reply] max_per_sender; "-- " is the
+# signature separator (RFC 3676 section 4.3), so readers fold it away as one.
 LIMIT_NOTICE = (
-    "\n\n--\nThis is the last automatic reply you will receive from us today; "
+    "\n\n-- \nThis is the last automatic reply you will receive from us today; "
     "we have read every message you sent and will answer in person."
 )
+# RFC 3834 section 5.1 keywords.
+AUTO_REPLIED = "auto-replied"  # a direct answer to a message
+AUTO_GENERATED = "auto-generated"  # caused by time or by a change, not an answer
+
+
+class AutomaticFields(TypedDict):
+    """What makes an OutgoingMail automatic: RFC 3834 headers and the envelope sender."""
+
+    automated: bool
+    auto_submitted: str
+    precedence: str | None
+    envelope_sender: str | None
 
 
 @dataclass(frozen=True)
@@ -70,10 +85,23 @@ class ActionContext:
     is_own_address: Callable[[str], bool] = lambda _address: False
     auto_reply_limit: int = 10
     auto_reply_window: timedelta = timedelta(hours=24)
+    # Envelope senders of automatic mail ([outbox] bounce_address); "" is "<>".
+    requester_envelope: str = ""
+    staff_envelope: str = ""
+    precedence_bulk: bool = True
 
     @property
     def support(self) -> Address:
         return Address(self.support_address, self.helpdesk_name)
+
+    def automatic(self, keyword: str, *, to_staff: bool) -> AutomaticFields:
+        """The OutgoingMail fields that mark automatic mail (RFC 3834) and route its bounces."""
+        return AutomaticFields(
+            automated=True,
+            auto_submitted=keyword,
+            precedence="bulk" if self.precedence_bulk else None,
+            envelope_sender=self.staff_envelope if to_staff else self.requester_envelope,
+        )
 
 
 @dataclass
@@ -222,6 +250,7 @@ def _auto_reply(
     body = rendered.body
     if sent_in_window == ctx.auto_reply_limit - 1:
         body = body.rstrip("\n") + LIMIT_NOTICE + "\n"
+    parent = anchors.after_message(session, ticket, msg, ctx.signer.loop_id)
     mail = OutgoingMail(
         kind=MessageKind.AUTO_REPLY,
         ticket_id=ticket.id,
@@ -230,10 +259,11 @@ def _auto_reply(
         subject=with_tag(rendered.subject, ticket.id, ctx.tag_prefix),
         body=body,
         reply_to=ctx.support,
-        in_reply_to=None if msg.message_id_synthetic else msg.message_id,
-        references=reply_references(msg),
-        automated=True,
+        in_reply_to=parent.in_reply_to,
+        references=parent.references,
         thread_topic=ticket.subject,
+        parent_thread_index=parent.parent_thread_index,
+        **ctx.automatic(AUTO_REPLIED, to_staff=False),
     )
     item = outbox.enqueue(session, mail, ctx.signer, now=now, correlation_id=correlation_id)
     session.add(AutoReplyLog(address=recipient.address, ticket_id=ticket.id, sent_at=now))
@@ -302,6 +332,9 @@ def _forward(
         applied.suppressed.append("bounced")
         return
     rendered = _render(session, ticket, msg, action.template, team, rule, ctx, event)
+    # A forward is no reply: no In-Reply-To, but the thread's References and a
+    # child of its Thread-Index, so that the team's mail client groups the ticket.
+    parent = anchors.after_message(session, ticket, msg, ctx.signer.loop_id)
     mail = OutgoingMail(
         kind=MessageKind.FORWARD,
         ticket_id=ticket.id,
@@ -311,10 +344,12 @@ def _forward(
         body=rendered.body,
         # Answers from the team go to the help desk, so they land on the ticket.
         reply_to=ctx.support,
-        references=reply_references(msg),
-        automated=True,
+        references=parent.references,
         thread_topic=ticket.subject,
         attachments=tuple(a for a in msg.attachments if not a.inline),
+        parent_thread_index=parent.parent_thread_index,
+        # Sent to a third party because a mail arrived, not an answer to its sender.
+        **ctx.automatic(AUTO_GENERATED, to_staff=True),
     )
     item = outbox.enqueue(session, mail, ctx.signer, now=now, correlation_id=correlation_id)
     event(rule, "forward.queued", {"template": action.template, "to": address,

@@ -16,12 +16,12 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from helpdesk import outbox, relay, tickets
-from helpdesk.actions import ActionContext
+from helpdesk import anchors, outbox, relay, tickets
+from helpdesk.actions import AUTO_REPLIED, ActionContext
 from helpdesk.errors import HelpdeskError
 from helpdesk.mail.commands import MAX_COMMANDS, Command, CommandBlock
 from helpdesk.store.models import Event, Ticket
-from helpdesk.thread import format_tag, reply_references
+from helpdesk.thread import format_tag
 from helpdesk.values import Address, MessageKind, OutgoingMail, ParsedMessage, Priority
 
 
@@ -142,6 +142,8 @@ def _error_mail(session: Session, ticket_id: int, msg: ParsedMessage, rejected: 
         "  #priority low|normal|high|urgent   #tag WORD   #note (an internal note)\n\n"
         "Fix them and send the mail again.\n"
     )
+    ticket = session.get_one(Ticket, ticket_id)
+    parent = anchors.after_message(session, ticket, msg, ctx.signer.loop_id)
     mail = OutgoingMail(
         kind=MessageKind.SYSTEM,
         ticket_id=ticket_id,
@@ -150,8 +152,11 @@ def _error_mail(session: Session, ticket_id: int, msg: ParsedMessage, rejected: 
         subject=f"{format_tag(ticket_id, ctx.tag_prefix)} Commands not applied: {msg.subject}",
         body=body,
         reply_to=ctx.support,
-        in_reply_to=None if msg.message_id_synthetic else msg.message_id,
-        references=reply_references(msg),
-        automated=True,
+        in_reply_to=parent.in_reply_to,
+        references=parent.references,
+        thread_topic=ticket.subject,
+        parent_thread_index=parent.parent_thread_index,
+        # A direct answer to the agent's mail, sent to our own staff.
+        **ctx.automatic(AUTO_REPLIED, to_staff=True),
     )
     outbox.enqueue(session, mail, ctx.signer, now=now, correlation_id=msg.message_id)

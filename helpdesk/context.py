@@ -18,6 +18,8 @@ from helpdesk import signing
 from helpdesk.actions import ActionContext
 from helpdesk.ingest import IngestContext
 from helpdesk.mail.compose import ticket_from_message_id
+from helpdesk.mail.prepare import PrepareConfig
+from helpdesk.mail.trust import TrustPolicy
 from helpdesk.outbox import OutboxPolicy, Signer
 from helpdesk.rules import RuleSet, load_rules
 from helpdesk.settings import Settings
@@ -27,7 +29,7 @@ from helpdesk.thread import ThreadPolicy
 
 # Templates that always exist: the built-in fallback texts stand in for them.
 BUILTIN_TEMPLATES = frozenset({"acknowledge", "password-reset", "team-forward", "agent-reply",
-                               "resolved"})
+                               "resolved", "escalated"})
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,11 @@ def ingest_context(
     """The ingest context; without `configured`, mail is stored and threaded but no rule runs."""
     hd = settings.helpdesk
     sign = signer(session, settings)
+    trust = TrustPolicy(
+        authserv_id=settings.security.trusted_authserv_id,
+        authres_fields=settings.security.trusted_authres_fields,
+        trust_from_header=settings.security.trust_from_header,
+    )
     domains = frozenset({hd.domain})
     actions = None
     if configured is not None:
@@ -92,6 +99,9 @@ def ingest_context(
             is_own_address=settings.is_own_address,
             auto_reply_limit=settings.auto_reply.max_per_sender,
             auto_reply_window=timedelta(hours=settings.auto_reply.window_hours),
+            requester_envelope=settings.outbox.requester_envelope_sender,
+            staff_envelope=settings.outbox.staff_envelope_sender,
+            precedence_bulk=settings.outbox.precedence_bulk,
         )
     return IngestContext(
         tag_prefix=hd.tag_prefix,
@@ -111,9 +121,11 @@ def ingest_context(
             **{m.name: m.team for m in settings.mailboxes if m.team},
             **{m.name: m.team for m in settings.maildirs if m.team},
         },
-        trusted_authserv_id=settings.security.trusted_authserv_id,
+        trust=trust,
         note_address=hd.notes_to,
         bounce_suppression=timedelta(days=settings.bounces.suppress_days),
+        prepare=PrepareConfig(own_addresses=frozenset(hd.own_addresses),
+                              loop_id=hd.support_address, trust=trust),
     )
 
 

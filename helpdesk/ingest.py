@@ -12,32 +12,30 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import bindparam, insert, update
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from helpdesk import agentmail, bounces, notify
 from helpdesk import quarantine as quarantine_service
 from helpdesk.actions import ActionContext, Applied, apply_actions
 from helpdesk.errors import StoreUnavailable
-from helpdesk.mail.classify import classify
-from helpdesk.mail.commands import parse_commands
-from helpdesk.mail.forwarded import ForwardedMail, find_forwarded
+from helpdesk.mail.forwarded import ForwardedMail
 from helpdesk.mail.parse import parse as parse_message
-from helpdesk.mail.trust import authenticated_sender
+from helpdesk.mail.prepare import PrepareConfig, Prepared, prepare_with
+from helpdesk.mail.trust import TrustPolicy, TrustVerdict, agent_trust
 from helpdesk.rules import RuleSet, evaluate
 from helpdesk.store import queries
+from helpdesk.store.failures import is_outage
 from helpdesk.store.models import Attachment, Event, Message, Ticket, table, utcnow
 from helpdesk.thread import ThreadPolicy, clean_subject, match_thread
 from helpdesk.values import (
-    Address,
     AttachmentPart,
     Direction,
     IngestOutcome,
@@ -61,10 +59,6 @@ log = structlog.get_logger()
 MAX_MESSAGE_ID = 500
 
 
-# Stands in for the sender of a bounce that names none (a bare `MAILER-DAEMON`).
-BOUNCE_SENDER = Address("mailer-daemon@unknown.invalid", "Mail Delivery System")
-
-
 @dataclass(frozen=True)
 class IngestContext:
     """What ingest needs to know about this help desk; built once from settings."""
@@ -85,21 +79,80 @@ class IngestContext:
     mailbox_teams: Mapping[str, str] = field(default_factory=dict)
     # No automatic mail to an address that bounced permanently, for this long.
     bounce_suppression: timedelta = timedelta(days=7)
-    # Agent powers by mail need our MX's Authentication-Results when this is set.
-    trusted_authserv_id: str | None = None
+    # What makes mail from an agent's address the agent's ([security]); by
+    # default nothing does: agent powers by mail are off (helpdesk.mail.trust).
+    trust: TrustPolicy = field(default_factory=TrustPolicy)
     # Mail from an agent to this address is an internal note.
     note_address: str | None = None
     # Tell the assignee (or the team) about customer replies.
     notify: bool = True
+    # The same knowledge as plain data, for the pure stage in worker processes.
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
 
 
 def ingest(session: Session, raw: bytes, origin: Origin, ctx: IngestContext) -> IngestOutcome:
-    """Store `raw` as exactly one ticket entry, or as a duplicate of one, or in quarantine."""
-    started = time.perf_counter()
+    """Store `raw` as exactly one ticket entry, or as a duplicate of one, or in quarantine.
+
+    The pure stage runs here, in this process and without a time limit: the
+    daemon and the CLI run it in worker processes instead (`helpdesk.intake`)
+    and call `ingest_batch`. Raises `StoreUnavailable` when the store fails.
+    """
+    prepared = prepare_with(raw, parse=ctx.parse, is_own_address=ctx.is_own_address,
+                            loop_id=ctx.loop_id, trust=ctx.trust)
+    return ingest_batch(session, [(raw, origin, prepared)], ctx)[0]
+
+
+def ingest_batch(
+    session: Session, items: Sequence[tuple[bytes, Origin, Prepared]], ctx: IngestContext
+) -> list[IngestOutcome]:
+    """Store prepared mails in the caller's transaction, each in a savepoint of its own.
+
+    One mail's failure (data the database refuses, a bug) rolls back that
+    mail's savepoint and quarantines it; the others are unaffected. A failure
+    of the store itself raises `StoreUnavailable`, and the caller's
+    transaction, the whole batch, must not be committed or acknowledged.
+    """
+    return [_one(session, raw, origin, prepared, ctx) for raw, origin, prepared in items]
+
+
+def _one(
+    session: Session, raw: bytes, origin: Origin, prepared: Prepared, ctx: IngestContext
+) -> IngestOutcome:
+    detail = ""
     try:
-        outcome = _ingest(session, raw, origin, ctx)
-    except (OperationalError, InterfaceError) as exc:
-        raise StoreUnavailable(f"database error: {exc.orig}") from exc
+        with session.begin_nested():
+            return _ingest(session, raw, origin, prepared, ctx)
+    except DBAPIError as exc:
+        if is_outage(exc):
+            raise StoreUnavailable(f"database error: {exc.orig}") from exc
+        # The database refused this mail's data (a value too long for an
+        # index, bytes it cannot hold, too many ids): the mail's problem.
+        error = f"could not be stored: {_first_line(exc.orig)}"
+        detail = traceback.format_exc(limit=8)
+    except Exception as exc:
+        # Our bug, not the mail's fault; but keeping the mail with the
+        # traceback lets the others go on and an admin retry it once fixed.
+        log.exception("ingest.failed", message_id=prepared.msg.message_id if prepared.msg
+                      else None, mailbox=origin.mailbox, uid=origin.uid)
+        error = f"internal error while storing: {type(exc).__name__}: {exc}"
+        detail = traceback.format_exc(limit=8)
+    try:
+        with session.begin_nested():
+            return _quarantine(session, raw, origin, error, prepared.msg, detail)
+    except DBAPIError as exc:
+        if is_outage(exc):
+            raise StoreUnavailable(f"database error: {exc.orig}") from exc
+    # Even the mail's decoded subject and sender were refused: keep the bytes alone.
+    with session.begin_nested():
+        return _quarantine(session, raw, origin, error, None, detail)
+
+
+def _first_line(value: object) -> str:
+    return str(value).strip().split("\n", 1)[0][:500]
+
+
+def log_ingested(outcome: IngestOutcome, origin: Origin, *, size: int, seconds: float) -> None:
+    """The `message.ingested` line, written by the caller once the transaction committed."""
     log.info(
         "message.ingested",
         outcome=outcome.kind.value,
@@ -115,31 +168,23 @@ def ingest(session: Session, raw: bytes, origin: Origin, ctx: IngestContext) -> 
         mailbox=origin.mailbox,
         uid=origin.uid,
         path=origin.path,
-        size=len(raw),
-        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        size=size,
+        duration_ms=round(seconds * 1000, 2),
     )
-    return outcome
 
 
-def _ingest(session: Session, raw: bytes, origin: Origin, ctx: IngestContext) -> IngestOutcome:
+def _ingest(
+    session: Session, raw: bytes, origin: Origin, prepared: Prepared, ctx: IngestContext
+) -> IngestOutcome:
     # The cheapest check first: this exact server copy was stored before a crash
     # stopped us from moving it on the server.
     known = queries.message_by_origin(session, origin)
     if known is not None:
         return _duplicate(known)
-
-    try:
-        msg = ctx.parse(raw)
-    except Exception as exc:  # noqa: BLE001 - parse promises not to raise; if it does, keep the mail
-        return _quarantine(session, raw, origin, f"parser failed: {exc!r}", None)
-
-    verdict = classify(msg, raw, own_addresses=ctx.is_own_address, loop_id=ctx.loop_id)
-    if msg.from_ is None and msg.headers and verdict.mail_class is MailClass.BOUNCE:
-        # A bounce is worth keeping on the ticket it returns, sender or not.
-        msg = dataclasses.replace(msg, from_=BOUNCE_SENDER)
-    problem = _unusable(msg)
-    if problem:
-        return _quarantine(session, raw, origin, problem, msg)
+    msg = prepared.msg
+    if prepared.problem or msg is None:
+        problem = prepared.problem or "not an e-mail message"
+        return _quarantine(session, raw, origin, problem, msg, prepared.detail)
 
     message_id = _storable_id(msg.message_id)
     known = queries.message_by_content(session, message_id, msg.content_hash)
@@ -148,33 +193,14 @@ def _ingest(session: Session, raw: bytes, origin: Origin, ctx: IngestContext) ->
 
     try:
         with session.begin_nested():
-            return _store(session, raw, origin, msg, message_id, verdict, ctx)
-    except IntegrityError as exc:
+            return _store(session, raw, origin, msg, message_id, prepared, ctx)
+    except IntegrityError:
         # Two daemons raced on the same mail: the unique (message_id, content)
         # constraint lets exactly one of them win.
         known = queries.message_by_content(session, message_id, msg.content_hash)
         if known is not None:
             return _duplicate(known)
-        return _quarantine(session, raw, origin, f"could not be stored: {exc.orig}", msg)
-    except (OperationalError, InterfaceError):
         raise
-    except (DBAPIError, ValueError, TypeError, OverflowError) as exc:
-        # The database refused this mail's data (an encoding it cannot hold, a
-        # value out of range): a property of the mail, so quarantine it.
-        detail = traceback.format_exc(limit=8)
-        return _quarantine(session, raw, origin, f"could not be stored: {exc}", msg, detail)
-
-
-def _unusable(msg: ParsedMessage) -> str | None:
-    """Why this parsed mail cannot become a ticket entry, or None."""
-    if not msg.headers:
-        defects = ", ".join(msg.defects) or "no header lines"
-        return f"not an e-mail message: no headers found ({defects})"
-    if msg.from_ is None or "@" not in msg.from_.address:
-        raw_from = msg.header("From")
-        shown = f"{raw_from!r}" if raw_from else "missing"
-        return f"no usable sender address: From is {shown}"
-    return None
 
 
 def _storable_id(message_id: str) -> str:
@@ -236,14 +262,15 @@ def _store(
     origin: Origin,
     msg: ParsedMessage,
     message_id: str,
-    verdict: Verdict,
+    prepared: Prepared,
     ctx: IngestContext,
 ) -> IngestOutcome:
     now = ctx.clock()
-    assert msg.from_ is not None  # _unusable() made sure
+    verdict = prepared.verdict
+    assert msg.from_ is not None  # prepare's unusable() made sure
     sender = msg.from_.address
     events: list[dict[str, object]] = []
-    agent_powers = _agent_powers(session, msg, verdict, ctx, events)
+    agent_powers = _agent_powers(session, msg, prepared, ctx, events)
     views: dict[int, TicketView | None] = {}
 
     def get_ticket(ticket_id: int) -> TicketView | None:
@@ -267,11 +294,11 @@ def _store(
     )
 
     # An agent's mail: commands, note or reply; or a customer's mail forwarded on their behalf.
-    block = parse_commands(msg.new_text or msg.text) if agent_powers else None
+    block = prepared.commands if agent_powers else None
     to_note = agent_powers and _addressed_to(msg, origin, ctx.note_address)
     forwarded = None
     if agent_powers and match.is_new and block is not None and not (block.is_note or to_note):
-        forwarded = find_forwarded(msg)
+        forwarded = prepared.forwarded
     effective = _on_behalf(msg, forwarded) if forwarded is not None else msg
     assert effective.from_ is not None
     author = effective.from_.address  # the requester's address for a forward on behalf
@@ -320,7 +347,12 @@ def _store(
     # Only a person reopens a ticket: an out-of-office answering our
     # resolution notice must not; nor does an agent's note.
     reopen = match.reopen and not verdict.automated and not working
-    if view is not None and reopen and view.status in (TicketStatus.RESOLVED, TicketStatus.CLOSED):
+    finished = (TicketStatus.RESOLVED, TicketStatus.CLOSED)
+    # A ticket waiting for its requester goes back into the queue when the
+    # requester (or someone copied) answers; an agent's mail does not.
+    answered = not verdict.automated and not agent_powers
+    if view is not None and ((reopen and view.status in finished)
+                             or (answered and view.status is TicketStatus.PENDING)):
         conn.execute(_REOPEN_TICKET, {"ticket_id": ticket_id, "now": now})
         events.append(
             _event(ticket_id, row_id, sender, "status.changed",
@@ -370,22 +402,26 @@ def _store(
 def _agent_powers(
     session: Session,
     msg: ParsedMessage,
-    verdict: Verdict,
+    prepared: Prepared,
     ctx: IngestContext,
     events: list[dict[str, object]],
 ) -> bool:
-    """Whether this mail may act as an agent: an agent's address, and trusted when required."""
+    """Whether this mail may act as an agent: an agent's address, and trusted (`ctx.trust`)."""
     assert msg.from_ is not None
-    if verdict.automated or not queries.is_agent_address(session, msg.from_.address):
+    if prepared.verdict.automated or not queries.is_agent_address(session, msg.from_.address):
         return False
-    if not ctx.trusted_authserv_id:
-        return True
-    trust = authenticated_sender(msg, trusted_authserv_id=ctx.trusted_authserv_id)
+    if msg.sender_source != "from":
+        trust = TrustVerdict(False, f"the sender comes from {msg.sender_source or 'nowhere'}, "
+                                    "not from From")
+    else:
+        trust = prepared.trust or agent_trust(msg, ctx.trust)
     if not trust.trusted:
-        # From addresses are forgeable: without our MX's word this is a customer's mail.
+        # From addresses are forgeable: without proof this is a customer's mail.
         events.append({"actor": "system", "kind": "agent.untrusted",
                        "detail": {"from": msg.from_.address, "reason": trust.reason},
                        "created_at": ctx.clock()})
+        log.info("agent.untrusted", sender=msg.from_.address, message_id=msg.message_id,
+                 reason=trust.reason)
     return trust.trusted
 
 
@@ -449,20 +485,26 @@ def _run_rules(
 ) -> tuple[tuple[str, ...], Applied]:
     assert ctx.rules is not None
     assert ctx.actions is not None
+    if not ctx.rules.rules:
+        # No rule can fire: skip loading the ticket and the actions' savepoint,
+        # which cost a few milliseconds a mail (issue 13).
+        return (), Applied()
     view = queries.ticket_view(session, ticket_id)
     recipients = (origin.recipient,) if origin.recipient else ()
     rule_input = RuleInput(mailbox=origin.mailbox, recipients=recipients, is_new=is_new,
                            verdict=verdict)
     evaluation = evaluate(ctx.rules, msg, view, rule_input, now=now)
+    if not evaluation.fired:
+        return (), Applied()
     try:
         with session.begin_nested():
             applied = apply_actions(
                 session, ticket_id=ticket_id, message_row_id=row_id, msg=msg, verdict=verdict,
                 evaluation=evaluation, ctx=ctx.actions, now=now, correlation_id=correlation_id,
             )
-    except (OperationalError, InterfaceError):
-        raise
     except Exception as exc:
+        if isinstance(exc, DBAPIError) and is_outage(exc):
+            raise
         log.exception("actions.failed", ticket_id=ticket_id)
         session.connection().execute(_INSERT_EVENT, [
             _event(ticket_id, row_id, "system", "actions.failed",
@@ -529,6 +571,7 @@ def _message_values(
         "raw": raw,
         "size": len(raw),
         "defects": ", ".join(msg.defects),
+        "thread_index": (msg.header("Thread-Index") or "").strip()[:999],
         "origin_source": origin.source,
         "origin_mailbox": origin.mailbox,
         "origin_uidvalidity": origin.uidvalidity,

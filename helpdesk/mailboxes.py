@@ -19,12 +19,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from helpdesk.store.models import MailboxState
+from helpdesk.store.models import ImapFetchFailure, MailboxState
 
 COUNTERS = ("fetched", "ingested", "duplicates", "quarantined", "errors")
 
@@ -87,6 +87,50 @@ def record_poll(session: Session, name: str, now: datetime) -> None:
     state = _load(session, name, lock=False)
     state.last_poll_at = now
     session.flush()
+
+
+def record_health(
+    session: Session, name: str, health: str, error: str | None, now: datetime
+) -> None:
+    """The mailbox's state for `mailbox list`: "ok", or a problem with its error and since when."""
+    state = _load(session, name, lock=False)
+    if health == "ok":
+        state.problem_since = None
+        state.last_error = error if error is not None else state.last_error
+    elif state.health != health or state.problem_since is None:
+        state.problem_since = now
+    if health != "ok":
+        state.last_error = error
+    state.health = health
+    session.flush()
+
+
+def record_fetch_failure(
+    session: Session, name: str, uidvalidity: int, uid: int, error: str, now: datetime
+) -> int:
+    """Count one failed FETCH of a message; returns how many times it failed so far."""
+    row = session.get(ImapFetchFailure, (name, uidvalidity, uid), with_for_update=True)
+    if row is None:
+        row = ImapFetchFailure(mailbox=name, uidvalidity=uidvalidity, uid=uid, attempts=0,
+                               last_error="", updated_at=now)
+        session.add(row)
+    row.attempts += 1
+    row.last_error = error[:2000]
+    row.updated_at = now
+    session.flush()
+    return row.attempts
+
+
+def forget_fetch_failures(session: Session, name: str, uidvalidity: int, uids: list[int]) -> None:
+    """The messages were fetched (or given up on): their failure counts are done with."""
+    if uids:
+        session.execute(
+            delete(ImapFetchFailure).where(
+                ImapFetchFailure.mailbox == name,
+                ImapFetchFailure.uidvalidity == uidvalidity,
+                ImapFetchFailure.uid.in_(uids),
+            )
+        )
 
 
 def acquire_lease(

@@ -1,8 +1,18 @@
-"""Notifications: a customer's reply on a ticket tells the assignee, or the team when unassigned.
+"""Notifications to staff and requesters that no rule asked for.
 
-The notification carries the new text and the ticket tag, and its Reply-To is
-the support address, so the agent's answer goes back into the ticket and is
-relayed. Agents who opted out (`helpdesk agents notify EMAIL off`) get none.
+* `customer_replied`: a customer's reply on a ticket tells the assignee, or
+  the team when unassigned. The notification carries the new text and the
+  ticket tag, and its Reply-To is the support address, so the agent's answer
+  goes back into the ticket and is relayed. Agents who opted out (`helpdesk
+  agents notify EMAIL off`) get none.
+* `timer_notice` and `escalation`: the mail of time-driven rules
+  (`helpdesk.timers`), threaded with the conversation the recipient already
+  has: the notice answers the requester's latest mail, the escalation our
+  forward of the ticket to the team.
+
+All of it is automatic mail (RFC 3834): `Auto-Submitted: auto-generated`
+(caused by a change or by time, not an answer to the recipient's mail), the
+bounce envelope sender of `[outbox]`, and `Precedence: bulk` unless turned off.
 """
 
 from __future__ import annotations
@@ -11,10 +21,11 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from helpdesk import outbox
-from helpdesk.actions import ActionContext
-from helpdesk.store.models import Event, Ticket
-from helpdesk.thread import format_tag, reply_references
+from helpdesk import anchors, outbox
+from helpdesk.actions import AUTO_GENERATED, ActionContext
+from helpdesk.store.models import Event, OutboxItem, Ticket
+from helpdesk.templates import RenderedTemplate
+from helpdesk.thread import format_tag, with_tag
 from helpdesk.values import Address, MessageKind, OutgoingMail, ParsedMessage
 
 
@@ -44,6 +55,9 @@ def customer_replied(
         "#priority, #tag on the first lines.\n"
     )
     attachments = tuple(a for a in msg.attachments if not a.inline)
+    # Like a forward: the customer's thread in References and Thread-Index, no
+    # In-Reply-To (the agent never received the customer's mail).
+    parent = anchors.after_message(session, ticket, msg, ctx.signer.loop_id)
     mail = OutgoingMail(
         kind=MessageKind.SYSTEM,
         ticket_id=ticket_id,
@@ -53,10 +67,11 @@ def customer_replied(
         subject=f"{tag} New reply: {ticket.subject}",
         body=body,
         reply_to=ctx.support,
-        references=reply_references(msg),
-        automated=True,
+        references=parent.references,
         thread_topic=ticket.subject,
         attachments=attachments,
+        parent_thread_index=parent.parent_thread_index,
+        **ctx.automatic(AUTO_GENERATED, to_staff=True),
     )
     outbox.enqueue(session, mail, ctx.signer, now=now, correlation_id=msg.message_id)
     session.add(Event(ticket_id=ticket_id, message_row_id=message_row_id, actor="system",
@@ -73,3 +88,58 @@ def _recipient(ticket: Ticket) -> Address | None:
     if ticket.team is not None and ticket.team.address:
         return Address(ticket.team.address, ticket.team.name)
     return None
+
+
+def timer_notice(
+    session: Session, ticket: Ticket, to: Address, rendered: RenderedTemplate,
+    ctx: ActionContext, now: datetime,
+) -> OutboxItem:
+    """Queue a timer's notice to the requester, in reply to their latest mail."""
+    parent = anchors.after_row(session, ticket, anchors.requester_anchor(session, ticket),
+                               ctx.signer.loop_id)
+    mail = OutgoingMail(
+        kind=MessageKind.SYSTEM,
+        ticket_id=ticket.id,
+        from_=ctx.support,
+        to=(to,),
+        subject=with_tag(rendered.subject, ticket.id, ctx.tag_prefix),
+        body=rendered.body,
+        reply_to=ctx.support,
+        in_reply_to=parent.in_reply_to,
+        references=parent.references,
+        thread_topic=ticket.subject,
+        parent_thread_index=parent.parent_thread_index,
+        **ctx.automatic(AUTO_GENERATED, to_staff=False),
+    )
+    return outbox.enqueue(session, mail, ctx.signer, now=now)
+
+
+def escalation(
+    session: Session, ticket: Ticket, to: Address, rendered: RenderedTemplate,
+    ctx: ActionContext, now: datetime,
+) -> OutboxItem:
+    """Queue an escalation to a team lead, in reply to our forward of the ticket to the team.
+
+    Without such a forward it continues the requester's latest mail, so that
+    the References still name the ticket's first mail.
+    """
+    team_address = ticket.team.address if ticket.team is not None else None
+    anchor = anchors.forward_anchor(session, ticket, team_address or to.address)
+    if anchor is None:
+        anchor = anchors.requester_anchor(session, ticket)
+    parent = anchors.after_row(session, ticket, anchor, ctx.signer.loop_id)
+    mail = OutgoingMail(
+        kind=MessageKind.FORWARD,
+        ticket_id=ticket.id,
+        from_=ctx.support,
+        to=(to,),
+        subject=with_tag(rendered.subject, ticket.id, ctx.tag_prefix),
+        body=rendered.body,
+        reply_to=ctx.support,
+        in_reply_to=parent.in_reply_to,
+        references=parent.references,
+        thread_topic=ticket.subject,
+        parent_thread_index=parent.parent_thread_index,
+        **ctx.automatic(AUTO_GENERATED, to_staff=True),
+    )
+    return outbox.enqueue(session, mail, ctx.signer, now=now)

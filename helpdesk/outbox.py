@@ -74,7 +74,7 @@ def enqueue(
     item = OutboxItem(
         ticket_id=mail.ticket_id,
         message_id=message_id,
-        envelope_from=mail.from_.address,
+        envelope_from=mail.envelope_from,
         envelope_to=recipients,
         raw=raw,
         kind=mail.kind.value,

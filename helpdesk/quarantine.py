@@ -1,20 +1,29 @@
 """Quarantine: mail that could not be ingested is kept, with its error, for a retry.
 
-Nothing is ever dropped. The same bytes quarantined twice (a redelivery of a
-poison message) make one row whose `retries` counts the attempts.
+Nothing is ever dropped by the machine. The same bytes quarantined twice (a
+redelivery of a poison message) make one row whose `retries` counts the
+attempts. Only a person ends a held item: a retry that ingests it
+(``resolved``), a corrected copy ingested in its place (``released``, linked
+to the message it became), or a decision that it is not wanted
+(``discarded``, with who and when; `purge` deletes discarded items after a
+while, never held ones).
 """
 
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from helpdesk.errors import InvalidInput, NotFound
 from helpdesk.store import queries
-from helpdesk.store.models import QuarantineItem, utcnow
+from helpdesk.store.models import Event, QuarantineItem, utcnow
 from helpdesk.values import Origin, ParsedMessage
+
+HELD = "held"
+STATES = ("held", "resolved", "released", "discarded")
 
 
 def quarantine(
@@ -75,9 +84,12 @@ def list_items(session: Session, *, state: str | None = "held", limit: int = 100
 
 
 def retry_origin(item: QuarantineItem) -> Origin:
-    """The origin a retried item is ingested under: its own, so dedupe still works."""
-    if item.state != "held":
-        raise InvalidInput(f"quarantined message {item.id} is already {item.state}")
+    """The origin a retried (or released) item is ingested under: its own, so dedupe still works.
+
+    A released copy takes the held one's place: if the server copy it came
+    from is fetched again, it is recognised as the message already stored.
+    """
+    _must_be_held(item)
     return Origin(
         source=item.origin_source or "retry",
         mailbox=item.origin_mailbox,
@@ -91,3 +103,70 @@ def mark_resolved(item: QuarantineItem, ticket_id: int | None) -> None:
     """Record that a retry ingested the item."""
     item.state = "resolved"
     item.resolved_ticket_id = ticket_id
+
+
+def _must_be_held(item: QuarantineItem) -> None:
+    if item.state != HELD:
+        raise InvalidInput(f"quarantined message {item.id} is already {item.state}")
+
+
+def discard(
+    session: Session, item_id: int, *, by: str, note: str = "", now: datetime | None = None
+) -> QuarantineItem:
+    """Mark a held item as not wanted; it is kept (with who and when) until `purge`."""
+    item = get(session, item_id)
+    _must_be_held(item)
+    item.state = "discarded"
+    item.decided_by = by[:320]
+    item.decided_at = now or utcnow()
+    item.decision_note = note
+    session.flush()
+    return item
+
+
+def mark_released(
+    session: Session,
+    item: QuarantineItem,
+    *,
+    ticket_id: int | None,
+    message_row_id: int | None,
+    by: str,
+    source: str = "",
+    now: datetime | None = None,
+) -> None:
+    """Record that a corrected copy of `item` was ingested in its place, linking the two.
+
+    The ticket gets a `quarantine.released` event naming the held item, so the
+    link reads both ways.
+    """
+    _must_be_held(item)
+    item.state = "released"
+    item.resolved_ticket_id = ticket_id
+    item.released_message_row_id = message_row_id
+    item.decided_by = by[:320]
+    item.decided_at = now or utcnow()
+    item.decision_note = f"released from {source}" if source else "released"
+    if ticket_id is not None:
+        session.add(Event(
+            ticket_id=ticket_id,
+            message_row_id=message_row_id,
+            created_at=item.decided_at,
+            actor=item.decided_by,
+            kind="quarantine.released",
+            detail={"quarantine_id": item.id, "file": source, "error": item.error},
+        ))
+    session.flush()
+
+
+def purge(session: Session, *, older_than: timedelta, now: datetime | None = None) -> int:
+    """Delete items discarded more than `older_than` ago; returns how many.
+
+    Held items are never purged: nothing leaves the quarantine without a person's decision.
+    """
+    cutoff = (now or utcnow()) - older_than
+    result = session.execute(
+        delete(QuarantineItem).where(
+            QuarantineItem.state == "discarded", QuarantineItem.decided_at < cutoff
+        )
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -2,22 +2,41 @@
 
 Used for replies that arrive by e-mail (ingest) and for `helpdesk tickets
 reply`. The relayed mail continues the requester's own thread: In-Reply-To is
-the requester's latest mail on the ticket, References its references plus
-that mail, so Gmail and Outlook show it in the same conversation; the ticket
-tag is in the subject. Agents and our own addresses never receive the relay.
+the requester's latest mail on the ticket, References its References (or
+In-Reply-To) plus that mail (RFC 5322 section 3.6.4), Thread-Index a child
+of its Thread-Index (`helpdesk.anchors`), so Gmail and Outlook show it in
+the same conversation; the ticket tag is in the subject. People copied keep
+their display names. Agents and our own addresses never receive the relay.
+
+A relayed reply is a person's mail, not an automatic one: no Auto-Submitted,
+and the envelope sender is the support address, so that an answer or a
+bounce comes back to the desk.
 """
 
 from __future__ import annotations
 
+import unicodedata
+from collections.abc import Collection
 from datetime import datetime
+from email.parser import BytesHeaderParser
+from email.policy import compat32, default
+from email.utils import getaddresses
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from helpdesk import outbox
+from helpdesk import anchors, outbox
 from helpdesk.actions import ActionContext
 from helpdesk.store import queries
-from helpdesk.store.models import AgentAddress, Event, Message, OutboxItem, Participant, Ticket
+from helpdesk.store.models import (
+    AgentAddress,
+    Contact,
+    Event,
+    Message,
+    OutboxItem,
+    Participant,
+    Ticket,
+)
 from helpdesk.templates import RenderedTemplate, TemplateRenderError, build_context, fallback
 from helpdesk.thread import format_tag, with_tag
 from helpdesk.values import (
@@ -51,20 +70,22 @@ def agent_reply(
                           detail={"reason": "no requester or copied person to relay to"},
                           created_at=now))
         return None
-    anchor = _requester_anchor(session, ticket)
+    parent = anchors.after_row(session, ticket, anchors.requester_anchor(session, ticket),
+                               ctx.signer.loop_id)
     rendered = _render(session, ticket, agent, text, ctx)
     mail = OutgoingMail(
         kind=MessageKind.AGENT_REPLY,
         ticket_id=ticket_id,
-        from_=Address(ctx.support_address, agent.name or ctx.helpdesk_name),
+        from_=Address(ctx.support_address, _clean_name(agent.name) or ctx.helpdesk_name),
         to=tuple(recipients[:1]),
         cc=tuple(recipients[1:]),
         subject=with_tag(rendered.subject, ticket_id, ctx.tag_prefix),
         body=rendered.body,
         reply_to=ctx.support,
-        in_reply_to=anchor.message_id if anchor else None,
-        references=_references(anchor),
+        in_reply_to=parent.in_reply_to,
+        references=parent.references,
         thread_topic=ticket.subject,
+        parent_thread_index=parent.parent_thread_index,
     )
     item = outbox.enqueue(session, mail, ctx.signer, now=now, correlation_id=correlation_id)
     session.add(Event(ticket_id=ticket_id, message_row_id=message_row_id, actor=agent.address,
@@ -91,7 +112,7 @@ def record_response(
 
 
 def _customers(session: Session, ticket: Ticket, ctx: ActionContext) -> list[Address]:
-    """The requester first, then everyone copied; never agents or our own addresses."""
+    """The requester first, then everyone copied, with their names; never agents or us."""
     agents = set(session.scalars(select(AgentAddress.address)))
     people = session.execute(
         select(Participant.address, Participant.role).where(Participant.ticket_id == ticket.id)
@@ -100,36 +121,73 @@ def _customers(session: Session, ticket: Ticket, ctx: ActionContext) -> list[Add
     ordered = ([requester] if requester else []) + sorted(
         address for address, role in people if address != requester and role != "agent"
     )
-    names = {ticket.requester.address: ticket.requester.name} if ticket.requester else {}
-    return [
-        Address(a, names.get(a, ""))
-        for a in dict.fromkeys(ordered)
-        if a not in agents and not ctx.is_own_address(a)
-    ]
+    wanted = [a for a in dict.fromkeys(ordered) if a not in agents and not ctx.is_own_address(a)]
+    names = _names(session, ticket, wanted)
+    return [Address(a, names.get(a, "")) for a in wanted]
 
 
-def _requester_anchor(session: Session, ticket: Ticket) -> Message | None:
-    """The requester's latest mail on the ticket (else the latest incoming one)."""
-    incoming = (
-        select(Message)
-        .where(Message.ticket_id == ticket.id, Message.direction == Direction.INCOMING.value,
-               Message.message_id_synthetic.is_(False))
-        .order_by(Message.id.desc())
-        .limit(1)
-    )
-    if ticket.requester is not None:
-        own = session.scalars(
-            incoming.where(Message.from_address == ticket.requester.address)
-        ).first()
-        if own is not None:
-            return own
-    return session.scalars(incoming).first()
+# A display name longer than this is cut (RFC 5322 has no limit; readers do).
+_MAX_NAME = 200
+# Address headers longer than this are not read for names (hostile mail).
+_MAX_ADDRESS_HEADER = 8192
+# How many of the ticket's mails are read for the names of people copied.
+_NAME_SEARCH = 20
 
 
-def _references(anchor: Message | None) -> tuple[str, ...]:
-    if anchor is None:
-        return ()
-    return (*anchor.references.split(), anchor.message_id)
+def _names(session: Session, ticket: Ticket, addresses: Collection[str]) -> dict[str, str]:
+    """Display names: the contacts' first, then as the ticket's mails wrote them (newest first)."""
+    names = {
+        address: name
+        for address, name in session.execute(
+            select(Contact.address, Contact.name).where(Contact.address.in_(list(addresses)))
+        )
+        if name
+    }
+    missing = set(addresses) - set(names)
+    if missing:
+        rows = session.scalars(
+            select(Message.raw)
+            .where(Message.ticket_id == ticket.id, Message.direction == Direction.INCOMING.value)
+            .order_by(Message.id.desc())
+            .limit(_NAME_SEARCH)
+        )
+        for raw in rows:
+            for address, name in _header_names(raw or b""):
+                if address in missing and name:
+                    names[address] = name
+                    missing.discard(address)
+            if not missing:
+                break
+    return {address: _clean_name(name) for address, name in names.items()}
+
+
+def _header_names(raw: bytes) -> list[tuple[str, str]]:
+    """(address, decoded display name) of From, To and Cc of a raw mail."""
+    headers = BytesHeaderParser(policy=compat32).parsebytes(anchors.header_block(raw))
+    values = [str(v) for name in ("From", "To", "Cc") for v in headers.get_all(name, [])]
+    found = []
+    for value in values:
+        if len(value) > _MAX_ADDRESS_HEADER:
+            continue
+        for name, address in getaddresses([value]):
+            if name and address:
+                found.append((address.strip().lower(), _decoded(name)))
+    return found
+
+
+def _decoded(name: str) -> str:
+    """An RFC 2047-encoded display name decoded; as written when it cannot be."""
+    try:
+        return str(default.header_factory("X-Name", name))
+    except Exception:  # noqa: BLE001 - other people's broken headers must not stop a relay
+        return name
+
+
+def _clean_name(name: str) -> str:
+    """One line of text: no controls (compose refuses them), no runs of white space."""
+    spaced = "".join(" " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch
+                     for ch in name[: _MAX_NAME * 2])
+    return " ".join(spaced.split())[:_MAX_NAME].strip("\"' ")
 
 
 def _render(

@@ -62,20 +62,24 @@ def _tls_context(settings: SmtpSettings) -> ssl.SSLContext:
 async def deliver(envelope: Envelope, settings: SmtpSettings) -> DeliveryResult:
     """One attempt to hand `envelope` to the configured SMTP server; never raises."""
     password = settings.password.get_secret_value() if settings.password else None
+    client = aiosmtplib.SMTP(
+        hostname=settings.host,
+        port=settings.port,
+        use_tls=settings.tls == Tls.SSL,
+        start_tls=settings.tls == Tls.STARTTLS,
+        tls_context=_tls_context(settings) if settings.tls != Tls.NONE else None,
+        username=settings.username,
+        password=password,
+        timeout=settings.timeout,
+    )
     try:
-        errors, response = await aiosmtplib.send(
-            envelope.raw,
-            sender=envelope.sender,
-            recipients=list(envelope.recipients),
-            hostname=settings.host,
-            port=settings.port,
-            use_tls=settings.tls == Tls.SSL,
-            start_tls=settings.tls == Tls.STARTTLS,
-            tls_context=_tls_context(settings) if settings.tls != Tls.NONE else None,
-            username=settings.username,
-            password=password,
-            timeout=settings.timeout,
-        )
+        async with client:
+            # SMTP.sendmail, not aiosmtplib.send: send() refuses an empty sender,
+            # and "" is how the null sender MAIL FROM:<> of automatic mail is
+            # given (RFC 5321 section 4.5.5, RFC 3834 section 3.3).
+            errors, response = await client.sendmail(
+                envelope.sender, list(envelope.recipients), envelope.raw
+            )
     except aiosmtplib.SMTPRecipientsRefused as exc:
         codes = [r.code for r in exc.recipients]
         detail = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)

@@ -35,22 +35,25 @@ documents it for admins). Strings are "" when unknown, never None:
 
 from __future__ import annotations
 
+import functools
 import re
 import traceback
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from jinja2 import StrictUndefined, Template, TemplateSyntaxError
-from jinja2.exceptions import SecurityError
-from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from typing import TYPE_CHECKING, Any
 
 from helpdesk.errors import HelpdeskError
-from helpdesk.values import Address, ParsedMessage, TicketView
+from helpdesk.values import Address, ParsedMessage, Priority, TicketStatus, TicketView
+
+if TYPE_CHECKING:
+    # Jinja2 is imported when templates are first loaded, not with this module:
+    # commands that never render mail (`tickets list`) should not pay for it.
+    from jinja2 import Template
+    from jinja2.runtime import Context
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 __all__ = [
     "RenderedTemplate",
@@ -59,8 +62,10 @@ __all__ = [
     "TemplateRenderError",
     "TemplateSet",
     "build_context",
+    "check_templates",
     "fallback",
     "load_templates",
+    "sample_context",
 ]
 
 _SUBJECT_LINE = 1
@@ -119,25 +124,31 @@ class TemplateRenderError(HelpdeskError):
 # The environment
 
 
-class _Sandbox(ImmutableSandboxedEnvironment):
+@functools.cache
+def _sandbox_class() -> type[ImmutableSandboxedEnvironment]:
     """The sandbox, with `*` and `**` bounded (Jinja2's documented operator hook)."""
+    from jinja2.exceptions import SecurityError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    intercepted_binops = frozenset({"*", "**"})
+    class _Sandbox(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**"})
 
-    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "*":
-            _check_repeat(left, right)
-            _check_repeat(right, left)
-        elif _int_power_bits(left, right) > _MAX_POWER_BITS:
-            raise SecurityError(f"{left} ** {right} is too large for a template")
-        return super().call_binop(context, operator, left, right)
+        def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+            if operator == "*":
+                _check_repeat(left, right, SecurityError)
+                _check_repeat(right, left, SecurityError)
+            elif _int_power_bits(left, right) > _MAX_POWER_BITS:
+                raise SecurityError(f"{left} ** {right} is too large for a template")
+            return super().call_binop(context, operator, left, right)
+
+    return _Sandbox
 
 
-def _check_repeat(sequence: object, count: object) -> None:
+def _check_repeat(sequence: object, count: object, error: type[Exception]) -> None:
     if not isinstance(sequence, str | list | tuple) or not isinstance(count, int):
         return
     if len(sequence) * count > _MAX_SEQUENCE:
-        raise SecurityError(f"repeating a sequence {count} times is too large for a template")
+        raise error(f"repeating a sequence {count} times is too large for a template")
 
 
 def _int_power_bits(base: object, exponent: object) -> int:
@@ -147,8 +158,10 @@ def _int_power_bits(base: object, exponent: object) -> int:
     return 0
 
 
-def _environment() -> _Sandbox:
-    return _Sandbox(
+def _environment() -> ImmutableSandboxedEnvironment:
+    from jinja2 import StrictUndefined
+
+    return _sandbox_class()(
         autoescape=False,  # text mail: HTML escaping would show "&amp;" to the reader
         undefined=StrictUndefined,  # a typo is an error (then the fallback), not a blank
         keep_trailing_newline=True,
@@ -208,7 +221,9 @@ def load_templates(directory: Path) -> TemplateSet:
     return TemplateSet(compiled)
 
 
-def _compile_file(environment: _Sandbox, path: Path) -> _Compiled | list[TemplateProblem]:
+def _compile_file(
+    environment: ImmutableSandboxedEnvironment, path: Path
+) -> _Compiled | list[TemplateProblem]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -223,9 +238,9 @@ def _compile_file(environment: _Sandbox, path: Path) -> _Compiled | list[Templat
         return [split]
     subject = _compile_part(environment, path, split[0], _SUBJECT_LINE)
     body = _compile_part(environment, path, split[1], _BODY_LINE)
-    if isinstance(subject, Template) and isinstance(body, Template):
-        return _Compiled(path, subject, body)
-    return [part for part in (subject, body) if isinstance(part, TemplateProblem)]
+    if isinstance(subject, TemplateProblem) or isinstance(body, TemplateProblem):
+        return [part for part in (subject, body) if isinstance(part, TemplateProblem)]
+    return _Compiled(path, subject, body)
 
 
 def _split(path: Path, text: str) -> tuple[str, str] | TemplateProblem:
@@ -247,8 +262,10 @@ def _split(path: Path, text: str) -> tuple[str, str] | TemplateProblem:
 
 
 def _compile_part(
-    environment: _Sandbox, path: Path, source: str, first_line: int
+    environment: ImmutableSandboxedEnvironment, path: Path, source: str, first_line: int
 ) -> Template | TemplateProblem:
+    from jinja2 import TemplateSyntaxError
+
     try:
         return environment.from_string(source)
     except TemplateSyntaxError as exc:
@@ -282,6 +299,71 @@ def _one_line(text: str) -> str:
     """Controls and line separators become spaces, runs of white space one space."""
     spaced = "".join(" " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in text)
     return " ".join(spaced.split())
+
+
+# --------------------------------------------------------------------------
+# Checking (`helpdesk config check`)
+
+
+def check_templates(
+    directory: Path, context: Mapping[str, object] | None = None
+) -> list[TemplateProblem]:
+    """Every problem of every template in `directory`, found by compiling and rendering it.
+
+    Compiling finds syntax errors; rendering each template with `context` (by
+    default `sample_context()`, which has every documented name) finds what
+    only shows when a mail is written: a misspelt name (`ticket.subjetc`), a
+    filter that does not exist, a sandbox violation. The environment's
+    undefined is `StrictUndefined` here whatever the one used for sending is,
+    so a name that is not in the context is always a problem, with its line.
+    """
+    from jinja2 import StrictUndefined
+
+    if not directory.is_dir():
+        return [TemplateProblem(directory, None, "not a directory")]
+    environment = _environment()
+    environment.undefined = StrictUndefined
+    variables = dict(context if context is not None else sample_context())
+    problems: list[TemplateProblem] = []
+    for path in sorted(p for p in directory.glob("*.txt") if p.is_file()):
+        compiled = _compile_file(environment, path)
+        if not isinstance(compiled, _Compiled):
+            problems.extend(compiled)
+            continue
+        for template, first_line in ((compiled.subject, _SUBJECT_LINE),
+                                     (compiled.body, _BODY_LINE)):
+            try:
+                _render_part(path.stem, template, variables, first_line)
+            except TemplateRenderError as exc:
+                line = _template_line(exc.__cause__) if exc.__cause__ else None
+                where = first_line + line - 1 if line is not None else None
+                cause = exc.__cause__
+                what = f"{type(cause).__name__}: {cause}" if cause else exc.message
+                problems.append(TemplateProblem(path, where, what))
+    return problems
+
+
+def sample_context() -> dict[str, object]:
+    """A context with every documented name filled in, for checking templates."""
+    ticket = TicketView(
+        id=1042, status=TicketStatus.OPEN, subject="VPN drops every hour",
+        requester="dana.reyes@example.org", team="networking",
+        assignee="alice@example.org", priority=Priority.HIGH, tags=frozenset({"vpn"}),
+    )
+    when = datetime(2024, 5, 1, 9, 30, tzinfo=UTC)
+    message = ParsedMessage(
+        message_id="sample@example.org", message_id_synthetic=False,
+        subject="VPN drops every hour", from_=Address("dana.reyes@example.org", "Dana Reyes"),
+        date=when, text="Hello,\nthe VPN drops every hour.\n\n> quoted\n",
+        new_text="Hello,\nthe VPN drops every hour.\n",
+    )
+    return build_context(
+        helpdesk_name="IT Help Desk", support_address="support@example.org", ticket=ticket,
+        created_at=when, message=message,
+        requester=Address("dana.reyes@example.org", "Dana Reyes"),
+        team=Address("netops@example.org", "networking"),
+        agent=Address("alice@example.org", "Alice Moreau"),
+    )
 
 
 # --------------------------------------------------------------------------
@@ -433,7 +515,8 @@ def _acknowledge(facts: _Facts) -> RenderedTemplate:
         f"{_keep_reference(facts)}\n\n"
         f"Kind regards,\n{facts.signature()}\n"
     )
-    return RenderedTemplate(facts.subject("{ref} We have received your request: {subject}"), body)
+    # The requester's own subject, so that Gmail threads the answer with the request.
+    return RenderedTemplate(facts.subject("Re: {ref} {subject}"), body)
 
 
 def _password_reset(facts: _Facts) -> RenderedTemplate:
@@ -479,6 +562,20 @@ def _resolved(facts: _Facts) -> RenderedTemplate:
     return RenderedTemplate(facts.subject("{ref} Resolved: {subject}"), body)
 
 
+def _escalated(facts: _Facts) -> RenderedTemplate:
+    requester = facts.get("requester", "address", "(unknown)")
+    body = (
+        f"Ticket {facts.reference()} has had no answer within its target time and was "
+        f"escalated. Its priority is now {facts.get('ticket', 'priority')}.\n\n"
+        f"Requester: {requester}\n"
+        f"Subject:   {facts.get('ticket', 'subject')}\n"
+        f"Opened:    {facts.get('ticket', 'created_at')}\n\n"
+        "Reply to this mail to answer the requester; keep "
+        f"{facts.reference()} in the subject.\n\n-- \n{facts.signature()}\n"
+    )
+    return RenderedTemplate(facts.subject("{ref} Escalated: {subject}"), body)
+
+
 def _generic(facts: _Facts) -> RenderedTemplate:
     body = (
         f"{facts.greeting()}\n\n"
@@ -495,4 +592,5 @@ _FALLBACKS: dict[str, Callable[[_Facts], RenderedTemplate]] = {
     "team-forward": _team_forward,
     "agent-reply": _agent_reply,
     "resolved": _resolved,
+    "escalated": _escalated,
 }

@@ -16,14 +16,14 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from helpdesk import outbox
+from helpdesk import notify
 from helpdesk.actions import ActionContext
 from helpdesk.rules.timers import ESCALATED_TAG, Firing, Timer, TimerTicket, due, raise_priority
 from helpdesk.store import queries
 from helpdesk.store.models import Event, Suppression, Ticket, TicketTag
 from helpdesk.templates import RenderedTemplate, TemplateRenderError, build_context, fallback
-from helpdesk.thread import format_tag, with_tag
-from helpdesk.values import Address, MessageKind, OutgoingMail, TicketStatus
+from helpdesk.thread import format_tag
+from helpdesk.values import Address, TicketStatus
 
 log = structlog.get_logger()
 
@@ -105,21 +105,9 @@ def _escalate(session: Session, ticket: Ticket, ctx: ActionContext, now: datetim
     if to is None:
         event("escalation.skipped", {"reason": "the ticket has no team with a lead or address"})
         return
-    rendered = _render(session, ticket, "team-forward", ctx,
+    rendered = _render(session, ticket, "escalated", ctx,
                        Address(to, ticket.team.name if ticket.team else ""), event)
-    mail = OutgoingMail(
-        kind=MessageKind.FORWARD,
-        ticket_id=ticket.id,
-        from_=ctx.support,
-        to=(Address(to),),
-        subject=f"{format_tag(ticket.id, ctx.tag_prefix)} Escalated: {ticket.subject}",
-        body="This ticket has had no answer within its target time and was escalated.\n\n"
-             + rendered.body,
-        reply_to=ctx.support,
-        automated=True,
-        thread_topic=ticket.subject,
-    )
-    outbox.enqueue(session, mail, ctx.signer, now=now)
+    notify.escalation(session, ticket, Address(to), rendered, ctx, now)
 
 
 def _notify(session: Session, ticket: Ticket, template: str, ctx: ActionContext, now: datetime,
@@ -132,19 +120,8 @@ def _notify(session: Session, ticket: Ticket, template: str, ctx: ActionContext,
         event("notice.suppressed", {"to": requester.address, "reason": "address bounced"})
         return
     rendered = _render(session, ticket, template, ctx, None, event)
-    subject = with_tag(rendered.subject, ticket.id, ctx.tag_prefix)
-    mail = OutgoingMail(
-        kind=MessageKind.SYSTEM,
-        ticket_id=ticket.id,
-        from_=ctx.support,
-        to=(Address(requester.address, requester.name),),
-        subject=subject,
-        body=rendered.body,
-        reply_to=ctx.support,
-        automated=True,
-        thread_topic=ticket.subject,
-    )
-    item = outbox.enqueue(session, mail, ctx.signer, now=now)
+    item = notify.timer_notice(session, ticket, Address(requester.address, requester.name),
+                               rendered, ctx, now)
     event("notice.queued", {"template": template, "to": requester.address,
                             "message_id": item.message_id})
 

@@ -83,6 +83,13 @@ class ParsedMessage:
     brackets. When the mail has no Message-ID, `message_id` is derived from
     `content_hash` and `message_id_synthetic` is true, so that a redelivery of
     the same mail is still recognised.
+
+    `from_` is the sender: the first usable address of From, else of Sender,
+    Reply-To, Return-Path, else the envelope sender; `sender_source` says
+    which ("from", "sender", "reply-to", "return-path", "envelope", or ""
+    when there is none). `from_header` is the From field as decoded, for
+    display, whatever it holds. Subjects and display names are at most 998
+    characters, `references` the first and the last 99 ids (RFC 5322 3.6.4).
     """
 
     message_id: str
@@ -104,6 +111,8 @@ class ParsedMessage:
     defects: tuple[str, ...] = ()
     content_hash: str = ""
     size: int = 0
+    sender_source: str = ""
+    from_header: str = ""
 
     def header(self, name: str) -> str | None:
         """The first decoded value of header `name` (case-insensitive), or None."""
@@ -145,6 +154,22 @@ class Origin:
         if self.path:
             return f"{self.source}:{self.path}"
         return self.source
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One raw mail a source hands to ingest, and where it came from.
+
+    `problem` is set when the source already knows the mail cannot be taken
+    (too large, unreadable on the server): it is quarantined with that error
+    and whatever bytes `raw` holds (its headers, or nothing).
+    """
+
+    raw: bytes
+    origin: Origin
+    problem: str | None = None
+    # The SMTP MAIL FROM, where the source knows it (LMTP, the MTA pipe).
+    envelope_sender: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,3 +402,20 @@ class OutgoingMail:
     thread_topic: str | None = None  # the ticket's subject, for Outlook's Thread-Topic
     attachments: tuple[AttachmentPart, ...] = ()
     extra_headers: tuple[tuple[str, str], ...] = ()
+    # The SMTP envelope sender (MAIL FROM, RFC 5321 section 4.1.1.2): None is
+    # `from_.address`; "" is the null sender `<>`, which automatic mail uses so
+    # that bounces and autoresponders do not answer it (RFC 3834 section 3.3).
+    envelope_sender: str | None = None
+    # The Auto-Submitted keyword of automated mail (RFC 3834 section 5):
+    # "auto-replied" answers a message, "auto-generated" is caused by time or state.
+    auto_submitted: str = "auto-replied"
+    # A Precedence header (e.g. "bulk"), which vacation programs still look for.
+    precedence: str | None = None
+    # The conversation index (Thread-Index, MS-OXOMSG) of the mail this one
+    # answers; compose appends this mail's child block. None: a new root.
+    parent_thread_index: bytes | None = None
+
+    @property
+    def envelope_from(self) -> str:
+        """The MAIL FROM address; "" for the null sender `<>`."""
+        return self.from_.address if self.envelope_sender is None else self.envelope_sender

@@ -4,38 +4,67 @@ The root group loads settings lazily (so `--help` needs no config), keeps one
 `AppContext` per invocation, and maps our errors to exit codes in one place:
 0 success, 1 not found or invalid input, 2 usage, 75 (EX_TEMPFAIL) when the
 store is unavailable so an MTA retries.
+
+Start-up is paid on every mail an MTA pipes to `helpdesk ingest`, so this
+module imports only Click and the standard library: each subcommand's module
+is imported when that subcommand runs (`COMMANDS` below), and the store,
+settings, rules and templates when a command first asks for them. `--help`
+lists the commands from the table without importing any of them.
 """
 
 from __future__ import annotations
 
-import logging
+import importlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
-from helpdesk import __version__, context, directory
-from helpdesk.errors import (
-    ConfigError,
-    HelpdeskError,
-    InvalidInput,
-    NotFound,
-    SchemaOutdated,
-    StoreUnavailable,
-)
-from helpdesk.ingest import IngestContext
-from helpdesk.logs import configure_logging
-from helpdesk.rules import RuleError
-from helpdesk.settings import Settings, load_settings
-from helpdesk.store.db import check_schema, make_engine, make_session_factory
-from helpdesk.templates import TemplateError
+from helpdesk import __version__
+from helpdesk.errors import ConfigError, ConfigProblem, HelpdeskError, StoreUnavailable
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from helpdesk import context
+    from helpdesk.ingest import IngestContext
+    from helpdesk.settings import Settings
 
 EX_TEMPFAIL = 75
+
+# Every subcommand: its name, where it lives ("module:attribute") and its short
+# help for `helpdesk --help`, which must not import the module. One line per
+# command, so adding one is a one-line change; tests/app/test_cli_startup.py
+# checks that each short help matches the command's own docstring.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "agents": ("helpdesk.cli.agents:agents",
+               "IT staff: who answers tickets, from which addresses, in which teams."),
+    "config": ("helpdesk.cli.config:config",
+               "The effective configuration, and a check of config, rules and templates."),
+    "db": ("helpdesk.cli.db:db", "Manage the database schema."),
+    "demo": ("helpdesk.cli.demo:demo",
+             "Ingest the shipped sample mails into a fresh SQLite store and show the tickets."),
+    "ingest": ("helpdesk.cli.ingest:ingest",
+               "Turn mail into tickets: FILE ..., `-` or nothing for one message on stdin."),
+    "mailbox": ("helpdesk.cli.mailbox:mailbox", "The IMAP mailboxes helpdesk watches."),
+    "outbox": ("helpdesk.cli.outbox:outbox", "Outgoing mail: queued, sent and failed."),
+    "quarantine": ("helpdesk.cli.quarantine:quarantine",
+                   "Mail that could not become a ticket, kept with its error."),
+    "rules": ("helpdesk.cli.rules:rules",
+              "Routing and auto-reply rules (rules/*.toml) and their templates."),
+    "run": ("helpdesk.cli.run:run",
+            "Watch the configured mailboxes, ingest every message, send the outbox."),
+    "stats": ("helpdesk.cli.stats:stats",
+              "Open tickets by team and status, response and resolution times, and what causes "
+              "work."),
+    "teams": ("helpdesk.cli.teams:teams", "Teams of agents that tickets are routed to."),
+    "tickets": ("helpdesk.cli.tickets:tickets", "Inspect and change tickets."),
+}
 
 
 @dataclass
@@ -52,6 +81,8 @@ class AppContext:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
+            from helpdesk.settings import load_settings
+
             self._settings = load_settings(self.config_path, os.environ)
         return self._settings
 
@@ -65,19 +96,32 @@ class AppContext:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = make_engine(self.settings.database.url)
+            from helpdesk.store.db import make_engine
+
+            database = self.settings.database
+            self._engine = make_engine(database.url, password=database.password_value)
         return self._engine
 
     def sessions(self, *, check: bool = True) -> sessionmaker[Session]:
         """The session factory; verifies the schema and syncs the directory first."""
         if self._factory is None:
+            from helpdesk import directory
+            from helpdesk.store.db import StoreAccessDenied, check_schema, make_session_factory
+
             if check:
-                check_schema(self.engine)
+                try:
+                    check_schema(self.engine)
+                except StoreAccessDenied as exc:
+                    raise self.access_denied(exc) from exc
             self._factory = make_session_factory(self.engine)
             if check:
                 with self._factory.begin() as session:
                     directory.sync(session, self.settings.teams, self.settings.agents)
         return self._factory
+
+    def access_denied(self, exc: HelpdeskError) -> ConfigError:
+        """A refused database login as what it is: a problem in the configuration."""
+        return ConfigError(self.settings.source, [ConfigProblem("database", str(exc))])
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -88,12 +132,16 @@ class AppContext:
     def configured(self) -> context.Configured:
         """Rules and templates; a broken file is an error naming it."""
         if self._configured is None:
+            from helpdesk import context
+
             with self.transaction() as session:
                 self._configured = context.load_configured(session, self.settings)
         return self._configured
 
     def ingest_context(self, *, with_rules: bool = True) -> IngestContext:
         """What ingest needs; rules and their mail only when `with_rules`."""
+        from helpdesk import context
+
         configured = self.configured() if with_rules else None
         with self.transaction() as session:
             return context.ingest_context(session, self.settings, configured)
@@ -116,22 +164,75 @@ class TempFailure(click.ClickException):
     exit_code = EX_TEMPFAIL
 
 
-class HelpdeskGroup(click.Group):
-    """The root group; maps helpdesk's errors to exit codes in this one place."""
+def failure_for(exc: HelpdeskError, app: AppContext | None = None) -> click.ClickException:
+    """The exit (and its message) for one of our errors; the one place that decides."""
+    # Imported here: loading them is only worth it when there is an error to name.
+    from helpdesk.rules import RuleError
+    from helpdesk.store.db import StoreAccessDenied
+    from helpdesk.templates import TemplateError
 
-    def invoke(self, ctx: click.Context) -> object:
+    if isinstance(exc, StoreAccessDenied):
+        # A wrong or missing password does not pass by waiting: exit 1 with the
+        # reason, not 75 ("try again later").
+        exc = app.access_denied(exc) if app is not None else ConfigError(None, [
+            ConfigProblem("database", str(exc))])
+    if isinstance(exc, StoreUnavailable):
+        return TempFailure(f"store unavailable, try again later: {exc}")
+    if isinstance(exc, ConfigError):
+        return Failure(f"invalid configuration\n{exc}")
+    if isinstance(exc, RuleError):
+        return Failure(f"invalid rules\n{exc}")
+    if isinstance(exc, TemplateError):
+        return Failure(f"invalid templates\n{exc}")
+    return Failure(str(exc))
+
+
+def short_help(text: str, limit: int) -> str:
+    """`text` cut at a word to fit `limit` characters, as Click shortens a command's help."""
+    if len(text) <= limit:
+        return text
+    cut = text[: max(limit - 3, 1)].rsplit(" ", 1)[0]
+    return cut.rstrip(" ,;:") + "..."
+
+
+class HelpdeskGroup(click.Group):
+    """The root group: commands from `COMMANDS`, imported when invoked; errors mapped here."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        module_name, _, attribute = entry[0].partition(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{entry[0]} is not a click command")
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Click's own version asks every command for its help, importing them all.
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = [(name, self._short_help(name, limit)) for name in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def _short_help(self, name: str, limit: int) -> str:
+        if name in self.commands:
+            return self.commands[name].get_short_help_str(limit)
+        return short_help(COMMANDS[name][1], limit)
+
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except StoreUnavailable as exc:
-            raise TempFailure(f"store unavailable, try again later: {exc}") from exc
-        except ConfigError as exc:
-            raise Failure(f"invalid configuration\n{exc}") from exc
-        except RuleError as exc:
-            raise Failure(f"invalid rules\n{exc}") from exc
-        except TemplateError as exc:
-            raise Failure(f"invalid templates\n{exc}") from exc
-        except (NotFound, InvalidInput, SchemaOutdated, HelpdeskError) as exc:
-            raise Failure(str(exc)) from exc
+        except HelpdeskError as exc:
+            raise failure_for(exc, ctx.find_object(AppContext)) from exc
 
 
 @click.group(cls=HelpdeskGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -147,45 +248,15 @@ class HelpdeskGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None, verbose: int) -> None:
     """An e-mail help desk: every message to support@ becomes a threaded ticket."""
+    import logging
+
+    from helpdesk.logs import configure_logging
+
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     configure_logging("auto", level)
     app = AppContext(config_path=config_path)
     ctx.obj = app
     ctx.call_on_close(app.close)
-
-
-def _register() -> None:
-    # Imported here so each command module can import `cli` and `pass_app`.
-    from helpdesk.cli import (
-        agents,
-        db,
-        demo,
-        ingest,
-        mailbox,
-        outbox,
-        quarantine,
-        rules,
-        run,
-        stats,
-        teams,
-        tickets,
-    )
-
-    cli.add_command(db.db)
-    cli.add_command(demo.demo)
-    cli.add_command(ingest.ingest)
-    cli.add_command(mailbox.mailbox)
-    cli.add_command(run.run)
-    cli.add_command(outbox.outbox)
-    cli.add_command(quarantine.quarantine)
-    cli.add_command(rules.rules)
-    cli.add_command(tickets.tickets)
-    cli.add_command(agents.agents)
-    cli.add_command(teams.teams)
-    cli.add_command(stats.stats)
-
-
-_register()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,6 +34,11 @@ dir = "{rules}"
 [templates]
 dir = "{templates}"
 
+[security]
+# Agent powers by mail (#commands, notes, relay) need our MX's
+# Authentication-Results with DKIM, SPF or DMARC pass (config.example.toml).
+trusted_authserv_id = "mx.example.com"
+
 [[team]]
 name = "support"
 address = "it-support@example.com"

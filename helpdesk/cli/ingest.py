@@ -1,36 +1,87 @@
-"""`helpdesk ingest`: files, stdin (an MTA pipe), a Maildir or an mbox into tickets."""
+"""`helpdesk ingest`: files, stdin (an MTA pipe), a Maildir or an mbox into tickets.
+
+The mail goes through the same two stages as in the daemon (`helpdesk.intake`):
+parsing in forked worker processes under `[intake] message_time_limit`, then
+group commits of up to `[intake] batch_max` mails, a savepoint each.
+
+Exit codes, for an MTA pipe (Postfix `pipe`, an alias `|helpdesk ingest`):
+0 the mail is stored (or quarantined: kept, a person will look at it);
+75 (EX_TEMPFAIL) for anything that is our fault — the database down, locked,
+full, not upgraded, a broken configuration, a bug — so the MTA keeps the mail
+and retries; 1 only for a mail that is itself unacceptable (over
+`max_message_bytes`), which the MTA then bounces to its sender.
+"""
 
 from __future__ import annotations
 
 import functools
-import itertools
 import mailbox
+import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
+from sqlalchemy.exc import DBAPIError
 
-from helpdesk.cli import AppContext, TempFailure, pass_app
+from helpdesk.cli import AppContext, Failure, TempFailure, pass_app
 from helpdesk.cli.output import emit_json
-from helpdesk.errors import ConfigError, SchemaOutdated
-from helpdesk.ingest import ingest as ingest_message
-from helpdesk.values import Origin, OutcomeKind
+from helpdesk.errors import ConfigError, SchemaOutdated, StoreUnavailable
+from helpdesk.intake import PreparePool, store_in_batches
+from helpdesk.values import Incoming, Origin, OutcomeKind
 
 # Show a progress bar when there is more than a screenful of mail to go through.
 PROGRESS_THRESHOLD = 20
 
-RawSource = Callable[[], bytes]
+RawSource = Callable[[int], bytes]
+"""Reads one mail, given the size limit; raises _TooLarge beyond it."""
+
+
+class _TooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+@dataclass
+class _Tally:
+    counts: Counter[OutcomeKind] = field(default_factory=Counter)
+    refused: list[str] = field(default_factory=list)
+
+
+def _read_stdin(limit: int) -> bytes:
+    raw = sys.stdin.buffer.read(limit + 1)
+    if len(raw) > limit:
+        rest = len(raw)
+        while chunk := sys.stdin.buffer.read(1 << 20):  # drain, to report the real size
+            rest += len(chunk)
+        raise _TooLarge(rest)
+    return raw
+
+
+def _read_file(path: Path, limit: int) -> bytes:
+    size = path.stat().st_size
+    if size > limit:
+        raise _TooLarge(size)
+    return path.read_bytes()
+
+
+def _read_mbox(box: mailbox.mbox, key: str, limit: int) -> bytes:
+    raw = box.get_bytes(key)
+    if len(raw) > limit:
+        raise _TooLarge(len(raw))
+    return raw
 
 
 def _from_files(paths: tuple[str, ...]) -> Iterator[tuple[RawSource, Origin]]:
     for name in paths:
         if name == "-":
-            yield (lambda: sys.stdin.buffer.read()), Origin(source="stdin")
+            yield _read_stdin, Origin(source="stdin")
         else:
             path = Path(name)
-            yield path.read_bytes, Origin(source="file", path=str(path))
+            yield functools.partial(_read_file, path), Origin(source="file", path=str(path))
 
 
 def _from_maildir(root: Path) -> Iterator[tuple[RawSource, Origin]]:
@@ -42,7 +93,7 @@ def _from_maildir(root: Path) -> Iterator[tuple[RawSource, Origin]]:
             continue
         for path in sorted(folder.iterdir()):
             if path.is_file() and not path.name.startswith("."):
-                yield path.read_bytes, Origin(source="maildir", path=str(path))
+                yield functools.partial(_read_file, path), Origin(source="maildir", path=str(path))
 
 
 def _from_mbox(path: Path) -> tuple[int, Iterator[tuple[RawSource, Origin]]]:
@@ -51,7 +102,8 @@ def _from_mbox(path: Path) -> tuple[int, Iterator[tuple[RawSource, Origin]]]:
     def each() -> Iterator[tuple[RawSource, Origin]]:
         try:
             for key in box.iterkeys():
-                yield functools.partial(box.get_bytes, key), Origin("mbox", path=f"{path}#{key}")
+                yield (functools.partial(_read_mbox, box, key),
+                       Origin("mbox", path=f"{path}#{key}"))
         finally:
             box.close()
 
@@ -71,14 +123,24 @@ def _from_mbox(path: Path) -> tuple[int, Iterator[tuple[RawSource, Origin]]]:
     help="Import every message of an mbox file.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as one JSON object.")
+@click.option(
+    "--sender",
+    "envelope_sender",
+    envvar="SENDER",
+    help="Envelope sender (MAIL FROM) of the mail on stdin, a last resort when its headers "
+    "name none; Postfix's local(8) sets $SENDER for a pipe.",
+)
 @pass_app
 def ingest(
-    app: AppContext, files: tuple[str, ...], maildir: Path | None, mbox: Path | None, as_json: bool
+    app: AppContext, files: tuple[str, ...], maildir: Path | None, mbox: Path | None,
+    as_json: bool, envelope_sender: str | None,
 ) -> None:
     """Turn mail into tickets: FILE ..., `-` or nothing for one message on stdin.
 
-    Exits 75 (EX_TEMPFAIL) when the store is unavailable, so an MTA retries.
-    Unparseable mail is quarantined, not rejected: see `helpdesk quarantine list`.
+    Exits 75 (EX_TEMPFAIL) when the store is unavailable or the configuration
+    is broken, so an MTA retries; 1 for a message over [intake]
+    max_message_bytes. Unparseable mail is quarantined, not rejected: see
+    `helpdesk quarantine list`.
     """
     total = 0
     sources: list[Iterator[tuple[RawSource, Origin]]] = []
@@ -93,6 +155,7 @@ def ingest(
         count, each = _from_mbox(mbox)
         total += count
         sources.append(each)
+    piped = "-" in files or not sources
     if not sources:
         if sys.stdin.isatty():
             raise click.UsageError("no input: give FILE ..., `-`, --maildir or --mbox")
@@ -100,18 +163,34 @@ def ingest(
         sources.append(_from_files(("-",)))
 
     try:
-        counts = _run(app, itertools.chain.from_iterable(sources), total)
+        tally = _run(app, sources, total, envelope_sender if piped else None)
+    except StoreUnavailable:
+        raise  # exit 75, in the root group
     except (ConfigError, SchemaOutdated) as exc:
-        if "-" in files or (not files and not maildir and not mbox):
+        if piped:
             # An MTA bounces mail on any exit but 75: a broken config or an
             # un-upgraded database is ours to fix, not the sender's problem.
             raise TempFailure(str(exc)) from exc
         raise
+    except DBAPIError as exc:
+        raise TempFailure(f"store unavailable, try again later: {exc.orig}") from exc
+    except (click.ClickException, click.exceptions.Exit):
+        raise
+    except Exception as exc:
+        if piped:  # our bug must not bounce the mail: let the MTA keep it
+            raise TempFailure(f"internal error, try again later: {exc!r}") from exc
+        raise
+    _report(tally, as_json)
+
+
+def _report(tally: _Tally, as_json: bool) -> None:
+    counts = tally.counts
     summary = {
         "new_tickets": counts[OutcomeKind.NEW_TICKET],
         "replies": counts[OutcomeKind.REPLY],
         "duplicates": counts[OutcomeKind.DUPLICATE],
         "quarantined": counts[OutcomeKind.QUARANTINED],
+        "refused": len(tally.refused),
     }
     if as_json:
         emit_json(summary)
@@ -119,29 +198,50 @@ def ingest(
         click.echo(
             f"{summary['new_tickets']} new tickets, {summary['replies']} replies, "
             f"{summary['duplicates']} duplicates, {summary['quarantined']} quarantined"
+            + (f", {len(tally.refused)} refused" if tally.refused else "")
         )
+    if tally.refused:
+        raise Failure("\n".join(tally.refused))
 
 
 def _run(
-    app: AppContext, items: Iterator[tuple[RawSource, Origin]], total: int
-) -> Counter[OutcomeKind]:
+    app: AppContext, sources: list[Iterator[tuple[RawSource, Origin]]], total: int,
+    envelope_sender: str | None,
+) -> _Tally:
+    settings = app.settings.intake
     factory = app.sessions()
     ctx = app.ingest_context()
-    counts: Counter[OutcomeKind] = Counter()
+    tally = _Tally()
+    workers = max(1, min(settings.workers or os.cpu_count() or 1, total))
+    # fork: this command has no threads of its own yet (start_all comes first),
+    # and forking costs a few milliseconds where a fresh interpreter costs 100+.
     with click.progressbar(
-        items,
         length=total,
         label="Ingesting",
         file=sys.stderr,
         hidden=total < PROGRESS_THRESHOLD or not sys.stderr.isatty(),
-    ) as bar:
-        for read, origin in bar:
+    ) as bar, PreparePool(workers, time_limit=settings.message_time_limit,
+                          start_method="fork").start_all() as pool:
+        incoming = _incoming(sources, settings.max_message_bytes, tally, envelope_sender)
+        for batch, outcomes in store_in_batches(factory, ctx, incoming, pool,
+                                                 batch_max=settings.batch_max):
+            tally.counts.update(outcome.kind for outcome in outcomes)
+            bar.update(len(batch))
+    return tally
+
+
+def _incoming(sources: list[Iterator[tuple[RawSource, Origin]]], limit: int,
+              tally: _Tally, envelope_sender: str | None) -> Iterator[Incoming]:
+    for source in sources:
+        for read, origin in source:
             try:
-                raw = read()
+                raw = read(limit)
+            except _TooLarge as exc:
+                where = origin.path or origin.source
+                tally.refused.append(f"{where}: too large ({exc.size} bytes; the limit is "
+                                     f"{limit} bytes, [intake] max_message_bytes): not ingested")
+                continue
             except OSError as exc:
                 raise click.FileError(origin.path or origin.source, str(exc)) from exc
-            # One message, one transaction: a crash loses at most the one in hand.
-            with factory.begin() as session:
-                outcome = ingest_message(session, raw, origin, ctx)
-            counts[outcome.kind] += 1
-    return counts
+            sender = envelope_sender if origin.source == "stdin" else None
+            yield Incoming(raw, origin, envelope_sender=sender)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -11,6 +12,7 @@ from helpdesk.cli import AppContext, Failure, pass_app
 from helpdesk.cli.output import emit_json, fields, table, when
 from helpdesk.errors import NotFound
 from helpdesk.sources.imap import ImapSource
+from helpdesk.values import Incoming, IngestOutcome
 
 
 @click.group()
@@ -85,7 +87,7 @@ def check(app: AppContext, name: str | None, as_json: bool) -> None:
         raise click.exceptions.Exit(1)
 
 
-def _no_sink(raw: bytes, origin: Any) -> Any:
+def _no_sink(incoming: Sequence[Incoming]) -> list[IngestOutcome]:
     raise AssertionError("mailbox check never ingests")
 
 

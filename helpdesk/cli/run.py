@@ -31,7 +31,8 @@ def run(app: AppContext, log_format: LogFormat, log_level: str) -> None:
     Exits 0 on SIGTERM/SIGINT after finishing the message in hand, 3 when it
     cannot start (no mailbox configured, a broken rule file, an old schema).
     """
-    configure_logging(log_format, getattr(logging, log_level.upper()), stream=sys.stdout)
+    configure_logging(log_format, getattr(logging, log_level.upper()), stream=sys.stdout,
+                      hooks=True)
     try:
         settings = app.settings
     except HelpdeskError as exc:

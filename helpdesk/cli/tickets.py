@@ -6,7 +6,7 @@ from typing import Any, TextIO
 
 import click
 
-from helpdesk import relay, staff
+from helpdesk import staff
 from helpdesk import tickets as ticket_service
 from helpdesk.cli import AppContext, Failure, pass_app
 from helpdesk.cli.output import emit_json, fields, table, when
@@ -293,6 +293,8 @@ def reply(
     the requester's thread, and goes through the outbox. Without -m or --file,
     $EDITOR opens with the requester's last mail quoted below a marker line.
     """
+    from helpdesk import relay  # templates and mail composition: only replies need them
+
     _check_text_options(message, file)
     template = None
     with app.transaction() as session:

@@ -5,34 +5,39 @@ Promises of `compose(mail, *, message_id, date, loop_id)`:
 * it is pure: the Message-ID, the date and the loop id are parameters; no
   clock, no randomness, no I/O. The same arguments give the same bytes.
 * the bytes are 7-bit ASCII with CRLF line ends, no line longer than 998
-  octets (RFC 5322 section 2.1.1), and they parse with no defect under
-  `email.policy.strict`. Non-ASCII display names, subjects and file names are
-  encoded by the standard library (RFC 2047 words, RFC 2231 parameters).
+  octets (RFC 5322 section 2.1.1) and none longer than 76 where a fold is
+  possible, and they parse with no defect under `email.policy.strict`.
+  Headers are written as text by `helpdesk.mail.fold` (our own folding and
+  RFC 2047 encoding, linear in the input: the standard library's header
+  registry lost characters, was quadratic and cost 3 ms a mail); the
+  Subject, Thread-Topic and display names decode back to exactly the input.
+  Attachments (rare, not on the hot path) are MIME parts made by the
+  standard library (RFC 2231 file names, base64).
 * a header value with CR, LF or another control character raises
   `ValueError`: templates and mail data must never be able to add headers.
 * every mail carries `X-Loop: <loop_id>` so that our own mail is recognised
-  when it comes back; automated mail also carries `Auto-Submitted:
-  auto-replied` (RFC 3834 section 5) and `X-Auto-Response-Suppress: All`
-  (Exchange). `Precedence` is left out: RFC 3834 section 3.1.8 discourages it.
+  when it comes back; automated mail also carries `Auto-Submitted` with the
+  mail's keyword (RFC 3834 section 5: `auto-replied` for an answer to a
+  message, `auto-generated` for mail caused by time or state) and
+  `X-Auto-Response-Suppress: All` (Exchange), and `Precedence` when the mail
+  asks for it (RFC 3834 section 3.1.8 discourages it, but many vacation
+  programs and list servers look only at it; RT and Zammad send it too).
 * `References` is `mail.references` without duplicates, ending with
-  `in_reply_to` (RFC 5322 section 3.6.4), folded between ids and never
-  inside one. Ids that cannot be written as a msg-id (white space, angle
-  brackets, non-ASCII) are left out: they came from other people's mail, and
-  the subject tag threads the reply anyway.
+  `in_reply_to` (RFC 5322 section 3.6.4); past `MAX_REFERENCES_OCTETS` the
+  middle ids go, the first and the latest stay. In-Reply-To and References
+  fold between ids, and after the colon when the first id does not fit (as
+  Outlook does), never inside one. Ids that cannot be written as a msg-id
+  (white space, angle brackets, non-ASCII) are left out: they came from other
+  people's mail, and the subject tag threads the reply anyway.
 
-Outlook threading (MS-OXOMSG 2.2.1.3, PidTagConversationIndex): `Thread-Topic`
-is the subject without tags and reply prefixes, `Thread-Index` the base64 of a
-22-byte conversation index header:
-
-    0x01 | FILETIME, the 5 most significant bytes, big-endian | GUID (16 bytes)
-
-The GUID is a name-based UUID (RFC 4122 version 5, bytes in network order, as
-MS-OXOMSG stores Data1-3 big-endian) of a thread key: `ticket:<loop_id>:<id>`
-for mail on a ticket, else the first id of the thread (first reference,
-In-Reply-To, or the mail's own Message-ID). The time is `thread_started` (the
-ticket's creation time) when given, else zero: the fixed prefix MS-OXOCFG
-2.2.8.8 uses. Either way every mail of a ticket carries the same index, and
-Exchange derives the ConversationId from the GUID, so Outlook groups them.
+Outlook threading: `Thread-Topic` is the subject without tags and reply
+prefixes; `Thread-Index` continues `mail.parent_thread_index` with a child
+block dated `date` (see `helpdesk.mail.conversation`). Without a parent
+index the mail starts a conversation: the header block of a name-based GUID
+(RFC 4122 version 5) of a thread key, `ticket:<loop_id>:<id>` for mail on a
+ticket, else the first id of the thread, and the time `thread_started` (zero
+when not given, the fixed prefix MS-OXOCFG 2.2.8.8 uses); a reply (a mail
+with In-Reply-To or References) gets a child block only when that time is known.
 
 Signed Message-IDs: `hd.<ticket>.<nonce>.<sig>@<domain>`, where `<ticket>` is
 the ticket id (0 for mail on no ticket) and `<sig>` the first 80 bits of
@@ -44,20 +49,29 @@ can forge without the secret, which a subject tag cannot do.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import re
-import uuid
 from collections.abc import Collection, Iterable
-from datetime import UTC, datetime, timedelta
-from email.headerregistry import Address as HeaderAddress
+from datetime import datetime
 from email.message import EmailMessage
 from email.policy import EmailPolicy
 from email.utils import format_datetime
 
+from helpdesk.mail.conversation import (
+    encode_index,
+    reply_index,
+    root_index,
+    thread_guid,
+    thread_topic,
+    trim_references,
+)
+from helpdesk.mail.fold import MAX_LINE, WIDTH, fold_addresses, fold_ids, fold_unstructured
 from helpdesk.values import Address, AttachmentPart, OutgoingMail
 
 __all__ = [
+    "MAX_REFERENCES_OCTETS",
     "compose",
     "make_message_id",
     "thread_index",
@@ -65,62 +79,31 @@ __all__ = [
     "ticket_from_message_id",
 ]
 
-# RFC 5322 section 2.1.1: at most 998 octets per line, excluding CRLF.
-_MAX_LINE = 998
-# Headers we fold ourselves, between msg-ids: the standard library treats
-# them as unstructured text and would RFC 2047-encode a long id.
-_ID_HEADERS = frozenset({"message-id", "in-reply-to", "references"})
-_FOLD_AT = 78  # RFC 5322 section 2.1.1: lines SHOULD be no longer than 78
-# A thread of hundreds of mails makes a header some servers refuse; the
-# root and the latest ids are what clients thread by (RFC 5322 3.6.4).
-_MAX_REFERENCES = 50
+# A thread of hundreds of mails makes a header some servers refuse; the root
+# and the latest ids are what clients thread by (RFC 5322 section 3.6.4).
+MAX_REFERENCES_OCTETS = 3000
 
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # all C0 controls but TAB, and DEL
 _FIELD_NAME_RE = re.compile(r"[\x21-\x39\x3b-\x7e]+")  # RFC 5322 section 3.6.8 ftext
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _DOT_ATOM_RE = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*")
+_DOMAIN_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 # What we can write between angle brackets without producing a defect.
 _WRITABLE_ID_RE = re.compile(r"[\x21-\x3b\x3d\x3f-\x7e]+@[\x21-\x3b\x3d\x3f-\x7e]+")
 _CONTENT_TYPE_RE = re.compile(r"([a-z0-9][a-z0-9!#$&^_.+-]*)/([a-z0-9][a-z0-9!#$&^_.+-]*)")
+_KEYWORD_RE = re.compile(r"[A-Za-z][A-Za-z0-9-]*")  # Auto-Submitted, Precedence values
+# Text that goes as 7bit: printable ASCII, tabs and line ends, nothing else.
+_NOT_7BIT_RE = re.compile(r"[^\t\n\x20-\x7e]")
 
-# Outlook's subject normalisation, for Thread-Topic. Kept here rather than
-# imported from helpdesk.thread: mail and thread are independent layers.
-_TAG_RE = re.compile(r"[\[［]\s*[^\[\]［］\s\d]{1,10}\s*\d{1,12}\s*[\]］]")
-_PREFIX_RE = re.compile(
-    r"^\s*(?:(?:re|aw|sv|vs|antw|antwort|ref|réf|rép|rif|fwd?|wg|tr|enc|odp|r)"
-    r"\s*(?:\[\d+\]|\(\d+\))?\s*[:：]\s*)+",
-    re.IGNORECASE,
-)
-
-_THREAD_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "thread-index.helpdesk.invalid")
-_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)  # FILETIME counts 100 ns from here
-
-
-class _Policy(EmailPolicy):
-    """SMTP policy (CRLF) that folds id headers between ids, never encoding them."""
-
-    def fold(self, name: str, value: str) -> str:
-        if name.lower() in _ID_HEADERS:
-            return _fold_ids(name, str(value), self.linesep)
-        folded: str = super().fold(name, value)
-        return folded
-
-    def fold_binary(self, name: str, value: str) -> bytes:
-        if name.lower() in _ID_HEADERS:
-            return _fold_ids(name, str(value), self.linesep).encode("ascii")
-        return super().fold_binary(name, value)
-
-
-_POLICY = _Policy(linesep="\r\n")
-
-
-def _fold_ids(name: str, value: str, linesep: str) -> str:
-    lines = [f"{name}:"]
-    for token in value.split():
-        if len(lines[-1]) + 1 + len(token) > _FOLD_AT and lines[-1] != f"{name}:":
-            lines.append("")
-        lines[-1] += f" {token}"
-    return linesep.join(lines) + linesep
+_ATTACHMENT_POLICY = EmailPolicy(linesep="\r\n")
+# Headers compose writes; extra headers may not repeat them.
+_OURS = frozenset({
+    "message-id", "date", "from", "reply-to", "to", "cc", "subject", "in-reply-to",
+    "references", "thread-topic", "thread-index", "auto-submitted",
+    "x-auto-response-suppress", "precedence", "x-loop", "mime-version", "content-type",
+    "content-transfer-encoding",
+})
 
 
 # --------------------------------------------------------------------------
@@ -138,9 +121,10 @@ def compose(
     """The RFC 5322 bytes of `mail` (see the module docstring for the promises).
 
     `message_id` is without angle brackets (see `make_message_id`); `date`
-    must be timezone-aware; `thread_started` is the ticket's creation time,
-    for the Thread-Index header. Raises `ValueError` for header injection,
-    a naive date, an invalid Message-ID or address, or no recipient.
+    must be timezone-aware; `thread_started` is the conversation's start, for
+    a Thread-Index of our own when `mail.parent_thread_index` is None. Raises
+    `ValueError` for header injection, a naive date, an invalid Message-ID,
+    address or keyword, or no recipient.
     """
     if date.tzinfo is None:
         raise ValueError("date must be timezone-aware (RFC 5322 section 3.3 needs a zone)")
@@ -148,42 +132,71 @@ def compose(
         raise ValueError("the mail has no recipient in To or Cc")
     _check_id(message_id, "message_id")
     _check_header("X-Loop", loop_id)
+    head = [
+        f"Message-ID: <{message_id}>\r\n",
+        f"Date: {format_datetime(date)}\r\n",
+        *_address_headers(mail),
+        fold_unstructured("Subject", _check_header("Subject", mail.subject)),
+        *_thread_headers(mail),
+        *_outlook_headers(mail, message_id, loop_id, date, thread_started),
+        *_automation_headers(mail),
+        fold_unstructured("X-Loop", loop_id),
+        "MIME-Version: 1.0\r\n",
+    ]
+    content_headers, body = _content(mail, message_id)
+    head += content_headers
+    head += _extra_headers(mail.extra_headers)
+    head.append("\r\n")
+    return "".join(head).encode("ascii") + body
 
-    msg = EmailMessage(policy=_POLICY)
-    msg["Message-ID"] = f"<{message_id}>"
-    msg["Date"] = format_datetime(date)
-    _add_address_headers(msg, mail)
-    # Runs of white space become one space: folding (RFC 5322 section 2.2.3)
-    # breaks at white space, and a tab or trailing blank only confuses readers.
-    msg["Subject"] = " ".join(_check_header("Subject", mail.subject).split())
-    _add_thread_headers(msg, mail)
-    _add_outlook_headers(msg, mail, _thread_key(mail, message_id, loop_id), thread_started)
-    if mail.automated:
-        msg["Auto-Submitted"] = "auto-replied"  # RFC 3834 section 5.1
-        msg["X-Auto-Response-Suppress"] = "All"  # Exchange: no OOF or receipts back to us
-    msg["X-Loop"] = loop_id
-    _set_body(msg, mail.body, mail.attachments, message_id)
-    _add_extra_headers(msg, mail.extra_headers)
-    return msg.as_bytes()
 
-
-def _add_address_headers(msg: EmailMessage, mail: OutgoingMail) -> None:
-    msg["From"] = _header_address(mail.from_, "From")
+def _address_headers(mail: OutgoingMail) -> list[str]:
+    headers = [fold_addresses("From", [_mailbox(mail.from_, "From")])]
     if mail.reply_to is not None:
-        msg["Reply-To"] = _header_address(mail.reply_to, "Reply-To")
+        headers.append(fold_addresses("Reply-To", [_mailbox(mail.reply_to, "Reply-To")]))
     if mail.to:
-        msg["To"] = [_header_address(a, "To") for a in mail.to]
+        headers.append(fold_addresses("To", [_mailbox(a, "To") for a in mail.to]))
     if mail.cc:
-        msg["Cc"] = [_header_address(a, "Cc") for a in mail.cc]
+        headers.append(fold_addresses("Cc", [_mailbox(a, "Cc") for a in mail.cc]))
+    return headers
 
 
-def _add_outlook_headers(
-    msg: EmailMessage, mail: OutgoingMail, thread_key: str, started: datetime | None
-) -> None:
+def _outlook_headers(
+    mail: OutgoingMail, message_id: str, loop_id: str, date: datetime, started: datetime | None
+) -> list[str]:
+    headers = []
     topic = _check_header("Thread-Topic", mail.thread_topic or "") or thread_topic(mail.subject)
     if topic:
-        msg["Thread-Topic"] = topic
-    msg["Thread-Index"] = thread_index(thread_key, started)
+        headers.append(fold_unstructured("Thread-Topic", topic))
+    parent = mail.parent_thread_index
+    # The random byte of the child block, derived so that compose stays pure.
+    random = hashlib.sha256(message_id.encode("ascii")).digest()[0]
+    if parent is not None:
+        index = reply_index(parent, date, random)
+    else:
+        index = root_index(started, thread_guid(_thread_key(mail, message_id, loop_id)))
+        if started is not None and (mail.in_reply_to or mail.references):
+            index = reply_index(index, date, random)
+    headers.append(f"Thread-Index: {encode_index(index)}\r\n")
+    return headers
+
+
+def _automation_headers(mail: OutgoingMail) -> list[str]:
+    headers = []
+    if mail.automated:
+        keyword = _keyword("Auto-Submitted", mail.auto_submitted)
+        headers.append(f"Auto-Submitted: {keyword}\r\n")  # RFC 3834 section 5
+        # Exchange: no out-of-office replies or read receipts back to us.
+        headers.append("X-Auto-Response-Suppress: All\r\n")
+    if mail.precedence:
+        headers.append(f"Precedence: {_keyword('Precedence', mail.precedence)}\r\n")
+    return headers
+
+
+def _keyword(header: str, value: str) -> str:
+    if not _KEYWORD_RE.fullmatch(value):
+        raise ValueError(f"{header}: not a keyword: {value!r}")
+    return value
 
 
 def _check_header(name: str, value: str) -> str:
@@ -202,8 +215,8 @@ def _check_id(mid: str, what: str) -> None:
         raise ValueError(f"{what} is not an RFC 5322 msg-id (dot-atom@dot-atom): {mid!r}")
 
 
-def _header_address(address: Address, header: str) -> HeaderAddress:
-    """A stdlib Address; the display name is quoted or RFC 2047-encoded by the policy."""
+def _mailbox(address: Address, header: str) -> tuple[str, str]:
+    """(display name, ASCII addr-spec) of `address`; the name is encoded by the folder."""
     _check_header(header, address.name)
     _check_header(header, address.address)
     local, at, domain = address.address.strip().rpartition("@")
@@ -212,11 +225,16 @@ def _header_address(address: Address, header: str) -> HeaderAddress:
     if not local.isascii():
         # RFC 6531 (SMTPUTF8) would be needed; RFC 2047 cannot encode an addr-spec.
         raise ValueError(f"{header}: non-ASCII local part needs SMTPUTF8: {address.address!r}")
-    try:
-        ascii_domain = domain.encode("idna").decode("ascii")  # RFC 5890 A-labels
-    except UnicodeError as exc:
-        raise ValueError(f"{header}: invalid domain in {address.address!r}") from exc
-    return HeaderAddress(display_name=address.name, username=local, domain=ascii_domain)
+    if not _DOT_ATOM_RE.fullmatch(local):
+        # RFC 5322 section 3.4.1: a local part that is no dot-atom is a quoted-string.
+        escaped = local.replace("\\", "\\\\").replace('"', '\\"')
+        local = f'"{escaped}"'
+    if not (domain.isascii() and _DOMAIN_RE.fullmatch(domain)):
+        try:
+            domain = domain.encode("idna").decode("ascii")  # RFC 5890 A-labels
+        except UnicodeError as exc:
+            raise ValueError(f"{header}: invalid domain in {address.address!r}") from exc
+    return address.name, f"{local}@{domain}"
 
 
 def _usable_ids(header: str, ids: Iterable[str]) -> list[str]:
@@ -225,25 +243,25 @@ def _usable_ids(header: str, ids: Iterable[str]) -> list[str]:
     for mid in ids:
         _check_header(header, mid)
         cleaned = mid.strip().removeprefix("<").removesuffix(">")
-        if len(cleaned) < _MAX_LINE - 20 and _WRITABLE_ID_RE.fullmatch(cleaned):
+        if len(cleaned) < MAX_LINE - 20 and _WRITABLE_ID_RE.fullmatch(cleaned):
             found.setdefault(cleaned, None)
     return list(found)
 
 
-def _add_thread_headers(msg: EmailMessage, mail: OutgoingMail) -> None:
+def _thread_headers(mail: OutgoingMail) -> list[str]:
     """In-Reply-To and References (RFC 5322 section 3.6.4)."""
+    headers = []
     parent = _usable_ids("In-Reply-To", [mail.in_reply_to] if mail.in_reply_to else [])
     references = _usable_ids("References", mail.references)
     if parent:
-        msg["In-Reply-To"] = f"<{parent[0]}>"
+        headers.append(fold_ids("In-Reply-To", parent[:1]))
         if parent[0] in references:
             references.remove(parent[0])
         references.append(parent[0])  # the parent is always the last reference
-    if len(references) > _MAX_REFERENCES:
-        # Keep the root, which threads the whole conversation, and the latest.
-        references = [references[0], *references[-(_MAX_REFERENCES - 1) :]]
     if references:
-        msg["References"] = " ".join(f"<{mid}>" for mid in references)
+        headers.append(fold_ids("References", trim_references(references,
+                                                               MAX_REFERENCES_OCTETS)))
+    return headers
 
 
 def _thread_key(mail: OutgoingMail, message_id: str, loop_id: str) -> str:
@@ -253,19 +271,59 @@ def _thread_key(mail: OutgoingMail, message_id: str, loop_id: str) -> str:
     return "message:" + next(mid for mid in root if mid)
 
 
-def _set_body(
-    msg: EmailMessage, body: str, attachments: tuple[AttachmentPart, ...], message_id: str
-) -> None:
-    text = body.replace("\r\n", "\n").replace("\r", "\n")
-    msg.set_content(text, subtype="plain", charset="utf-8", cte=_body_encoding(text))
-    if attachments:
-        msg.make_mixed()
-        for attachment in attachments:
-            msg.attach(_attachment_part(attachment))
-        msg.set_boundary(_boundary(message_id, text))
+def _extra_headers(extra: tuple[tuple[str, str], ...]) -> list[str]:
+    """Extra headers go last; they may not replace or duplicate one compose wrote."""
+    headers = []
+    for name, value in extra:
+        if not _FIELD_NAME_RE.fullmatch(name):
+            raise ValueError(f"not a header field name (RFC 5322 section 3.6.8): {name!r}")
+        if name.lower() in _OURS:
+            raise ValueError(f"{name}: set by compose, cannot be given as an extra header")
+        headers.append(fold_unstructured(name, _check_header(name, value)))
+    return headers
 
 
-def _boundary(message_id: str, text: str) -> str:
+# --------------------------------------------------------------------------
+# Body
+
+
+def _content(mail: OutgoingMail, message_id: str) -> tuple[list[str], bytes]:
+    """The content headers and the body bytes: text/plain, or multipart/mixed with attachments."""
+    text = mail.body.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.endswith("\n"):
+        text += "\n"
+    text_headers, text_body = _text_part(text)
+    if not mail.attachments:
+        return text_headers, text_body
+    parts = [_attachment_part(a) for a in mail.attachments]
+    boundary = _boundary(message_id, [text_body, *parts])
+    delimiter = f"--{boundary}\r\n".encode("ascii")
+    body = [delimiter, "".join(text_headers).encode("ascii"), b"\r\n", text_body]
+    for part in parts:
+        body += [delimiter, part]
+    body.append(f"--{boundary}--\r\n".encode("ascii"))
+    return [f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n'], b"".join(body)
+
+
+def _text_part(text: str) -> tuple[list[str], bytes]:
+    """7bit when every line is printable ASCII of at most 78 characters, else quoted-printable.
+
+    Quoted-printable keeps mostly-Latin text readable in the raw source, needs
+    neither 8BITMIME (RFC 6152) from the relay nor long lines, and folds
+    every line to 76 characters (RFC 2045 section 6.7).
+    """
+    if _NOT_7BIT_RE.search(text) is None and max(map(len, text.split("\n"))) <= WIDTH + 2:
+        encoding, body = "7bit", text.replace("\n", "\r\n").encode("ascii")
+    else:
+        encoding = "quoted-printable"
+        body = binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+    return [
+        'Content-Type: text/plain; charset="utf-8"\r\n',
+        f"Content-Transfer-Encoding: {encoding}\r\n",
+    ], body
+
+
+def _boundary(message_id: str, parts: list[bytes]) -> str:
     """A boundary derived from the Message-ID, so that compose stays deterministic.
 
     "=_" never occurs in quoted-printable or base64 (RFC 2045 section 6.7,
@@ -274,26 +332,13 @@ def _boundary(message_id: str, text: str) -> str:
     for attempt in range(100):
         digest = hashlib.sha256(f"{attempt}:{message_id}".encode()).hexdigest()[:32]
         boundary = f"=_hd{digest}"
-        if boundary not in text:
+        marker = boundary.encode("ascii")
+        if not any(marker in part for part in parts):
             return boundary
     raise ValueError("no multipart boundary avoids the body text")  # pragma: no cover
 
 
-def _body_encoding(text: str) -> str:
-    """7bit when every line is short printable ASCII, else quoted-printable.
-
-    Quoted-printable keeps mostly-Latin text readable in the raw source and
-    needs neither 8BITMIME (RFC 6152) from the relay nor lines under 998 octets.
-    """
-    lines = text.split("\n")
-    plain = all(
-        line.isascii() and line.isprintable() and len(line) <= _MAX_LINE
-        for line in (line.replace("\t", " ") for line in lines)
-    )
-    return "7bit" if plain else "quoted-printable"
-
-
-def _attachment_part(attachment: AttachmentPart) -> EmailMessage:
+def _attachment_part(attachment: AttachmentPart) -> bytes:
     """A base64 part. message/* and multipart/* go as octet-stream: RFC 2046
     section 5.2.1 forbids base64 for message/rfc822, and its bytes may be 8-bit."""
     _check_header("attachment filename", attachment.filename)
@@ -301,7 +346,7 @@ def _attachment_part(attachment: AttachmentPart) -> EmailMessage:
     maintype, subtype = match.groups() if match else ("application", "octet-stream")
     if maintype in ("message", "multipart"):
         maintype, subtype = "application", "octet-stream"
-    part = EmailMessage(policy=_POLICY)
+    part = EmailMessage(policy=_ATTACHMENT_POLICY)
     part.set_content(
         attachment.content,
         maintype=maintype,
@@ -311,45 +356,16 @@ def _attachment_part(attachment: AttachmentPart) -> EmailMessage:
         filename=attachment.filename,
     )
     del part["MIME-Version"]  # RFC 2045 section 4: needed at the top level only
-    return part
-
-
-def _add_extra_headers(msg: EmailMessage, extra: tuple[tuple[str, str], ...]) -> None:
-    """Extra headers go last; they may not replace or duplicate one compose wrote."""
-    ours = {name.lower() for name in msg}
-    for name, value in extra:
-        if not _FIELD_NAME_RE.fullmatch(name):
-            raise ValueError(f"not a header field name (RFC 5322 section 3.6.8): {name!r}")
-        if name.lower() in ours:
-            raise ValueError(f"{name}: set by compose, cannot be given as an extra header")
-        msg[name] = _check_header(name, value)
+    return part.as_bytes()
 
 
 # --------------------------------------------------------------------------
 # Outlook threading
 
 
-def thread_topic(subject: str) -> str:
-    """The subject without `[#N]`-style tags and reply/forward prefixes (Thread-Topic)."""
-    text = " ".join(_TAG_RE.sub(" ", subject).split())
-    previous = None
-    while previous != text:
-        previous = text
-        text = _PREFIX_RE.sub("", text).strip()
-    return text
-
-
 def thread_index(thread_key: str, started: datetime | None = None) -> str:
-    """The base64 of a 22-byte conversation index header for `thread_key` (module docstring)."""
-    filetime = 0
-    if started is not None:
-        if started.tzinfo is None:
-            raise ValueError("started must be timezone-aware")
-        since_1601 = started - _FILETIME_EPOCH
-        filetime = since_1601 // timedelta(microseconds=1) * 10  # 100 ns intervals
-    header = b"\x01" + (filetime >> 24).to_bytes(5, "big")
-    guid = uuid.uuid5(_THREAD_NAMESPACE, thread_key).bytes
-    return base64.b64encode(header + guid).decode("ascii")
+    """The base64 of the 22-byte conversation header block for `thread_key`."""
+    return encode_index(root_index(started, thread_guid(thread_key)))
 
 
 # --------------------------------------------------------------------------

@@ -17,6 +17,7 @@ to the working directory and a local MTA on localhost:25.
 from helpdesk.settings.fields import (
     CONFIG_ENV,
     CONFIG_FILENAME,
+    DATABASE_PASSWORD_ENV,
     DATABASE_URL_ENV,
     SECRET_ENV,
     SMTP_PASSWORD_ENV,
@@ -34,6 +35,7 @@ from helpdesk.settings.sections import (
     DaemonSettings,
     DatabaseSettings,
     HelpdeskSettings,
+    IntakeSettings,
     LmtpSettings,
     MailboxSettings,
     MaildirSettings,
@@ -50,6 +52,7 @@ from helpdesk.settings.sections import (
 __all__ = [
     "CONFIG_ENV",
     "CONFIG_FILENAME",
+    "DATABASE_PASSWORD_ENV",
     "DATABASE_URL_ENV",
     "SECRET_ENV",
     "SMTP_PASSWORD_ENV",
@@ -62,6 +65,7 @@ __all__ = [
     "DatabaseSettings",
     "ForeignTagPolicy",
     "HelpdeskSettings",
+    "IntakeSettings",
     "LmtpSettings",
     "MailboxSettings",
     "MaildirSettings",

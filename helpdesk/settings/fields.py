@@ -23,6 +23,7 @@ from pydantic import (
 CONFIG_ENV = "HELPDESK_CONFIG"
 DATABASE_URL_ENV = "HELPDESK_DATABASE_URL"
 SMTP_PASSWORD_ENV = "HELPDESK_SMTP_PASSWORD"  # noqa: S105 - a variable name, not a secret
+DATABASE_PASSWORD_ENV = "HELPDESK_DATABASE_PASSWORD"  # noqa: S105 - a variable name
 SECRET_ENV = "HELPDESK_SECRET"  # noqa: S105 - a variable name, not a secret
 CONFIG_FILENAME = "helpdesk.toml"
 
@@ -165,6 +166,18 @@ def _positive(value: int) -> int:
     return value
 
 
+def _not_negative(value: int) -> int:
+    if value < 0:
+        raise ValueError(f"must be 0 or more (got {value})")
+    return value
+
+
+def _not_negative_float(value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"must be a number, 0 or more (got {_show(value)})")
+    return value
+
+
 def _batch_size(value: int) -> int:
     if not 1 <= value <= 10000:
         raise ValueError(f"must be from 1 to 10000 (got {value})")
@@ -224,6 +237,11 @@ def _resolve_sqlite_url(url: str, base_dir: Path) -> str:
     return f"{match['scheme']}:///{base_dir / path}{match['query'] or ''}"
 
 
+def url_has_password(url: str) -> bool:
+    """True when `url` carries a password (``scheme://user:secret@host/...``)."""
+    return _URL_PASSWORD.search(url) is not None
+
+
 def _redact_url(url: str) -> str:
     """The URL with any password replaced, for repr and error messages."""
     return _URL_PASSWORD.sub(r"\g<head>***@", url)
@@ -234,7 +252,7 @@ def mailbox_password_env(name: str) -> str:
     return f"HELPDESK_MAILBOX_{re.sub(r'[^A-Z0-9]', '_', name.upper())}_PASSWORD"
 
 
-def _without_subaddress(address: str) -> str:
+def without_subaddress(address: str) -> str:
     """``support+vpn@example.org`` → ``support@example.org``."""
     local, _, domain = address.rpartition("@")
     return f"{local.split('+', 1)[0]}@{domain}" if local else address

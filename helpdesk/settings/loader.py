@@ -14,6 +14,7 @@ from helpdesk.settings.fields import (
     _URL,
     CONFIG_ENV,
     CONFIG_FILENAME,
+    DATABASE_PASSWORD_ENV,
     DATABASE_URL_ENV,
     DEFAULT_SUPPORT_ADDRESS,
     SECRET_ENV,
@@ -22,8 +23,9 @@ from helpdesk.settings.fields import (
     _resolve_sqlite_url,
     _show,
     _toml_type,
-    _without_subaddress,
     mailbox_password_env,
+    url_has_password,
+    without_subaddress,
 )
 from helpdesk.settings.sections import (
     AgentSettings,
@@ -32,6 +34,7 @@ from helpdesk.settings.sections import (
     DaemonSettings,
     DatabaseSettings,
     HelpdeskSettings,
+    IntakeSettings,
     LmtpSettings,
     MailboxSettings,
     MaildirSettings,
@@ -57,6 +60,7 @@ _TABLES: dict[str, type[_Section]] = {
     "mailbox": MailboxSettings,
     "maildir": MaildirSettings,
     "lmtp": LmtpSettings,
+    "intake": IntakeSettings,
     "daemon": DaemonSettings,
     "smtp": SmtpSettings,
     "threading": ThreadingPolicy,
@@ -73,6 +77,7 @@ _ARRAYS = frozenset({"mailbox", "maildir", "team", "agent"})
 # Keys the loader consumes before the model sees the table.
 _EXTRA_KEYS: dict[str, tuple[str, ...]] = {
     "helpdesk": ("secret_file",),
+    "database": ("password_file",),
     "mailbox": ("password_file",),
     "smtp": ("password_file",),
 }
@@ -186,6 +191,7 @@ class _Loader:
             "mailboxes": self._array(document, "mailbox"),
             "maildirs": self._array(document, "maildir"),
             "lmtp": self._table(document, "lmtp") if "lmtp" in document else None,
+            "intake": self._table(document, "intake", self._moved_intake_keys(document)),
             "daemon": self._table(document, "daemon"),
             "smtp": self._table(document, "smtp"),
             "threading": self._table(document, "threading"),
@@ -234,6 +240,9 @@ class _Loader:
                 self._take_secret(
                     data, "helpdesk", SECRET_ENV, required=False, key="secret"
                 )
+            if section == "database":
+                self._take_secret(data, "database", DATABASE_PASSWORD_ENV, required=False)
+                self._check_url_password(data)
         return self._validate(section, data, section)
 
     def _array(self, document: Mapping[str, Any], section: str) -> tuple[_Section | None, ...]:
@@ -264,6 +273,18 @@ class _Loader:
                 if full_key not in self._reported:  # ours is more specific
                     self._problem(full_key, _describe(error, allowed))
             return None
+
+    def _moved_intake_keys(self, document: dict[str, Any]) -> dict[str, Any]:
+        """`[daemon] message_time_limit` (before [intake] existed) still counts, unless
+        [intake] sets it too; it is taken out of [daemon] so that it is not unknown there."""
+        daemon = document.get("daemon")
+        if not isinstance(daemon, dict) or "message_time_limit" not in daemon:
+            return {}
+        value = daemon.pop("message_time_limit")
+        intake = document.get("intake")
+        if isinstance(intake, dict) and "message_time_limit" in intake:
+            return {}
+        return {"message_time_limit": value}
 
     # -- secrets and the environment --
 
@@ -308,6 +329,15 @@ class _Loader:
         elif key not in table and required:
             via = f", or the environment variable {env_var}" if env_var else ""
             self._problem(f"{where}.{key}", f"is required: set {key} or {file_key}{via}")
+
+    def _check_url_password(self, table: Mapping[str, Any]) -> None:
+        url = table.get("url")
+        if "password" in table and isinstance(url, str) and url_has_password(url):
+            self._problem(
+                "database.password_file",
+                "the URL carries a password too: keep it in one place (password_file, "
+                f"or {DATABASE_PASSWORD_ENV}), not in the URL",
+            )
 
     def _read_secret(self, value: object, key: str) -> str | None:
         if not isinstance(value, str):
@@ -380,7 +410,7 @@ class _Loader:
                 key = f"{label}.addresses[{position}]"
                 if address in owner and owner[address] != label:
                     self._problem(key, f"{address!r} already belongs to {owner[address]}")
-                elif address in own or _without_subaddress(address) in own:
+                elif address in own or without_subaddress(address) in own:
                     # Mail from it would look like mail from ourselves and be dropped.
                     self._problem(key, f"{address!r} is one of the help desk's own addresses")
                 owner.setdefault(address, label)

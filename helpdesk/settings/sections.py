@@ -11,6 +11,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictFloat,
     StrictInt,
     ValidationInfo,
     field_validator,
@@ -42,9 +44,11 @@ from helpdesk.settings.fields import (
     TlsMode,
     _choice,
     _derive_port,
+    _not_negative,
+    _not_negative_float,
     _positive,
     _redact_url,
-    _without_subaddress,
+    without_subaddress,
 )
 
 
@@ -100,7 +104,7 @@ class HelpdeskSettings(_Section):
     def is_own_address(self, address: str) -> bool:
         """True for our addresses and their ``+tag`` sub-addresses, in any case."""
         wanted = address.strip().lower()
-        return wanted in self.own_addresses or _without_subaddress(wanted) in self.own_addresses
+        return wanted in self.own_addresses or without_subaddress(wanted) in self.own_addresses
 
 
 class DatabaseSettings(_Section):
@@ -108,6 +112,14 @@ class DatabaseSettings(_Section):
 
     # SQLAlchemy URL; a relative SQLite path is resolved against base_dir.
     url: DatabaseUrl = Field(default=DEFAULT_DATABASE_URL, validate_default=True)
+    # From password_file or HELPDESK_DATABASE_PASSWORD (or in the URL itself);
+    # given to the driver apart from the URL, so the URL can be shown and logged.
+    password: Password | None = None
+
+    @property
+    def password_value(self) -> str | None:
+        """The password in clear, for the driver only."""
+        return self.password.get_secret_value() if self.password is not None else None
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # A PostgreSQL URL may carry a password; keep it out of logs and tracebacks.
@@ -135,6 +147,11 @@ class MailboxSettings(_Section):
     team: NonEmptyStr | None = None
     poll_interval: Seconds = 60.0
     batch_size: BatchSize = 100
+    # Bodies are fetched in batches of at most batch_size messages and this many bytes.
+    fetch_batch_bytes: Annotated[StrictInt, AfterValidator(_positive)] = 20 * 1024 * 1024
+    # A message the server cannot return (FETCH answers NO) is tried this many
+    # times, counted across restarts, then quarantined and moved to failed_folder.
+    fetch_attempts: Annotated[StrictInt, AfterValidator(_positive)] = 3
 
     @model_validator(mode="before")
     @classmethod
@@ -159,11 +176,27 @@ class LmtpSettings(_Section):
     port: Port = 2424
 
 
+class IntakeSettings(_Section):
+    """``[intake]``: how mail from any source is taken in, by `helpdesk run` and `ingest`."""
+
+    # A larger message is refused (LMTP 552, `ingest` exit 1) or, when it is
+    # already in a mailbox, quarantined with its headers and moved to failed_folder.
+    max_message_bytes: Annotated[StrictInt, AfterValidator(_positive)] = 50 * 1024 * 1024
+    # A message whose parsing and classification take longer than this is
+    # stopped (its worker process killed) and quarantined.
+    message_time_limit: Seconds = 60.0
+    # Worker processes for parsing; 0 means one per CPU core.
+    workers: Annotated[StrictInt, AfterValidator(_not_negative)] = 0
+    # Group commit: at most this many messages per transaction...
+    batch_max: Annotated[StrictInt, AfterValidator(_positive)] = 200
+    # ...and at most this long to wait for more once one is there (0: commit at once;
+    # whatever arrives meanwhile goes into the next commit).
+    batch_ms: Annotated[StrictFloat, AfterValidator(_not_negative_float)] = 0.0
+
+
 class DaemonSettings(_Section):
     """``[daemon]``: how `helpdesk run` behaves."""
 
-    # A message whose parsing takes longer than this is quarantined.
-    message_time_limit: Seconds = 60.0
     # A mailbox is worked by the holder of a lease of this length, renewed while working.
     lease_seconds: Seconds = 60.0
     # How often the outbox is checked for due mail when idle.
@@ -208,8 +241,26 @@ class BounceSettings(_Section):
     suppress_days: Seconds = 7.0
 
 
+NULL_SENDER = "<>"
+
+
+def _envelope_sender(value: str) -> str:
+    """``"<>"`` (the null sender) or an e-mail address, lower-cased."""
+    text = value.strip()
+    if text == NULL_SENDER:
+        return text
+    address = text.lower()
+    if not _EMAIL.fullmatch(address):
+        raise ValueError(f'must be "<>" or an email address like bounces@example.org '
+                         f"(got {value!r})")
+    return address
+
+
+EnvelopeSender = Annotated[str, AfterValidator(_envelope_sender)]
+
+
 class OutboxSettings(_Section):
-    """``[outbox]``: retries of outgoing mail."""
+    """``[outbox]``: retries of outgoing mail, and what automatic mail says about itself."""
 
     # A mail refused with 5xx this many times is marked failed.
     max_permanent_failures: Annotated[StrictInt, AfterValidator(_positive)] = 3
@@ -217,6 +268,26 @@ class OutboxSettings(_Section):
     retry_max_delay: Seconds = 3600.0
     # ...until the mail is this old, then it is marked failed.
     give_up_after_hours: Seconds = 120.0
+    # Envelope sender (MAIL FROM) of automatic mail to requesters (acknowledgements,
+    # notices): "<>", the null sender, so that bounces and autoresponders never
+    # answer it (RFC 3834 section 3.3), or an address that only takes bounces.
+    bounce_address: EnvelopeSender = NULL_SENDER
+    # Envelope sender of automatic mail to our own staff (team forwards,
+    # notifications, escalations, answers to #commands); default: bounce_address.
+    staff_bounce_address: EnvelopeSender | None = None
+    # "Precedence: bulk" on automatic mail (vacation programs look for it).
+    precedence_bulk: StrictBool = True
+
+    @property
+    def requester_envelope_sender(self) -> str:
+        """MAIL FROM of automatic mail to requesters; "" is the null sender."""
+        return "" if self.bounce_address == NULL_SENDER else self.bounce_address
+
+    @property
+    def staff_envelope_sender(self) -> str:
+        """MAIL FROM of automatic mail to staff; "" is the null sender."""
+        chosen = self.staff_bounce_address or self.bounce_address
+        return "" if chosen == NULL_SENDER else chosen
 
 
 class ThreadingPolicy(_Section):
@@ -251,13 +322,34 @@ class TeamSettings(_Section):
     lead: Email | None = None
 
 
-class SecuritySettings(_Section):
-    """``[security]``: who may act as an agent by e-mail."""
+def _authres_fields(value: int) -> int:
+    if not 1 <= value <= MAX_AUTHRES_FIELDS:
+        raise ValueError(f"must be between 1 and {MAX_AUTHRES_FIELDS} (got {value})")
+    return value
 
-    # When set, agent powers by e-mail (relay, notes, commands) need an
-    # Authentication-Results header from this host (our MX) with DKIM or SPF
-    # pass aligned to the From domain. Unset: the From address is trusted.
+
+# More Authentication-Results fields than this from one's own servers is a
+# misreading of a mail (counting a sender's fields too), not a setup.
+MAX_AUTHRES_FIELDS = 10
+
+
+class SecuritySettings(_Section):
+    """``[security]``: who may act as an agent by e-mail (see helpdesk/mail/trust.py).
+
+    Secure by default: with neither key set, mail from an agent's address gets
+    no agent powers (no commands, notes or relay); it is a customer's mail.
+    """
+
+    # Agent powers by e-mail need an Authentication-Results field from this
+    # authserv-id (our MX) with DKIM, SPF or DMARC pass aligned to the From domain.
     trusted_authserv_id: NonEmptyStr | None = None
+    # How many Authentication-Results fields naming trusted_authserv_id our own
+    # servers add to each mail (RFC 8601 section 5); a mail with more carries a
+    # forged one and is untrusted.
+    trusted_authres_fields: Annotated[StrictInt, AfterValidator(_authres_fields)] = 1
+    # Trust the From address alone (when trusted_authserv_id is unset): anyone who
+    # writes an agent's address gets that agent's powers. Only set it knowingly.
+    trust_from_header: StrictBool = False
 
 
 class AgentSettings(_Section):
@@ -281,6 +373,7 @@ class Settings(_Section):
     mailboxes: tuple[MailboxSettings, ...] = ()
     maildirs: tuple[MaildirSettings, ...] = ()
     lmtp: LmtpSettings | None = None
+    intake: IntakeSettings = Field(default_factory=IntakeSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     threading: ThreadingPolicy = Field(default_factory=ThreadingPolicy)

@@ -2,14 +2,18 @@
 
 The contract between a source and the rest of helpdesk (design.md §1):
 
-* A source never opens an ingest transaction itself. It hands raw bytes and
-  their `Origin` to a `Sink`, which ingests them and COMMITS before it returns.
-* The sink raises `StoreUnavailable` when the database cannot take the message
-  (down, locked). The source then acknowledges nothing, backs off and retries.
-* Only after the sink returned does the source acknowledge the message to
-  wherever it came from (IMAP move or flag, Maildir `new/` -> `cur/`, LMTP 250).
-  A crash between the commit and the acknowledgement re-delivers the message,
-  and ingest recognises it as a duplicate: at-least-once delivery plus dedupe
+* A source never opens an ingest transaction itself. It hands a batch of
+  `Incoming` mails (raw bytes and their `Origin`) to a `Sink`
+  (`helpdesk.intake.Intake` in the daemon), which prepares and stores them and
+  COMMITS before it returns one `IngestOutcome` per mail, in order.
+* The sink raises `StoreUnavailable` when the database cannot take the batch
+  (down, locked, full): nothing of it was committed. The source then
+  acknowledges nothing of that batch, backs off and retries. `PoolClosed`
+  means the daemon is stopping: acknowledge nothing, stop.
+* Only after the sink returned does the source acknowledge the mails to
+  wherever they came from (IMAP move or flag, Maildir `new/` -> `cur/`, LMTP
+  250). A crash between the commit and the acknowledgement re-delivers them,
+  and ingest recognises them as duplicates: at-least-once delivery plus dedupe
   gives exactly-once storage.
 """
 
@@ -20,32 +24,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from helpdesk.errors import StoreUnavailable
-from helpdesk.ingest import IngestContext, ingest
-from helpdesk.values import IngestOutcome, Origin, OutcomeKind
+from helpdesk.ingest import IngestContext
+from helpdesk.intake import BatchSink, in_process_sink
+from helpdesk.values import IngestOutcome, OutcomeKind
 
-Sink = Callable[[bytes, Origin], IngestOutcome]
-"""Ingest one raw message and commit; raises `StoreUnavailable` when the store is down."""
+Sink = BatchSink
+"""Ingest a batch of mails and commit; raises `StoreUnavailable` when the store is down."""
 
 
 def ingest_sink(sessions: sessionmaker[Session], ctx: IngestContext) -> Sink:
-    """The standard sink: one transaction per message around `helpdesk.ingest.ingest`.
-
-    Database failures at BEGIN or COMMIT (not only inside ingest) become
-    `StoreUnavailable`, so a source never acknowledges a message whose commit failed.
-    """
-
-    def sink(raw: bytes, origin: Origin) -> IngestOutcome:
-        try:
-            with sessions.begin() as session:
-                return ingest(session, raw, origin, ctx)
-        except (OperationalError, InterfaceError) as exc:
-            raise StoreUnavailable(f"database error: {exc.orig}") from exc
-
-    return sink
+    """A sink that prepares in this process and stores each batch in one transaction."""
+    return in_process_sink(sessions, ctx)
 
 
 class Backoff:

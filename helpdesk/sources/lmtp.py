@@ -11,6 +11,9 @@ Contract:
   in RCPT order, after the final dot: we give every recipient the same answer,
   because they all share the one stored copy.
 * Quarantined mail gets ``250`` too: it is kept, and a person will look at it.
+* A message over `max_message_bytes` is refused with ``552 5.3.4`` (RFC 3463
+  "message too big for system"): the MTA bounces it to its sender, which is
+  right for a mail nobody here could take.
 * `StoreUnavailable` gets ``451 4.3.0`` for every recipient: nothing was
   stored, and the MTA keeps the mail in its queue and retries (RFC 5321
   §4.2.5, RFC 3463 4.3.0 "other mail system problem"). An unexpected error
@@ -33,14 +36,16 @@ from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SmtpSession
 
 from helpdesk.errors import StoreUnavailable
+from helpdesk.intake import PoolClosed
 from helpdesk.sources.base import Sink
-from helpdesk.values import IngestOutcome, Origin, OutcomeKind
+from helpdesk.values import Incoming, IngestOutcome, Origin, OutcomeKind
 
 log = structlog.get_logger()
 
 RCPT_OK = "250 2.1.5 OK"
 ERR_NO_SUCH_USER = "550 5.1.1 <{address}>: recipient address rejected: not ours"
 ERR_451 = "451 4.3.0 store unavailable, try again later"
+ERR_STOPPING = "421 4.3.2 shutting down, try again later"
 
 # A reply line is at most 512 octets with its CRLF (RFC 5321 §4.5.3.1.5); the
 # Message-ID we echo is cut well below that and kept to printable ASCII.
@@ -100,7 +105,12 @@ class LmtpHandler:
         started = time.perf_counter()
         try:
             # The sink blocks (SQLAlchemy); keep the event loop free for other clients.
-            outcome = await asyncio.to_thread(self._sink, raw, origin)
+            # Deliveries that arrive together share a commit (the intake's writer).
+            sender = str(envelope.mail_from or "") or None  # "<>" (a bounce) arrives as ""
+            (outcome,) = await asyncio.to_thread(
+                self._sink, [Incoming(raw, origin, envelope_sender=sender)])
+        except PoolClosed:
+            return _per_recipient(ERR_STOPPING, recipients)
         except StoreUnavailable as exc:
             if not self._outage:  # once per outage; the MTA retries many times
                 self._outage = True
@@ -154,12 +164,20 @@ class LmtpController(Controller):
 
 
 def start_lmtp(
-    handler: LmtpHandler, host: str = "127.0.0.1", port: int = 24, **smtp_options: Any
+    handler: LmtpHandler,
+    host: str = "127.0.0.1",
+    port: int = 24,
+    *,
+    max_message_bytes: int | None = None,
+    **smtp_options: Any,
 ) -> LmtpController:
     """Listen on host:port in a thread of its own; call `.stop()` on the result to end it.
 
     Pass a real port: aiosmtpd's readiness check connects to it, so port 0 fails.
+    `max_message_bytes` is announced (RFC 1870 SIZE) and a larger DATA gets 552.
     """
+    if max_message_bytes is not None:
+        smtp_options.setdefault("data_size_limit", max_message_bytes)
     controller = LmtpController(handler, hostname=host, port=port, **smtp_options)
     controller.start()
     return controller

@@ -1,15 +1,23 @@
 """The Maildir source: a local MTA or MDA delivers into `new/`; we ingest and move to `cur/`.
 
 Contract: a file is moved from `new/` to `cur/` (with the ``:2,S`` info of the
-Maildir spec: "seen") only after the sink returned, that is after its
-transaction committed. A crash in between leaves it in `new/`; the next pass
+Maildir spec: "seen") only after the sink returned, that is after the batch it
+was in committed. A crash in between leaves it in `new/`; the next pass
 ingests it again and ingest recognises the duplicate. Files are taken in name
-order, which for Maildir names (``<time>.<unique>.<host>``) is delivery order.
-A file that vanished meanwhile (another reader moved it) is skipped.
+order, which for Maildir names (``<time>.<unique>.<host>``) is delivery order,
+up to `batch_max` files (and `batch_bytes`) per commit.
 
-`StoreUnavailable` from the sink ends the pass with the file left in `new/`;
-`run()` backs off and retries. Any other exception from the sink is a bug: it
-is logged, the file stays in `new/` and the pass goes on with the next file.
+One bad file never stops the directory (issue 9 §2): a file that cannot be
+read (permissions, an I/O error, a directory, an empty file) is logged once
+with its path, counted, skipped, and tried again on later passes with
+backoff; after `file_attempts` tries it is reported — an error line, the
+mailbox's health and counters in the store (`helpdesk mailbox list`) — and
+still retried now and then, never silently dropped. A file that vanished
+meanwhile (another reader moved it) is simply gone. A file larger than
+`max_message_bytes` is quarantined with its headers and moved to `cur/`.
+
+`StoreUnavailable` from the sink ends the pass with the batch left in
+`new/`; `run()` backs off and retries.
 """
 
 from __future__ import annotations
@@ -17,20 +25,43 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 from structlog.contextvars import bound_contextvars
 
+from helpdesk import mailboxes
 from helpdesk.errors import StoreUnavailable
+from helpdesk.intake import PoolClosed, header_of, too_large
 from helpdesk.sources.base import Backoff, Sink, SourceStats
-from helpdesk.values import Origin
+from helpdesk.store.models import utcnow
+from helpdesk.values import Incoming, Origin
 
 log = structlog.get_logger()
 
 # "2," starts the flags part of a Maildir name's info; S is "seen" (cr.yp.to/proto/maildir.html).
 INFO_SEEN = ":2,S"
+DEFAULT_MAX_MESSAGE_BYTES = 50 * 1024 * 1024
+# What one batch may hold, so that a directory of huge files is not read at once.
+BATCH_BYTES = 20 * 1024 * 1024
+# Only the start of an oversized file is read, for its headers.
+HEADER_BYTES = 256 * 1024
+
+
+@dataclass
+class _FileFault:
+    """A file that could not be read, and when to try it again."""
+
+    attempts: int
+    error: str
+    next_try: float
+    reported: bool = False
 
 
 class MaildirSource:
@@ -42,88 +73,195 @@ class MaildirSource:
         sink: Sink,
         *,
         name: str,
+        sessions: sessionmaker[Session] | None = None,
         backoff: Backoff | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        batch_max: int = 100,
+        file_attempts: int = 5,
+        file_retry: Callable[[int], float] = lambda attempts: min(300.0, 2.0 ** attempts),
+        clock: Callable[[], datetime] = utcnow,
         log: Any = log,
     ) -> None:
         self.path = Path(path)
         self.name = name
         self.backoff = backoff or Backoff(base=1.0, cap=300.0)
         self.stats = SourceStats()
+        self.max_message_bytes = max_message_bytes
+        self.batch_max = batch_max
+        self.file_attempts = file_attempts
+        self.last_beat = time.monotonic()
         self._sink = sink
+        self._sessions = sessions
+        self._file_retry = file_retry
+        self._clock = clock
         self._log = log
         self._stop: threading.Event | None = None
         self._outage: str | None = None
+        self._faults: dict[str, _FileFault] = {}
+
+    # -- one pass ----------------------------------------------------------------
 
     def run_once(self) -> int:
         """Ingest what is in `new/` now; returns how many files were moved to `cur/`."""
-        new, cur = self.path / "new", self.path / "cur"
+        new = self.path / "new"
+        names = sorted(e for e in os.listdir(new) if not e.startswith("."))  # spec: skip dot files
+        present = set(names)
+        self._faults = {n: f for n, f in self._faults.items() if n in present}
         done = 0
-        for entry in sorted(os.listdir(new)):
+        batch: list[tuple[str, Incoming]] = []
+        batch_bytes = 0
+        for entry in names:
             if self._stop is not None and self._stop.is_set():
                 break
-            if entry.startswith("."):  # Maildir readers ignore dot files
+            self.last_beat = time.monotonic()
+            item = self._read(new / entry)
+            if item is None:
                 continue
-            if self._one(new / entry, cur):
-                done += 1
+            batch.append((entry, item))
+            batch_bytes += len(item.raw)
+            if len(batch) >= self.batch_max or batch_bytes >= BATCH_BYTES:
+                done += self._store(batch)
+                batch, batch_bytes = [], 0
+        if batch:
+            done += self._store(batch)
         return done
 
-    def _one(self, source: Path, cur: Path) -> bool:
-        try:
-            raw = source.read_bytes()
-        except (FileNotFoundError, IsADirectoryError):
-            return False  # taken by another reader meanwhile
+    def _read(self, source: Path) -> Incoming | None:
+        """The file's mail, or None when it is gone or cannot be read (yet)."""
+        fault = self._faults.get(source.name)
+        if fault is not None and time.monotonic() < fault.next_try:
+            return None
         origin = Origin(source="maildir", mailbox=self.name, path=source.name)
-        started = time.perf_counter()
-        with bound_contextvars(mailbox=self.name, path=source.name):
-            try:
-                outcome = self._sink(raw, origin)
-            except StoreUnavailable:
-                raise
-            except Exception:  # noqa: BLE001 - a bug must not stall the directory
-                self._log.exception("maildir.message_failed", mailbox=self.name, path=source.name)
-                self.stats.errors += 1
-                return False
-            try:
-                os.rename(source, cur / (_base_name(source.name) + _seen_info(source.name)))
-            except FileNotFoundError:
-                return False  # moved by another reader after we stored it; dedupe covers it
-            self.stats.count(outcome)
-            self._log.debug(
-                "maildir.message_done",
-                mailbox=self.name,
-                path=source.name,
-                message_id=outcome.message_id,
-                ticket_id=outcome.ticket_id,
-                outcome=outcome.kind.value,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-            )
-        return True
+        try:
+            size = source.stat().st_size
+            if size > self.max_message_bytes:
+                with source.open("rb") as handle:
+                    head = header_of(handle.read(HEADER_BYTES))
+                return Incoming(head, origin, problem=too_large(size, self.max_message_bytes))
+            raw = source.read_bytes()
+            if not raw:
+                # MDAs write to tmp/ and rename, so new/ never holds a file being
+                # written; an empty one is broken, but may yet be rewritten.
+                raise OSError("the file is empty")
+        except FileNotFoundError:
+            self._faults.pop(source.name, None)
+            return None  # taken by another reader meanwhile
+        except OSError as exc:
+            self._file_failed(source, exc)
+            return None
+        if fault is not None:
+            self._faults.pop(source.name, None)
+            self._log.info("maildir.file_readable", mailbox=self.name, path=source.name,
+                           attempts=fault.attempts)
+        return Incoming(raw, origin)
+
+    def _store(self, batch: list[tuple[str, Incoming]]) -> int:
+        """Hand one batch to the sink (one commit), then move its files to cur/."""
+        outcomes = self._sink([item for _, item in batch])
+        moved = 0
+        cur = self.path / "cur"
+        for (entry, _item), outcome in zip(batch, outcomes, strict=True):
+            with bound_contextvars(mailbox=self.name, path=entry):
+                try:
+                    os.rename(self.path / "new" / entry,
+                              cur / (_base_name(entry) + _seen_info(entry)))
+                except FileNotFoundError:
+                    continue  # moved by another reader after we stored it; dedupe covers it
+                except OSError as exc:
+                    # Stored, yet still in new/: the next pass finds a duplicate.
+                    self._file_failed(self.path / "new" / entry, exc)
+                    continue
+                self.stats.count(outcome)
+                moved += 1
+                self._log.debug("maildir.message_done", mailbox=self.name, path=entry,
+                                message_id=outcome.message_id, ticket_id=outcome.ticket_id,
+                                outcome=outcome.kind.value)
+        return moved
+
+    # -- files that cannot be read --------------------------------------------------
+
+    def _file_failed(self, source: Path, exc: OSError) -> None:
+        error = f"{type(exc).__name__}: {exc.strerror or exc}"
+        fault = self._faults.get(source.name)
+        attempts = (fault.attempts if fault else 0) + 1
+        fault = _FileFault(attempts, error, time.monotonic() + self._file_retry(attempts),
+                           reported=fault.reported if fault else False)
+        self._faults[source.name] = fault
+        self.stats.errors += 1
+        if attempts == 1:
+            self._log.warning("maildir.file_unreadable", mailbox=self.name, path=str(source),
+                              error=error, retry_in=round(fault.next_try - time.monotonic(), 1))
+        if attempts >= self.file_attempts and not fault.reported:
+            fault.reported = True
+            self._log.error("maildir.file_stuck", mailbox=self.name, path=str(source),
+                            error=error, attempts=attempts,
+                            action="fix the file's permissions or move it out of new/")
+            self._report(source, error)
+
+    def _report(self, source: Path, error: str) -> None:
+        if self._sessions is None:
+            return
+        try:
+            with self._sessions.begin() as session:
+                mailboxes.add_counters(session, self.name, unreadable_files=1)
+                mailboxes.record_health(session, self.name, "unreadable files",
+                                        f"{source.name}: {error}", self._clock())
+        except (OperationalError, InterfaceError):
+            return  # the store's own outage is reported by the next pass
+
+    @property
+    def stuck_files(self) -> dict[str, str]:
+        """Files given up on for now (path: error), for status reports."""
+        return {name: f.error for name, f in self._faults.items() if f.reported}
+
+    # -- the loop -------------------------------------------------------------------
 
     def run(self, stop: threading.Event, poll_interval: float = 5.0) -> None:
         """Poll until `stop` is set; store and file-system faults are retried with backoff."""
         self._stop = stop
         try:
             while not stop.is_set():
+                self.last_beat = time.monotonic()
                 try:
                     self.run_once()
-                except (StoreUnavailable, OSError) as exc:
+                except PoolClosed:
+                    break  # stopping: the batch in hand was not acknowledged
+                except Exception as exc:  # noqa: BLE001 - _fault() sorts and logs every kind
                     stop.wait(self._fault(exc))
                     continue
                 if self._outage is not None:
                     self._log.info("maildir.recovered", mailbox=self.name, after=self._outage)
                     self._outage = None
+                    self._set_health("ok", None)
                 self.backoff.reset()
                 stop.wait(poll_interval)
         finally:
             self._stop = None
 
-    def _fault(self, exc: StoreUnavailable | OSError) -> float:
-        event = "store.unavailable" if isinstance(exc, StoreUnavailable) else "maildir.unavailable"
+    def _fault(self, exc: Exception) -> float:
+        if isinstance(exc, StoreUnavailable):
+            event, health = "store.unavailable", "store unavailable"
+        elif isinstance(exc, OSError):
+            event, health = "maildir.unavailable", "unreadable directory"
+        else:
+            event, health = "maildir.unexpected_error", "internal error"
         delay = self.backoff.next_delay()
         if event != self._outage:  # once per outage, not once per retry
             self._outage = event
-            self._log.warning(event, mailbox=self.name, reason=str(exc), retry_in=round(delay, 2))
+            self._log.warning(event, mailbox=self.name, reason=f"{type(exc).__name__}: {exc}",
+                              retry_in=round(delay, 2),
+                              exc_info=event == "maildir.unexpected_error")
+            self._set_health(health, str(exc))
         return delay
+
+    def _set_health(self, health: str, error: str | None) -> None:
+        if self._sessions is None:
+            return
+        try:
+            with self._sessions.begin() as session:
+                mailboxes.record_health(session, self.name, health, error, self._clock())
+        except (OperationalError, InterfaceError):
+            return
 
 
 def _base_name(name: str) -> str:

@@ -2,37 +2,62 @@
 
 There is no global session: callers make a factory and open one transaction
 per unit of work (`with factory.begin() as session:`).
+
+Every command checks the schema before it works, so the check is one SQL
+query on Alembic's own table compared with `HEAD_REVISION`, the newest
+migration this package ships. Alembic itself (a tenth of a second of imports)
+is loaded only by `upgrade` and the `db` commands; a test asks Alembic for the
+head and fails when `HEAD_REVISION` is not kept in step with the migrations.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool, StaticPool
 
-from helpdesk.errors import SchemaOutdated, StoreUnavailable
+from helpdesk.errors import HelpdeskError, SchemaOutdated, StoreUnavailable
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+# The newest revision in migrations/versions; keep it in step when adding one
+# (tests/service/test_store.py asks Alembic and fails otherwise).
+HEAD_REVISION = "0008"
 
 # How long a writer waits for another writer's lock before SQLite reports busy.
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
-    """An engine for `url`; SQLite files get WAL, foreign keys and immediate transactions."""
+class StoreAccessDenied(HelpdeskError):
+    """The database refused us (wrong or missing password, unknown role or database).
+
+    Unlike `StoreUnavailable` this does not pass by waiting: an admin must fix
+    the configuration, so it is reported as a configuration error, not retried.
+    """
+
+
+def make_engine(url: str, *, echo: bool = False, password: str | None = None) -> Engine:
+    """An engine for `url`; SQLite files get WAL, foreign keys and immediate transactions.
+
+    `password` (from `[database] password_file` or the environment) is put
+    into the URL object, never into a string that could reach a log: SQLAlchemy
+    shows such a URL with the password as `***`.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url, echo=echo)
-    return create_engine(url, echo=echo, pool_pre_ping=True, future=True)
+    if password is not None:
+        parsed = parsed.set(password=password)
+    return create_engine(parsed, echo=echo, pool_pre_ping=True, future=True)
 
 
 def _sqlite_engine(url: str, *, echo: bool) -> Engine:
@@ -86,6 +111,8 @@ def is_sqlite(engine: Engine) -> bool:
 
 def alembic_config(engine: Engine) -> AlembicConfig:
     """An Alembic configuration for our migrations, bound to `engine`."""
+    from alembic.config import Config as AlembicConfig
+
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["engine"] = engine
@@ -93,35 +120,124 @@ def alembic_config(engine: Engine) -> AlembicConfig:
 
 
 def head_revision() -> str:
-    """The newest migration this version of helpdesk ships."""
+    """The newest migration this version of helpdesk ships (as Alembic sees the files)."""
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory(str(MIGRATIONS))
     head = script.get_current_head()
     assert head is not None
     return head
 
 
-def current_revision(engine: Engine) -> str | None:
-    """The revision the database is at, or None for an empty database."""
+INSUFFICIENT_PRIVILEGE = "42501"  # SQLSTATE: the role may not use the table
+
+# Messages of a refused connection, as libpq words them (psycopg gives no
+# SQLSTATE for a failed connection). A server with a translated lc_messages
+# words the FATAL ones differently; those fall back to "unavailable" (retried),
+# which delays the admin's fix but never loses mail.
+_REFUSED = re.compile(
+    r"password authentication failed|no password supplied|authentication failed"
+    r'|no pg_hba\.conf entry|role "[^"]*" does not exist|database "[^"]*" does not exist'
+    r"|permission denied for database",
+    re.IGNORECASE,
+)
+
+
+def connect_error(exc: DBAPIError) -> HelpdeskError:
+    """What a failed connection means: access denied (configuration) or unavailable (retry)."""
+    reason = str(exc.orig).strip() if exc.orig is not None else str(exc)
+    # libpq prefixes every line with where it tried; the reason is what counts.
+    reason = reason.removeprefix("connection failed: ")
+    pgconn = getattr(exc.orig, "pgconn", None)
+    if getattr(pgconn, "needs_password", False) or _REFUSED.search(reason):
+        return StoreAccessDenied(f"the database server refused the login: {reason}")
+    return StoreUnavailable(f"cannot open the database: {reason}")
+
+
+def stored_revision(engine: Engine) -> str | None:
+    """The revision recorded in the database (Alembic's table), or None for an empty one.
+
+    One query, no Alembic import: this runs before every command.
+    """
     try:
         with engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
-    except OperationalError as exc:
-        raise StoreUnavailable(f"cannot open the database: {exc.orig}") from exc
+            if not _has_version_table(conn):
+                return None
+            rows = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    except (OperationalError, InterfaceError) as exc:
+        raise connect_error(exc) from exc
+    except ProgrammingError as exc:
+        if getattr(exc.orig, "sqlstate", None) == INSUFFICIENT_PRIVILEGE:
+            raise StoreAccessDenied(f"the database refused access: {exc.orig}") from exc
+        raise
+    # Several rows would mean branches, which we never ship: that is not our head either.
+    return rows[0] if len(rows) == 1 else (",".join(sorted(rows)) or None)
+
+
+def _has_version_table(conn: Any) -> bool:
+    if conn.dialect.name == "sqlite":
+        query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+    else:
+        # The table is looked up on the search_path, as Alembic's own query does.
+        query = "SELECT to_regclass('alembic_version') IS NOT NULL"
+    return bool(conn.execute(text(query)).scalar())
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at, or None for an empty database."""
+    return stored_revision(engine)
 
 
 def check_schema(engine: Engine) -> None:
     """Raise SchemaOutdated unless the database is at the newest migration."""
-    head = head_revision()
-    current = current_revision(engine)
-    if current != head:
-        raise SchemaOutdated(current, head)
+    current = stored_revision(engine)
+    if current != HEAD_REVISION:
+        raise SchemaOutdated(current, HEAD_REVISION)
 
 
 def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
     """Run migrations up to `revision`; returns (before, after)."""
+    from alembic import command
+
     before = current_revision(engine)
     command.upgrade(alembic_config(engine), revision)
     return before, current_revision(engine) or ""
+
+
+def isolate_sequences(conn: Connection, *, lock_timeout_ms: int = 2000) -> bool:
+    """Make the ids this transaction takes from sequences go back on rollback (PostgreSQL).
+
+    `nextval` is not transactional: a rolled-back insert still uses up its id,
+    so a dry run (`helpdesk rules test`) would leave gaps in the ticket
+    numbers. A no-op `ALTER SEQUENCE` is transactional, though: PostgreSQL
+    gives the sequence new storage that lives and dies with this transaction,
+    and holds a lock that makes other sessions' `nextval` wait until it ends.
+    So a concurrent daemon never gets an id this transaction used: it waits
+    (for the length of the dry run) and then continues from the untouched
+    value. `lock_timeout` bounds how long *we* wait for a daemon's locks, so
+    that we, not the daemon, give up if the two ever wait on each other.
+
+    Returns False when the sequences cannot be altered (the role does not own
+    them): the caller then says that ids may advance. SQLite needs nothing: its
+    ids come from the table itself, and a rollback undoes them.
+    """
+    if conn.dialect.name == "sqlite":
+        return True
+    conn.execute(text(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}"))
+    names = conn.execute(text(
+        "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind = 'S' AND n.nspname = current_schema() ORDER BY 1"
+    )).scalars().all()
+    try:
+        with conn.begin_nested():
+            for name in names:  # always in the same order, so two dry runs cannot deadlock
+                conn.execute(text(f"ALTER SEQUENCE {name} INCREMENT BY 1"))
+    except ProgrammingError:  # insufficient privilege: not the owner
+        return False
+    except OperationalError as exc:  # lock_timeout: a long transaction holds a sequence
+        raise StoreUnavailable(f"the store is busy, try again: {exc.orig}") from exc
+    return True
 
 
 def describe_url(url: str) -> str:

@@ -236,6 +236,9 @@ class Message(Base):
     raw: Mapped[bytes | None] = mapped_column(Blob)
     size: Mapped[int] = mapped_column(Integer, default=0)
     defects: Mapped[str] = mapped_column(Text, default="")
+    # The Thread-Index header as received (Outlook's conversation index, MS-OXOMSG);
+    # our mails on the ticket continue it. "" when the mail had none.
+    thread_index: Mapped[str] = mapped_column(String(1000), default="", server_default="")
     # human, auto_reply, bounce, list or own (helpdesk.mail.classify).
     mail_class: Mapped[str] = mapped_column(String(20), default="human")
     origin_source: Mapped[str] = mapped_column(String(20), default="")
@@ -328,12 +331,41 @@ class MailboxState(Base):
     lease_expires_at: Mapped[datetime | None]
     last_poll_at: Mapped[datetime | None]
     counters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # ok, login failed, unreachable, folder missing, store unavailable, ... (`mailbox list`).
+    health: Mapped[str] = mapped_column(String(30), default="ok", server_default="ok")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # Since when the current problem lasts; None while healthy.
+    problem_since: Mapped[datetime | None]
+
+
+class ImapFetchFailure(Base):
+    """A message the IMAP server would not return (FETCH answered NO), and how often.
+
+    Counted in the store so that the bound on retries holds across restarts.
+    """
+
+    __tablename__ = "imap_fetch_failures"
+
+    mailbox: Mapped[str] = mapped_column(String(200), primary_key=True)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    uid: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class QuarantineItem(Base):
-    """A mail that could not be ingested, kept with its error until someone retries it."""
+    """A mail that could not be ingested, kept with its error until someone retries it.
+
+    `state`: ``held`` (waiting for a person), ``resolved`` (a retry ingested it),
+    ``released`` (a corrected copy was ingested in its place:
+    `released_message_row_id`), ``discarded`` (a person decided it is not
+    wanted; kept until `helpdesk quarantine purge`). `decided_by`/`decided_at`
+    say who released or discarded it, and when.
+    """
 
     __tablename__ = "quarantine"
+    __table_args__ = (Index("ix_quarantine_state_decided_at", "state", "decided_at"),)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
@@ -354,6 +386,12 @@ class QuarantineItem(Base):
     origin_uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
     origin_uid: Mapped[int | None] = mapped_column(BigInteger)
     origin_path: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime | None] = mapped_column()
+    decided_by: Mapped[str | None] = mapped_column(String(320))
+    decision_note: Mapped[str] = mapped_column(Text, default="")
+    released_message_row_id: Mapped[int | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="SET NULL")
+    )
 
 
 class AutoReplyLog(Base):

@@ -80,21 +80,28 @@ def message_by_content(session: Session, message_id: str, content_hash: str) -> 
 
 
 _TICKETS_BY_IDS = (
-    select(_messages.c.message_id, _messages.c.ticket_id)
+    select(_messages.c.id, _messages.c.message_id, _messages.c.ticket_id)
     .where(_messages.c.message_id.in_(bindparam("ids", expanding=True)))
     .order_by(_messages.c.id)
 )
 
 
+# Bound parameters per lookup: far below SQLite's 32,766 and PostgreSQL's 65,535,
+# whatever a mail's References header holds (issue 12 §9).
+_IDS_PER_QUERY = 500
+
+
 def tickets_by_message_ids(session: Session, message_ids: Sequence[str]) -> dict[str, int]:
     """Map each known Message-ID (incoming or outgoing) to the ticket it is on."""
-    if not message_ids:
-        return {}
-    rows = session.connection().execute(_TICKETS_BY_IDS, {"ids": list(message_ids)})
-    found: dict[str, int] = {}
-    for mid, ticket_id in rows:
-        found.setdefault(mid, ticket_id)  # the first stored copy wins
-    return found
+    found: dict[str, tuple[int, int]] = {}  # id -> (row id, ticket)
+    conn = session.connection()
+    unique = list(dict.fromkeys(message_ids))
+    for start in range(0, len(unique), _IDS_PER_QUERY):
+        chunk = unique[start:start + _IDS_PER_QUERY]
+        for row_id, mid, ticket_id in conn.execute(_TICKETS_BY_IDS, {"ids": chunk}):
+            if mid not in found or row_id < found[mid][0]:
+                found[mid] = (row_id, ticket_id)  # the first stored copy wins
+    return {mid: ticket_id for mid, (_row, ticket_id) in found.items()}
 
 
 def ticket_view(session: Session, ticket_id: int) -> TicketView | None:

@@ -68,7 +68,7 @@ def test_ingest_files_prints_counts(config: Path, tmp_path: Path) -> None:
     result = run(config, "ingest", "--json", *map(str, paths), str(bad), str(paths[0]))
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {
-        "new_tickets": 2, "replies": 1, "duplicates": 1, "quarantined": 1,
+        "new_tickets": 2, "replies": 1, "duplicates": 1, "quarantined": 1, "refused": 0,
     }
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from sqlalchemy import select
 
 from helpdesk.cli import cli
+from helpdesk.store.models import Event, Message, OutboxItem, Ticket
 from tests.conftest import Store
 from tests.mailfactory import make_mail
 from tests.servers.smtp_sink import SmtpSink
@@ -89,12 +91,21 @@ def test_rules_check_lists_every_problem(tmp_path: Path) -> None:
 
 
 def test_rules_list_json(store: Store, tmp_path: Path) -> None:
-    """`rules list --json` gives the rules in evaluation order."""
+    """`rules list --json` gives the rules in evaluation order, then the timers, as written."""
     config = write_config(tmp_path, store.url, 25)
     data = json.loads(run(config, "rules", "list", "--json").output)
     assert data[0]["file"] == "10-security.toml"
-    assert data[-1]["name"] == "acknowledge"
-    assert all({"name", "file", "when", "then", "stop"} <= set(d) for d in data)
+    rules = [d for d in data if d["kind"] == "rule"]
+    timers = [d for d in data if d["kind"] == "timer"]
+    assert data == rules + timers
+    assert rules[-1]["name"] == "acknowledge"
+    assert [t["name"] for t in timers] == ["resolve-stale-pending", "escalate-unanswered"]
+    assert all({"kind", "name", "file", "when", "then", "stop"} <= set(d) for d in data)
+    incident = rules[0]
+    assert incident["then"]["team"] == "security"
+    assert incident["then"]["forward"] == {"team": "security", "template": "team-forward"}
+    assert incident["when"]["is_new"] is True
+    assert timers[0]["when"] == {"status": "pending", "idle_days": 7}
 
 
 def test_rules_test_shows_mail_and_changes_nothing(store: Store, tmp_path: Path) -> None:
@@ -136,3 +147,57 @@ def test_outbox_send_list_and_retry(store: Store, tmp_path: Path, sink: SmtpSink
     result = run(config, "outbox", "retry", str(pending[0]["id"]))
     assert result.exit_code == 1
     assert "was sent" in result.output
+
+
+@pytest.mark.parametrize("columns", [130, 80])
+def test_rules_list_in_the_tomls_words_wrapped_never_cut(
+    store: Store, tmp_path: Path, columns: int
+) -> None:
+    """One entry per rule and timer, conditions and actions as the file writes them, wrapped."""
+    config = write_config(tmp_path, store.url, 25)
+    result = CliRunner().invoke(cli, ["--config", str(config), "rules", "list"],
+                                catch_exceptions=False,
+                                env={"HELPDESK_DATABASE_URL": None, "COLUMNS": str(columns)})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    # Wide: WHEN / THEN beside the names; narrow: below them, indented.
+    beside = ["WHEN", "/", "THEN"] if columns > 100 else []
+    assert lines[0].split() == ["FILE", "RULE", "STOP", *beside]
+    assert all(len(line) <= columns for line in lines)
+    assert "…" not in result.output
+    assert "SetTeam" not in result.output
+    text = " ".join(line.strip() for line in lines)
+    for words in ('team = "security"', 'priority = "urgent"', 'tags = ["security", "incident"]',
+                  'forward = { team = "security", template = "team-forward" }',
+                  "is_new = true", 'auto_reply = "acknowledge"', "escalate = true",
+                  'status = "pending", idle_days = 7'):
+        assert words in text, words
+    starts = [line.split()[1] for line in lines[1:] if not line.startswith(" ")]
+    assert starts[0] == "security-incident"
+    assert starts[-2:] == ["resolve-stale-pending", "escalate-unanswered"]
+    # A long regex is wrapped, not cut: every one of its words is there.
+    security = next(d for d in json.loads(run(config, "rules", "list", "--json").output)
+                    if d["name"] == "security-report")
+    pattern = security["when"]["any"][0]["subject_or_body"]
+    assert "".join(pattern.split()) in "".join(result.output.split())
+
+
+def test_rules_test_uses_up_no_ids(store: Store, tmp_path: Path) -> None:
+    """A dry run leaves no trace, ids included: the next real mail still gets ticket #1."""
+    config = write_config(tmp_path, store.url, 25)
+    mail = tmp_path / "vpn.eml"
+    mail.write_bytes(make_mail(subject="VPN is down"))
+    for _ in range(2):
+        assert run(config, "rules", "test", str(mail)).exit_code == 0
+    run(config, "ingest", stdin=make_mail(subject="VPN is down"))
+    with store.sessions() as session:
+        ids = {
+            name: session.scalars(select(model.id)).all()
+            for name, model in (("tickets", Ticket), ("messages", Message),
+                                ("outbox", OutboxItem), ("events", Event))
+        }
+    assert ids["tickets"] == [1]
+    assert ids["outbox"] == [1]
+    # The acknowledgement is a message too; no table has a gap before its first real row.
+    for name, found in ids.items():
+        assert sorted(found) == list(range(1, len(found) + 1)), name

@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,11 +23,6 @@ from typing import Any
 import pytest
 
 from bench.mailgen import generate
-from helpdesk.daemon import ParseTimeout, time_limited
-from helpdesk.ingest import IngestContext
-from helpdesk.mail.parse import parse
-from helpdesk.sources.base import ingest_sink
-from helpdesk.values import Origin, OutcomeKind, ParsedMessage
 from tests.app.daemon_helpers import (
     RULES,
     Daemon,
@@ -585,59 +579,6 @@ def test_a_poison_message_goes_to_the_failed_folder_and_quarantine(
     assert items[0]["origin"]["uid"] == 1
     assert items[0]["size"] == len(garbage)
     assert "not an e-mail" in items[0]["error"]
-
-
-# -- 8. time limit ------------------------------------------------------------------
-
-
-def _slow_parser(release: threading.Event, hold: float = 5.0) -> Callable[[bytes], ParsedMessage]:
-    def slow(raw: bytes) -> ParsedMessage:
-        release.wait(hold)
-        return parse(raw)
-    return slow
-
-
-def test_time_limited_raises_parse_timeout_promptly_and_passes_fast_results() -> None:
-    """`time_limited`: a slow parser raises ParseTimeout at the limit; a fast one returns."""
-    raw = make_mail()
-    release = threading.Event()
-    try:
-        limited = time_limited(_slow_parser(release), 0.2)
-        started = time.monotonic()
-        with pytest.raises(ParseTimeout, match=r"took longer than 0\.2 s"):
-            limited(raw)
-        assert 0.2 <= time.monotonic() - started < 1.0
-    finally:
-        release.set()
-
-    quick = time_limited(parse, 5.0)
-    started = time.monotonic()
-    assert quick(raw) == parse(raw)
-    assert time.monotonic() - started < 1.0
-
-    def broken(_raw: bytes) -> ParsedMessage:
-        raise ValueError("bad input")
-    with pytest.raises(ValueError, match="bad input"):
-        time_limited(broken, 5.0)(raw)
-
-
-@SQLITE
-def test_a_message_over_the_time_limit_is_quarantined_by_ingest(store: Store) -> None:
-    """Ingest with a time-limited slow parser quarantines the mail with a 'took too long' error."""
-    release = threading.Event()
-    try:
-        ctx = IngestContext(parse=time_limited(_slow_parser(release), 0.2))
-        sink = ingest_sink(store.sessions, ctx)
-        started = time.monotonic()
-        outcome = sink(make_mail(), Origin(source="imap", mailbox="support", uidvalidity=1, uid=7))
-        assert time.monotonic() - started < 2.0
-    finally:
-        release.set()
-    assert outcome.kind is OutcomeKind.QUARANTINED
-    assert outcome.error is not None
-    assert "took longer than 0.2 s" in outcome.error
-    assert quarantine_count(store) == 1
-    assert incoming_ids(store) == []
 
 
 # -- 9. logs -------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -32,3 +33,15 @@ def test_systemd_analyze_verify_passes(tmp_path: Path) -> None:
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_every_credential_the_unit_loads_is_created_by_the_install_steps() -> None:
+    """systemd will not start the unit if a LoadCredential file is missing: the install
+    comment creates each one, and the database password is among them."""
+    text = UNIT.read_text()
+    loaded = re.findall(r"^LoadCredential=([\w-]+):(\S+)$", text, re.MULTILINE)
+    assert ("db-password", "/etc/helpdesk/db-password") in loaded
+    install = [line for line in text.splitlines() if line.startswith("#")]
+    for name, path in loaded:
+        assert any(f"install -m 0600 /dev/stdin {path}" in line for line in install), name
+        assert any(f"/run/credentials/helpdesk.service/{name}" in line for line in install), name

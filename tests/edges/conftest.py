@@ -103,7 +103,8 @@ def make_source() -> Iterator[SourceFactory]:
         server: DovecotServer, store: Store, sink: Sink, *, holder: str = "test-daemon",
         **overrides: Any,
     ) -> ImapSource:
-        options = {k: overrides.pop(k) for k in ("lease_ttl", "clock", "idle_timeout", "backoff")
+        options = {k: overrides.pop(k) for k in ("lease_ttl", "clock", "idle_timeout", "backoff",
+                                                 "max_message_bytes")
                    if k in overrides}
         options.setdefault("backoff", fast_backoff())
         source = ImapSource(mailbox_settings(server, **overrides), sink, store.sessions,

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import smtplib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
+from sqlalchemy import select
 
 from helpdesk.errors import StoreUnavailable
 from helpdesk.sources.base import Sink
 from helpdesk.sources.lmtp import LmtpController, LmtpHandler, start_lmtp
-from helpdesk.values import IngestOutcome, Origin
+from helpdesk.store.models import Message
+from helpdesk.values import Incoming, IngestOutcome, Origin
 from tests.conftest import Store
 from tests.edges.conftest import quarantined, stored_ids
 from tests.mailfactory import make_mail
@@ -99,7 +101,7 @@ def test_accept_predicate(serve: Serve, sink: Sink) -> None:
 def test_store_unavailable_answers_451_per_recipient(serve: Serve, store: Store) -> None:
     """When the store is down every recipient gets 451 4.3.0, and nothing is stored."""
 
-    def down(raw: bytes, origin: Origin) -> IngestOutcome:
+    def down(batch: Sequence[Incoming]) -> list[IngestOutcome]:
         raise StoreUnavailable("database is locked")
 
     port = serve(LmtpHandler(down, accept_domains=["example.test"]))
@@ -112,19 +114,33 @@ def test_store_unavailable_answers_451_per_recipient(serve: Serve, store: Store)
 def test_quarantined_mail_is_accepted(serve: Serve, store: Store, sink: Sink) -> None:
     """Mail ingest cannot use is still kept (quarantine), so the MTA gets 250, not a bounce."""
     port = serve(LmtpHandler(sink, accept_domains=["example.test"]))
-    ((code, text),) = deliver(port, b"Subject: no sender\r\n\r\nbody\r\n", ["support@example.test"])
+    ((code, text),) = deliver(port, b"\x00\x01 not mail at all\r\n", ["support@example.test"])
     assert code == 250
     assert b"kept in quarantine" in text
     assert quarantined(store) == 1
+
+
+def test_the_envelope_sender_stands_in_for_a_missing_from(
+    serve: Serve, store: Store, sink: Sink
+) -> None:
+    """A mail naming no sender in its headers is kept under its MAIL FROM, not quarantined."""
+    port = serve(LmtpHandler(sink, accept_domains=["example.test"]))
+    ((code, text),) = deliver(port, b"Subject: no sender\r\n\r\nbody\r\n", ["support@example.test"])
+    assert code == 250
+    assert b"queued as ticket" in text
+    assert quarantined(store) == 0
+    with store.sessions() as session:
+        (sender,) = session.scalars(select(Message.from_address)).all()
+    assert sender == SENDER.lower()
 
 
 def test_sink_called_once_with_all_recipients(serve: Serve, sink: Sink) -> None:
     """One sink call per message, whatever the number of recipients."""
     calls: list[Origin] = []
 
-    def counting(raw: bytes, origin: Origin) -> IngestOutcome:
-        calls.append(origin)
-        return sink(raw, origin)
+    def counting(batch: Sequence[Incoming]) -> list[IngestOutcome]:
+        calls.extend(item.origin for item in batch)
+        return sink(batch)
 
     port = serve(LmtpHandler(counting, accept_domains=["example.test"], name="mx"))
     deliver(port, make_mail(), ["support@example.test", "it@example.test"])

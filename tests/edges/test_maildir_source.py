@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from structlog.testing import capture_logs
 from helpdesk.errors import StoreUnavailable
 from helpdesk.sources.base import Backoff, Sink
 from helpdesk.sources.maildir import MaildirSource
-from helpdesk.values import IngestOutcome, Origin
+from helpdesk.values import Incoming, IngestOutcome, Origin
 from tests.conftest import Store
 from tests.edges.conftest import mails, running, stored_ids, wait_for
 
@@ -59,9 +60,9 @@ def test_origin_names_the_file(maildir: Path, sink: Sink) -> None:
     """The sink sees source "maildir", the configured name and the file name."""
     seen: list[Origin] = []
 
-    def recording(raw: bytes, origin: Origin) -> IngestOutcome:
-        seen.append(origin)
-        return sink(raw, origin)
+    def recording(batch: Sequence[Incoming]) -> list[IngestOutcome]:
+        seen.extend(item.origin for item in batch)
+        return sink(batch)
 
     deliver(maildir, mails(1)[0], "1700000000.M1P1.host")
     MaildirSource(maildir, recording, name="local").run_once()
@@ -73,7 +74,7 @@ def test_store_unavailable_leaves_files_in_new(
 ) -> None:
     """Nothing moves to cur/ when the store is down; the next pass ingests it."""
 
-    def down(raw: bytes, origin: Origin) -> IngestOutcome:
+    def down(batch: Sequence[Incoming]) -> list[IngestOutcome]:
         raise StoreUnavailable("database is locked")
 
     deliver(maildir, mails(1)[0], "1700000000.M1P1.host")
@@ -91,44 +92,66 @@ def test_vanished_file_is_skipped(maildir: Path, store: Store, sink: Sink) -> No
     first = deliver(maildir, mails(2)[0], "1700000000.M1P1.host")
     second = deliver(maildir, mails(2)[1], "1700000000.M2P1.host")
 
-    def racing(raw: bytes, origin: Origin) -> IngestOutcome:
+    def racing(batch: Sequence[Incoming]) -> list[IngestOutcome]:
         if second.exists():
             second.unlink()  # another MUA moved it meanwhile
-        return sink(raw, origin)
+        return sink(batch)
 
-    assert MaildirSource(maildir, racing, name="local").run_once() == 1
+    source = MaildirSource(maildir, racing, name="local", batch_max=1)
+    with capture_logs() as logs:
+        assert source.run_once() == 1
     assert not first.exists()
     assert stored_ids(store) == ["m-0@mail.example.com"]
+    assert [e for e in logs if e["log_level"] in ("warning", "error")] == []
 
 
-def test_a_sink_bug_leaves_the_file_and_goes_on(
+def test_file_taken_after_it_was_stored_is_not_counted_twice(
     maildir: Path, store: Store, sink: Sink
 ) -> None:
-    """An unexpected exception is logged; that file stays in new/ and the next one is ingested."""
+    """Stored, then moved away by another reader before our rename: stored once, not moved."""
+    deliver(maildir, mails(2)[0], "1700000000.M1P1.host")
+    second = deliver(maildir, mails(2)[1], "1700000000.M2P1.host")
 
-    def buggy(raw: bytes, origin: Origin) -> IngestOutcome:
-        if origin.path == "1700000000.M1P1.host":
+    def racing(batch: Sequence[Incoming]) -> list[IngestOutcome]:
+        outcomes = sink(batch)
+        second.unlink()
+        return outcomes
+
+    assert MaildirSource(maildir, racing, name="local").run_once() == 1
+    assert sorted(stored_ids(store)) == ["m-0@mail.example.com", "m-1@mail.example.com"]
+
+
+def test_a_failing_sink_leaves_the_batch_in_new_and_is_retried(
+    maildir: Path, store: Store, sink: Sink
+) -> None:
+    """A sink that raises acknowledges nothing; run() logs it once and tries again."""
+    failures: list[int] = []
+
+    def buggy(batch: Sequence[Incoming]) -> list[IngestOutcome]:
+        if not failures:
+            failures.append(len(batch))
             raise RuntimeError("a bug")
-        return sink(raw, origin)
+        return sink(batch)
 
     deliver(maildir, mails(2)[0], "1700000000.M1P1.host")
     deliver(maildir, mails(2)[1], "1700000000.M2P1.host")
-    source = MaildirSource(maildir, buggy, name="local")
-    with capture_logs() as logs:
-        assert source.run_once() == 1
-    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["maildir.message_failed"]
-    assert os.listdir(maildir / "new") == ["1700000000.M1P1.host"]
-    assert source.stats.errors == 1
+    source = MaildirSource(maildir, buggy, name="local", backoff=Backoff(base=0.02, cap=0.05))
+    with capture_logs() as logs, running(source, poll_interval=0.05):
+        assert wait_for(lambda: len(stored_ids(store)) == 2)
+    assert failures == [2]
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+        "maildir.unexpected_error"]
+    assert os.listdir(maildir / "new") == []
 
 
 def test_run_polls_until_stopped(maildir: Path, store: Store, sink: Sink) -> None:
     """run() picks up mail delivered while it runs, and survives a store outage."""
     broken = [True]
 
-    def flaky(raw: bytes, origin: Origin) -> IngestOutcome:
+    def flaky(batch: Sequence[Incoming]) -> list[IngestOutcome]:
         if broken[0]:
             raise StoreUnavailable("database is locked")
-        return sink(raw, origin)
+        return sink(batch)
 
     source = MaildirSource(maildir, flaky, name="local", backoff=Backoff(base=0.02, cap=0.1))
     with capture_logs() as logs, running(source, poll_interval=0.05):

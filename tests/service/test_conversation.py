@@ -16,6 +16,7 @@ from helpdesk import directory, tickets
 from helpdesk.actions import ActionContext
 from helpdesk.context import BUILTIN_TEMPLATES
 from helpdesk.ingest import IngestContext, ingest
+from helpdesk.mail.trust import TrustPolicy
 from helpdesk.outbox import OutboxPolicy, Signer
 from helpdesk.rules import load_rules
 from helpdesk.settings import SmtpSettings
@@ -68,7 +69,7 @@ def ctx(store: Store, clock: Clock) -> IngestContext:
     )
     return IngestContext(
         is_own_address=lambda a: a.startswith("support"), clock=clock, loop_id=SUPPORT,
-        rules=rules, actions=actions, trusted_authserv_id=MX,
+        rules=rules, actions=actions, trust=TrustPolicy(authserv_id=MX),
         note_address="support+note@example.com",
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -9,6 +10,7 @@ from sqlalchemy import func, select
 
 from helpdesk import directory, tickets
 from helpdesk.ingest import IngestContext, ingest
+from helpdesk.mail.trust import TrustPolicy
 from helpdesk.store.models import Attachment, Contact, Event, Message, QuarantineItem, Ticket
 from helpdesk.thread import ThreadPolicy
 from helpdesk.values import Origin, OutcomeKind
@@ -245,7 +247,10 @@ def test_agent_mail_is_stored_as_agent_reply(store: Store, clock: Clock) -> None
         subject=f"Re: [#{first.ticket_id}] Printer",
         message_id="<a1@it.example.com>",
     )
-    outcome = run(store, answer, clock)
+    # This test is about storing; who may act as an agent is tests/service/test_agent_trust.py.
+    trusting = dataclasses.replace(ctx(clock), trust=TrustPolicy(trust_from_header=True))
+    with store.sessions.begin() as session:
+        outcome = ingest(session, answer, FILE, trusting)
     with store.sessions() as session:
         row = session.get_one(Message, outcome.message_row_id)
         assert (row.ticket_id, row.kind) == (first.ticket_id, "agent_reply")

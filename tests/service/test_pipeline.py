@@ -106,7 +106,7 @@ def test_new_request_is_routed_and_acknowledged(store: Store, ctx: IngestContext
                                                       "pending")
     parsed = email.message_from_bytes(ack.raw, policy=email.policy.strict)
     assert parsed.defects == []
-    assert parsed["Subject"].startswith(f"[#{outcome.ticket_id}]")
+    assert parsed["Subject"] == f"Re: [#{outcome.ticket_id}] VPN keeps dropping"
     assert parsed["In-Reply-To"] == "<req-1@mail.example.com>"
     assert parsed["Auto-Submitted"] == "auto-replied"
     assert parsed["X-Auto-Response-Suppress"] == "All"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import itertools
+import tracemalloc
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -13,12 +15,14 @@ from email.message import EmailMessage
 import pytest
 
 from helpdesk.mail.compose import (
+    MAX_REFERENCES_OCTETS,
     compose,
     make_message_id,
     thread_index,
     thread_topic,
     ticket_from_message_id,
 )
+from helpdesk.mail.conversation import index_started, root_index, thread_guid
 from helpdesk.mail.parse import parse
 from helpdesk.thread import format_tag
 from helpdesk.values import Address, AttachmentPart, MessageKind, OutgoingMail
@@ -176,25 +180,40 @@ def test_long_references_fold_between_ids_and_keep_the_root() -> None:
 
     data = build(mail)
     strict(data)
-    folded = [line for line in lines(data) if line.startswith((b"References:", b" <"))]
+    start = lines(data).index(b"References:")  # 84-character ids: folded after the colon
+    folded = list(itertools.takewhile(lambda line: line.startswith(b" <"),
+                                      lines(data)[start + 1:]))
     parsed = parse(data)
 
     assert all(line.count(b"<") == 1 and line.endswith(b">") for line in folded)
     assert parsed.references[0] == refs[0]
-    assert parsed.references[-1] == refs[-1]
-    assert len(parsed.references) == 50
-    assert parsed.references[1:] == refs[-49:]
+    assert parsed.references[1:] == refs[-(len(parsed.references) - 1):]
+    assert sum(len(mid) + 3 for mid in parsed.references) <= MAX_REFERENCES_OCTETS
+    assert len(parsed.references) == MAX_REFERENCES_OCTETS // 84
 
 
 def test_a_single_very_long_id_is_written_whole() -> None:
-    """An id longer than a folded line is not split or RFC 2047-encoded."""
+    """An id longer than a folded line is not split or RFC 2047-encoded: it gets a line."""
     long_id = "x" * 300 + "@example.com"
 
     data = build(outgoing(in_reply_to=long_id, references=()))
     strict(data)
 
-    assert f"In-Reply-To: <{long_id}>".encode() in lines(data)
+    assert b"In-Reply-To:\r\n <" + long_id.encode() + b">\r\n" in data
     assert parse(data).in_reply_to == (long_id,)
+
+
+def test_outlook_length_id_folds_after_the_colon() -> None:
+    """An 87-character Outlook id: `In-Reply-To:` alone, the id on the next line (issue 10.5)."""
+    # "In-Reply-To: <id>" is 87 characters; the id alone fits a folded line.
+    outlook = "AM0PR04MB6433A1B2C3D4E5F6A7B8C9D@AM0PR04MB6433.eurprd04.prod.outlook.com"
+
+    data = build(outgoing(in_reply_to=outlook, references=("root@mail.example.com",)))
+
+    assert f"In-Reply-To:\r\n <{outlook}>\r\n".encode() in data
+    assert f"References: <root@mail.example.com>\r\n <{outlook}>\r\n".encode() in data
+    assert max(len(line) for line in lines(data)) <= 78
+    strict(data)
 
 
 def test_ids_that_cannot_be_written_are_left_out() -> None:
@@ -215,7 +234,30 @@ def test_automated_mail_carries_rfc3834_and_exchange_headers() -> None:
 
     assert msg["Auto-Submitted"] == "auto-replied"
     assert msg["X-Auto-Response-Suppress"] == "All"
-    assert msg["Precedence"] is None  # RFC 3834 section 3.1.8 discourages it
+    assert msg["Precedence"] is None  # only when the mail asks for it
+
+
+def test_auto_submitted_keyword_is_the_mails() -> None:
+    """Mail caused by time or state says auto-generated (RFC 3834 section 5.1)."""
+    data = build(outgoing(automated=True, auto_submitted="auto-generated", precedence="bulk"))
+
+    assert b"\r\nAuto-Submitted: auto-generated\r\nX-Auto-Response-Suppress: All\r\n" \
+        b"Precedence: bulk\r\n" in data
+    strict(data)
+
+
+@pytest.mark.parametrize("field", ["auto_submitted", "precedence"])
+def test_keywords_cannot_carry_anything_else(field: str) -> None:
+    """Auto-Submitted and Precedence take a keyword, nothing that could add a header."""
+    with pytest.raises(ValueError, match="not a keyword"):
+        build(outgoing(automated=True, **{field: "bulk; x=1"}))
+
+
+def test_envelope_sender_defaults_to_from_and_can_be_null() -> None:
+    """None means the From address; "" is the null sender <> of automatic mail."""
+    assert outgoing().envelope_from == SUPPORT.address
+    assert outgoing(envelope_sender="").envelope_from == ""
+    assert outgoing(envelope_sender="bounces@example.com").envelope_from == "bounces@example.com"
 
 
 def test_personal_mail_has_no_automated_headers() -> None:
@@ -280,14 +322,46 @@ def test_thread_index_guid_is_a_uuid5_of_the_thread_key() -> None:
 
 
 def test_thread_index_carries_the_thread_start_time() -> None:
-    """With thread_started, bytes 1-5 are the top 40 bits of its FILETIME."""
+    """With thread_started, bytes 0-5 are its FILETIME without the low 16 bits (MS-OXOMSG)."""
     started = datetime(2024, 4, 30, 8, 0, tzinfo=UTC)
+
+    index = decoded_index(strict(build(outgoing(in_reply_to=None, references=()),
+                                       thread_started=started)))
+
+    filetime = int.from_bytes(index[0:6], "big") << 16
+    moment = datetime(1601, 1, 1, tzinfo=UTC) + timedelta(microseconds=filetime // 10)
+    assert abs(moment - started) < timedelta(milliseconds=7)  # 2**16 * 100 ns = 6.5 ms
+    assert len(index) == 22  # a new conversation: the header block alone
+
+
+def test_reply_with_a_known_start_gets_a_child_block() -> None:
+    """A reply whose conversation start is known is one level below the root: 27 bytes."""
+    started = DATE - timedelta(hours=5)
 
     index = decoded_index(strict(build(thread_started=started)))
 
-    filetime = int.from_bytes(index[1:6], "big") << 24
-    moment = datetime(1601, 1, 1, tzinfo=UTC) + timedelta(microseconds=filetime // 10)
-    assert abs(moment - started) < timedelta(seconds=2)  # 2**24 * 100 ns = 1.68 s
+    assert len(index) == 27
+    delta = (int.from_bytes(index[22:27], "big") >> 8 & 0x7FFFFFFF) << 18
+    assert abs(delta - timedelta(hours=5) // timedelta(microseconds=1) * 10) < 2**18
+
+
+def test_thread_index_continues_the_parents_index() -> None:
+    """Given the parent's index, ours is that index plus one child block dated `date`."""
+    parent = root_index(DATE - timedelta(days=2), thread_guid("theirs")) + bytes(5)
+
+    index = decoded_index(strict(build(outgoing(parent_thread_index=parent))))
+
+    assert len(index) == 32
+    assert index[:27] == parent
+    assert index_started(index) == index_started(parent)
+    delta = (int.from_bytes(index[27:32], "big") >> 8 & 0x7FFFFFFF) << 18
+    assert abs(delta - timedelta(days=2) // timedelta(microseconds=1) * 10) < 2**18
+
+
+def test_malformed_parent_index_is_a_caller_bug() -> None:
+    """Services pass validated indexes; anything else raises."""
+    with pytest.raises(ValueError, match="conversation index"):
+        build(outgoing(parent_thread_index=b"\x01" * 23))
 
 
 def test_thread_index_without_a_ticket_follows_the_root_id() -> None:
@@ -617,3 +691,84 @@ def test_make_message_id_rejects_bad_input(
     """A bad ticket id, nonce, domain or an empty secret raises ValueError."""
     with pytest.raises(ValueError, match=r"ticket id|nonce|domain|secret"):
         make_message_id(ticket_id, domain=domain, secret=secret, nonce=nonce)
+
+
+# --------------------------------------------------------------------------
+# The exact bytes
+
+
+def test_exact_bytes_of_an_automatic_reply() -> None:
+    """Every header byte of a German auto-reply with an emoji, an Outlook parent and a Cc."""
+    parent = root_index(DATE - timedelta(hours=1), thread_guid("ticket:x:1042"))
+    subject = "Drucker im 3. Stock – Papierstau 😀 seit Montag früh, bitte dringend prüfen"
+    mail = outgoing(
+        kind=MessageKind.AUTO_REPLY,
+        from_=Address("support@example.com", "Zentrale IT – Service Desk"),
+        to=(Address("joerg@example.de", "Jörg Müller"),),
+        cc=(Address("boss@example.com", "The Boss"),),
+        subject=f"Re: [#1042] {subject}",
+        body="Hallo Jörg,\n\nwir kümmern uns.\n\n-- \nIT\n",
+        in_reply_to="AM0PR04MB6433A1B2C3D4E5F6A7B8C9D@AM0PR04MB6433.eurprd04.prod.outlook.com",
+        references=(),
+        automated=True,
+        precedence="bulk",
+        parent_thread_index=parent,
+        thread_topic=subject,
+    )
+
+    data = build(mail)
+
+    assert data == (
+        b"Message-ID: <hd.1042.0123456789abcdef.7nrtkunpkvlashmd@support.example.com>\r\n"
+        b"Date: Wed, 01 May 2024 09:30:00 +0000\r\n"
+        b"From: =?utf-8?q?Zentrale_IT_=E2=80=93_Service_Desk?= <support@example.com>\r\n"
+        b"Reply-To: IT Support <support@example.com>\r\n"
+        b"To: =?utf-8?q?J=C3=B6rg_M=C3=BCller?= <joerg@example.de>\r\n"
+        b"Cc: The Boss <boss@example.com>\r\n"
+        b"Subject: Re: [#1042] Drucker im 3. Stock =?utf-8?b?4oCT?= Papierstau\r\n"
+        b" =?utf-8?b?8J+YgA==?= seit Montag =?utf-8?b?ZnLDvGgs?= bitte dringend\r\n"
+        b" =?utf-8?q?pr=C3=BCfen?=\r\n"
+        b"In-Reply-To:\r\n"
+        b" <AM0PR04MB6433A1B2C3D4E5F6A7B8C9D@AM0PR04MB6433.eurprd04.prod.outlook.com>\r\n"
+        b"References:\r\n"
+        b" <AM0PR04MB6433A1B2C3D4E5F6A7B8C9D@AM0PR04MB6433.eurprd04.prod.outlook.com>\r\n"
+        b"Thread-Topic: Drucker im 3. Stock =?utf-8?b?4oCT?= Papierstau\r\n"
+        b" =?utf-8?b?8J+YgA==?= seit Montag =?utf-8?b?ZnLDvGgs?= bitte dringend\r\n"
+        b" =?utf-8?q?pr=C3=BCfen?=\r\n"
+        b"Thread-Index: AdqbocGKrfAsIQXyXwu4jpa/TVPwpAACGHGx\r\n"
+        b"Auto-Submitted: auto-replied\r\n"
+        b"X-Auto-Response-Suppress: All\r\n"
+        b"Precedence: bulk\r\n"
+        b"X-Loop: helpdesk@support.example.com\r\n"
+        b"MIME-Version: 1.0\r\n"
+        b'Content-Type: text/plain; charset="utf-8"\r\n'
+        b"Content-Transfer-Encoding: quoted-printable\r\n"
+        b"\r\n"
+        b"Hallo J=C3=B6rg,\r\n\r\nwir k=C3=BCmmern uns.\r\n\r\n--=20\r\nIT\r\n"
+    )
+    msg = strict(data)
+    assert msg["Subject"] == f"Re: [#1042] {subject}"
+    assert msg["Thread-Topic"] == subject
+    assert msg["To"].addresses[0].display_name == "Jörg Müller"
+    assert msg["From"].addresses[0].display_name == "Zentrale IT – Service Desk"
+    assert msg.get_content().replace("\r\n", "\n") == "Hallo Jörg,\n\nwir kümmern uns.\n\n-- \nIT\n"
+
+
+@pytest.mark.slow  # tracemalloc makes the megabyte take seconds
+def test_a_megabyte_subject_and_name_compose_within_bounds() -> None:
+    """A 1 MB subject and display name (hostile mail) give valid, folded headers in
+    bounded memory (issue 12 item 8: the standard library's folder took 553-902 MB).
+
+    The time is measured in bench/compose.py --hostile (folding is linear).
+    """
+    huge = "Ärger " * 170_000
+    tracemalloc.start()
+    try:
+        data = build(outgoing(subject=huge, to=(Address("dana@example.com", huge),)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert peak < 100 * 2**20  # about 40 MB: the 7 MB of mail and its pieces
+    assert max(len(line) for line in lines(data)) <= 76
+    assert data.isascii()

@@ -6,7 +6,6 @@ import base64
 import hashlib
 import random
 import re
-import time
 import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
@@ -875,7 +874,7 @@ def test_hash_covers_message_id_and_attachments() -> None:
 
 
 def test_twenty_megabyte_attachment() -> None:
-    """A 20 MB attachment parses intact in reasonable time and memory."""
+    """A 20 MB attachment parses intact, costing its decoded bytes and no copy of the mail."""
     payload = random.Random(20).randbytes(20 * 1024 * 1024)
     encoded = base64.encodebytes(payload).replace(b"\n", b"\r\n")
     raw = (
@@ -888,16 +887,14 @@ def test_twenty_megabyte_attachment() -> None:
         b"Content-Transfer-Encoding: base64\r\n\r\n" + encoded + b"--BIG--\r\n"
     )
     tracemalloc.start()
-    started = time.perf_counter()
     try:
         parsed = parse(raw)
-        elapsed = time.perf_counter() - started
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     (dump,) = parsed.attachments
     assert dump.sha256 == hashlib.sha256(payload).hexdigest()
     assert parsed.text == "Memory dump attached."
-    assert elapsed < 20, elapsed
-    # The stdlib parser holds the mail as lines (about 8x the raw size); we add no copy on top.
-    assert peak < 12 * len(raw), peak
+    # The attachment is decoded straight from the raw bytes: its decoded copy
+    # and little more (the standard library's parser held about 8x the mail).
+    assert peak < len(payload) + len(raw) // 4, peak

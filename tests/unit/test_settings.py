@@ -486,3 +486,76 @@ def test_settings_built_by_hand_have_defaults() -> None:
     assert built.helpdesk.support_address == "support@localhost"
     assert built.smtp.port == 25
     assert built.mailboxes == ()
+
+
+PG = 'url = "postgresql+psycopg://helpdesk@db.example.org/helpdesk"\n'
+
+
+def test_database_password_from_password_file(tmp_path: Path) -> None:
+    """`[database] password_file` is read (relative to the file) and kept out of the URL."""
+    write(tmp_path / "db-password", "db-secret\n")
+    config = write(tmp_path / "helpdesk.toml", f'[database]\n{PG}password_file = "db-password"\n')
+
+    loaded = load_settings(config, {}, cwd=tmp_path)
+
+    assert loaded.database.password_value == "db-secret"
+    assert loaded.database.url == "postgresql+psycopg://helpdesk@db.example.org/helpdesk"
+    assert "db-secret" not in repr(loaded) + str(loaded.database)
+
+
+def test_database_password_from_the_environment_wins(tmp_path: Path) -> None:
+    """HELPDESK_DATABASE_PASSWORD overrides password_file, as for the other secrets."""
+    write(tmp_path / "db-password", "from-file")
+    config = write(tmp_path / "helpdesk.toml", f'[database]\n{PG}password_file = "db-password"\n')
+
+    loaded = load_settings(config, {"HELPDESK_DATABASE_PASSWORD": "from-env"}, cwd=tmp_path)
+
+    assert loaded.database.password_value == "from-env"
+
+
+def test_database_without_a_password_is_fine(tmp_path: Path) -> None:
+    """No password at all is allowed: SQLite, or PostgreSQL with peer or trust login."""
+    loaded = load_settings(write(tmp_path / "helpdesk.toml", f"[database]\n{PG}"), {},
+                           cwd=tmp_path)
+    assert loaded.database.password is None
+    assert loaded.database.password_value is None
+
+
+@pytest.mark.parametrize(
+    ("setup", "key", "problem"),
+    [
+        ('password_file = "missing"\n', "database.password_file", "cannot read"),
+        ('password_file = "empty"\n', "database.password_file", "is empty"),
+        ('password_file = "db-password"\npassword = "x"\n', "database.password_file",
+         "not both"),
+        ('password_file = 3\n', "database.password_file", "expected a string"),
+    ],
+)
+def test_database_password_file_problems_name_the_key(
+    tmp_path: Path, setup: str, key: str, problem: str
+) -> None:
+    """A missing, empty or doubly given database password is a problem on its key."""
+    write(tmp_path / "empty", "")
+    write(tmp_path / "db-password", "pw")
+    config = write(tmp_path / "helpdesk.toml", f"[database]\n{PG}{setup}")
+
+    with pytest.raises(ConfigError) as exc:
+        load_settings(config, {}, cwd=tmp_path)
+
+    problems = problems_of(exc)
+    assert list(problems) == [key]
+    assert problem in problems[key]
+
+
+def test_a_password_in_the_url_and_in_a_file_is_refused(tmp_path: Path) -> None:
+    """Two places for one password would leave the admin guessing which one is used."""
+    write(tmp_path / "db-password", "pw")
+    config = write(tmp_path / "helpdesk.toml", '[database]\npassword_file = "db-password"\n')
+    env = {"HELPDESK_DATABASE_URL": "postgresql://helpdesk:other@db/helpdesk"}
+
+    with pytest.raises(ConfigError) as exc:
+        load_settings(config, env, cwd=tmp_path)
+
+    problems = problems_of(exc)
+    assert "URL carries a password too" in problems["database.password_file"]
+    assert "other" not in str(exc.value)

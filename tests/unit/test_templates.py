@@ -27,7 +27,8 @@ from helpdesk.values import (
 )
 
 SHIPPED = Path(__file__).resolve().parents[2] / "templates"
-SHIPPED_NAMES = {"acknowledge", "password-reset", "team-forward", "agent-reply", "resolved"}
+SHIPPED_NAMES = {"acknowledge", "password-reset", "team-forward", "agent-reply", "resolved",
+                 "escalated"}
 
 
 def full_context() -> dict[str, object]:
@@ -127,6 +128,9 @@ def test_shipped_templates_render_with_a_full_context(shipped: TemplateSet, name
         ),
         ("agent-reply", ["the printer is jammed again", "\n-- \nAlice Admin\nACME IT Help Desk"]),
         ("resolved", ["resolved", "within\n10 days", "support@acme.example"]),
+        ("escalated", ["no answer within its target time", "for Hardware", "now high",
+                       "Dana Scully <dana@example.com>", "Assignee:  alice@it.example.com",
+                       "\n-- \nACME IT Help Desk\n"]),
     ],
 )
 def test_shipped_templates_say_what_they_must(
@@ -437,6 +441,8 @@ def test_fallback_texts_follow_their_purpose() -> None:
     assert "pending" in fallback("password-reset", context).body
     assert "dana@example.com" in fallback("team-forward", context).body
     assert "resolved" in fallback("resolved", context).body
+    assert "no answer within its target time" in fallback("escalated", context).body
+    assert fallback("acknowledge", context).subject == "Re: [#1042] Printer on floor 3 jammed"
     assert fallback("unknown", context).body != fallback("acknowledge", context).body
 
 
@@ -493,3 +499,17 @@ def test_build_context_defaults_are_empty_not_none() -> None:
     assert context["message"]["text"] == ""  # type: ignore[index]
     assert context["team"] is None
     assert context["agent"] is None
+
+
+def test_check_templates_finds_runtime_errors_with_their_line(tmp_path: Path) -> None:
+    """Rendering with a sample context finds undefined names, subject and body, by line."""
+    from helpdesk.templates import check_templates
+
+    assert check_templates(Path(__file__).resolve().parents[2] / "templates") == []
+    (tmp_path / "a.txt").write_text("Subject: {{ ticket.refrence }}\n\nHello\n")
+    (tmp_path / "b.txt").write_text("Subject: ok\n\nline one\n{{ agent.nmae }}\n")
+    (tmp_path / "c.txt").write_text("Subject: ok\n\n{{ requester.name }} {{ team.address }}\n")
+    problems = {(p.path.name, p.line): p.problem for p in check_templates(tmp_path)}
+    assert list(problems) == [("a.txt", 1), ("b.txt", 4)]
+    assert "refrence" in problems[("a.txt", 1)]
+    assert "nmae" in problems[("b.txt", 4)]

@@ -17,6 +17,9 @@ Contract (design.md §1, style.md §7.6):
   UIDVALIDITY changes, all UIDs are void (RFC 3501 §2.3.1.1): progress goes back
   to 0 and the folder is rescanned; ingest's dedupe (Message-ID + content)
   recognises what is already stored.
+* One message never stops the mailbox (issue 9): see `passes.py` for
+  messages the server cannot return, messages over `max_message_bytes` and
+  refused MOVEs.
 * Faults (connection lost, server restart, login refused, folder missing, the
   store unavailable) never end `run()`: each is logged once per outage with its
   reason, retried with capped exponential backoff and jitter, and
@@ -25,25 +28,23 @@ Contract (design.md §1, style.md §7.6):
   of them work it at a time (`helpdesk.mailboxes`). The others stand by without
   an IMAP connection and take over when the lease is released or expires.
 
-Blocking, like imapclient: the daemon runs `run()` in a worker thread.
+Blocking, like imapclient: the daemon runs `run()` in a worker thread, and
+watches `last_beat` to notice a source that hangs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 import ssl
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 from imapclient import IMAPClient
-from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.contextvars import bound_contextvars
@@ -52,16 +53,26 @@ from helpdesk import mailboxes
 from helpdesk.errors import StoreUnavailable
 from helpdesk.settings import AfterProcessing, MailboxSettings, Tls
 from helpdesk.sources.base import Backoff, Sink, SourceStats
-from helpdesk.store.models import MailboxState, utcnow
-from helpdesk.values import IngestOutcome, Origin, OutcomeKind
+from helpdesk.sources.imap.fetching import Link
+from helpdesk.sources.imap.passes import FolderPass, Progress
+from helpdesk.sources.imap.protocol import (
+    HEALTH,
+    PROCESSED_KEYWORD,
+    FolderMissing,
+    UidValidityChanged,
+    announces_mail,
+    classify_fault,
+    close,
+    folder_status,
+    input_buffered,
+    logout,
+    reason,
+    state_data,
+    take_untagged,
+)
+from helpdesk.store.models import utcnow
 
 log = structlog.get_logger()
-
-SEEN = b"\\Seen"
-DELETED = b"\\Deleted"
-# A keyword (RFC 3501 §2.3.2) marks what we stored in "flag" mode. \Seen alone
-# cannot: a person reading the mailbox sets it too.
-PROCESSED_KEYWORD = b"$HelpdeskProcessed"
 
 # RFC 2177 §3: servers may drop a client that idles 30 minutes without a
 # command; re-issue IDLE well before that (and NAT boxes often forget sooner).
@@ -70,67 +81,8 @@ DEFAULT_IDLE_TIMEOUT = 600.0
 IDLE_CHECK = 1.0
 # Read timeout on the socket: a server that stops answering is a lost connection.
 DEFAULT_IO_TIMEOUT = 60.0
-
-
-class FolderMissing(Exception):
-    """The folder to watch does not exist on the server."""
-
-    def __init__(self, folder: str) -> None:
-        super().__init__(f"folder {folder!r} does not exist on the server")
-        self.folder = folder
-
-
-@dataclass
-class _Pass:
-    """Bookkeeping of one pass over the folder.
-
-    `safe_uid` is the highest UID below which every message is done. A message
-    skipped because of a bug blocks it, so the next pass finds that message
-    again while the ones after it, already moved or flagged, are not re-read.
-    """
-
-    safe_uid: int
-    flushed_uid: int
-    blocked: bool = False
-    interrupted: bool = False  # stopped early: stop was set or the lease was lost
-    deltas: Counter[str] = field(default_factory=Counter)
-
-    def done(self, uid: int) -> None:
-        if not self.blocked:
-            self.safe_uid = max(self.safe_uid, uid)
-
-    def skipped(self) -> None:
-        self.blocked = True
-
-
-# Acknowledgement "targets" besides folder names: flag in place, or nothing to
-# do because the message went away (another client moved or expunged it).
-FLAG = "\\flag"
-GONE = "\\gone"
-
-
-@dataclass
-class _Batch:
-    """The messages of one FETCH batch, in UID order, and where each is to be acknowledged.
-
-    A target of None means skipped (a bug in the sink): no acknowledgement, and
-    progress stops before it so that the next pass tries it again.
-    """
-
-    entries: list[tuple[int, str | None]] = field(default_factory=list)
-
-    def add(self, uid: int, target: str | None) -> None:
-        self.entries.append((uid, target))
-
-    def by_target(self) -> dict[str, list[int]]:
-        grouped: dict[str, list[int]] = {}
-        for uid, target in self.entries:
-            if target is not None and target != GONE:
-                grouped.setdefault(target, []).append(uid)
-        return grouped
-
-    def acknowledged(self) -> int:
-        return sum(1 for _uid, target in self.entries if target not in (None, GONE))
+# Without a limit from the daemon: [intake] max_message_bytes's default.
+DEFAULT_MAX_MESSAGE_BYTES = 50 * 1024 * 1024
 
 
 class ImapSource:
@@ -148,6 +100,7 @@ class ImapSource:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         io_timeout: float = DEFAULT_IO_TIMEOUT,
         backoff: Backoff | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         log: Any = log,
     ) -> None:
         self.settings = settings
@@ -166,10 +119,19 @@ class ImapSource:
         self._folders: set[str] = set()  # known to exist, on this connection
         self._holding: bool | None = None  # None: not asked yet
         self._lease_at: datetime | None = None
+        self._lease_lock = threading.RLock()
         self._stop: threading.Event | None = None
         self._outage: str | None = None
         self._exists = 0  # messages in the folder when it was last selected
         self._outage_started = 0.0
+        self._health: str | None = None  # as last recorded in the store
+        # Monotonic time of the last sign of life; the daemon's watchdog reads it.
+        self.last_beat = time.monotonic()
+        self._pass = FolderPass(
+            settings, sink, self._state, self.stats,
+            max_message_bytes=max_message_bytes, may_go_on=self._may_go_on,
+            ensure_folder=self._ensure_folder, now=clock, log=self._log,
+        )
 
     # -- one pass ------------------------------------------------------------
 
@@ -188,13 +150,15 @@ class ImapSource:
         uidvalidity, uidnext = self._select(client)
         last_uid = self._begin_pass(uidvalidity)
         uids = self._search(client, last_uid)
-        progress = _Pass(safe_uid=last_uid, flushed_uid=last_uid)
-        processed = self._process(client, uidvalidity, uids, progress)
+        progress = Progress(safe_uid=last_uid, flushed_uid=last_uid)
+        link = Link(current=self._connected, reconnect=lambda: self._reconnect(uidvalidity))
+        with self._keeping_lease():
+            processed = self._pass.run(link, uidvalidity, uids, progress)
         if not progress.interrupted and not progress.blocked and uidnext:
             # Every UID below UIDNEXT that the search did not return is gone
             # (moved, expunged) or carries our keyword: done, as far as we care.
             progress.done(uidnext - 1)
-            self._flush(progress)
+            self._pass.flush(progress)
         return processed
 
     def _begin_pass(self, uidvalidity: int) -> int:
@@ -225,129 +189,10 @@ class ImapSource:
         # below n (RFC 3501 §6.4.8, RFC 9051 §6.4.9): filter those out.
         return sorted(uid for uid in client.search(criteria) if uid > last_uid)
 
-    def _process(self, client: Any, uidvalidity: int, uids: list[int], progress: _Pass) -> int:
-        processed = 0
-        try:
-            for chunk in _chunks(uids, self.settings.batch_size):
-                if progress.interrupted:
-                    break
-                processed += self._batch(client, uidvalidity, chunk, progress)
-                self._flush(progress)
-        except BaseException:
-            # Keep what was acknowledged so far; the original error matters more.
-            with contextlib.suppress(StoreUnavailable):
-                self._flush(progress)
-            raise
-        return processed
-
-    def _batch(self, client: Any, uidvalidity: int, uids: list[int], progress: _Pass) -> int:
-        """Sink each message of one FETCH batch, then acknowledge them together.
-
-        Acknowledging per batch (one UID MOVE for all) instead of per message
-        made the backlog twice as fast: Dovecot spent ~2.7 ms on each single
-        MOVE. Every message acknowledged was committed first; a crash before
-        the acknowledgement re-delivers at most one batch, as duplicates.
-        """
-        # BODY.PEEK[] leaves \Seen alone; imapclient keys the answer by UID
-        # and reports the item as b"BODY[]".
-        fetched = client.fetch(uids, ["BODY.PEEK[]"])
-        batch = _Batch()
-        try:
-            for uid in uids:
-                if not self._may_go_on():
-                    progress.interrupted = True
-                    break  # the messages in hand are acknowledged below
-                item = fetched.get(uid)
-                if item is None or b"BODY[]" not in item:
-                    batch.add(uid, GONE)  # expunged by someone else meanwhile
-                    continue
-                batch.add(uid, self._one(uid, uidvalidity, item[b"BODY[]"] or b"", progress))
-        except StoreUnavailable:
-            self._acknowledge(client, batch, progress)  # what was committed before
-            raise
-        self._acknowledge(client, batch, progress)
-        return batch.acknowledged()
-
     def _may_go_on(self) -> bool:
         """Not stopping, and the lease is still ours (renewed when due)."""
+        self.last_beat = time.monotonic()
         return not self._stopping() and self._renew_if_due()
-
-    def _one(self, uid: int, uidvalidity: int, raw: bytes, progress: _Pass) -> str | None:
-        """Sink one message; its acknowledgement target, or None when it was skipped for a bug."""
-        origin = Origin(source="imap", mailbox=self.name, uidvalidity=uidvalidity, uid=uid)
-        with bound_contextvars(mailbox=self.name, uid=uid):
-            try:
-                outcome = self._sink(raw, origin)
-            except StoreUnavailable:
-                raise
-            except Exception:  # noqa: BLE001 - a bug must not stall the mailbox
-                # Ingest quarantines bad mail itself, so this is our bug, not the
-                # mail's. Without the store we cannot quarantine it: leave it
-                # unacknowledged, count it, go on; the next pass retries it.
-                self._log.exception(
-                    "imap.message_failed", mailbox=self.name, uid=uid, uidvalidity=uidvalidity
-                )
-                self.stats.errors += 1
-                progress.deltas["errors"] += 1
-                return None
-        progress.deltas.update(self.stats.count(outcome))
-        return self._target(outcome)
-
-    def _flush(self, progress: _Pass) -> None:
-        """Store how far the pass got and its counters, in one short transaction."""
-        if progress.safe_uid == progress.flushed_uid and not progress.deltas:
-            return
-        with self._state() as session:
-            if progress.safe_uid > progress.flushed_uid:
-                mailboxes.record_progress(session, self.name, progress.safe_uid)
-            if progress.deltas:
-                mailboxes.add_counters(session, self.name, **progress.deltas)
-        progress.flushed_uid = progress.safe_uid
-        progress.deltas.clear()
-
-    # -- acknowledging ---------------------------------------------------------
-
-    @property
-    def _flagging(self) -> bool:
-        return self.settings.after is AfterProcessing.FLAG
-
-    def _target(self, outcome: IngestOutcome) -> str:
-        if outcome.kind is OutcomeKind.QUARANTINED:
-            # Kept in the store's quarantine; out of the way of people and of
-            # the next pass, yet still on the server for whoever looks.
-            return self.settings.failed_folder
-        return FLAG if self._flagging else self.settings.processed_folder
-
-    def _acknowledge(self, client: Any, batch: _Batch, progress: _Pass) -> None:
-        """Tell the server what is stored; only ever for messages whose sink returned."""
-        for destination, uids in batch.by_target().items():
-            if destination == FLAG:
-                client.add_flags(uids, [SEEN, PROCESSED_KEYWORD], silent=True)
-            else:
-                self._move(client, uids, destination)
-            self._log.debug("imap.acknowledged", mailbox=self.name, target=destination,
-                            count=len(uids), first_uid=uids[0], last_uid=uids[-1])
-        for uid, target in batch.entries:
-            if target is None:
-                progress.skipped()
-            else:
-                progress.done(uid)
-
-    def _move(self, client: Any, uids: list[int], folder: str) -> None:
-        self._ensure_folder(client, folder)
-        if client.has_capability("MOVE"):
-            client.move(uids, folder)  # RFC 6851: atomic
-            return
-        client.copy(uids, folder)
-        client.add_flags(uids, [DELETED], silent=True)
-        if client.has_capability("UIDPLUS"):
-            # RFC 4315 §2.1: expunge exactly these UIDs, not whatever else another
-            # client happened to mark \Deleted.
-            client.uid_expunge(uids)
-        else:
-            # RFC 3501 §6.4.3: the only expunge there is removes every \Deleted
-            # message of the folder; acceptable for a folder we own.
-            client.expunge()
 
     def _ensure_folder(self, client: Any, folder: str) -> None:
         if folder in self._folders:
@@ -379,6 +224,15 @@ class ImapSource:
             )
         return self._client
 
+    def _reconnect(self, uidvalidity: int) -> Any:
+        """A fresh connection with the folder selected, after the server ended the last one."""
+        self._disconnect()
+        client = self._connected()
+        current, _uidnext = self._select(client)
+        if current != uidvalidity:
+            raise UidValidityChanged(uidvalidity, current)
+        return client
+
     def _open(self) -> Any:
         """A new connection, TLS as configured (certificates checked), logged in."""
         tls = self.settings.tls
@@ -395,7 +249,7 @@ class ImapSource:
                 client.starttls(context)  # RFC 3501 §6.2.1; imapclient re-reads capabilities
             client.login(self.settings.username, self.settings.password.get_secret_value())
         except BaseException:
-            _close(client)
+            close(client)
             raise
         return client
 
@@ -417,7 +271,7 @@ class ImapSource:
             raise
         # The size the pass starts from; see _news_arrived().
         self._exists = int(info.get(b"EXISTS", 0))
-        _take_untagged(client, "EXISTS", "EXPUNGE")
+        take_untagged(client, "EXISTS", "EXPUNGE")
         # Both are required in the SELECT answer (RFC 3501 §6.3.1); UIDNEXT is
         # only an optimisation here, so a server that omits it still works.
         uidnext = info.get(b"UIDNEXT")
@@ -437,7 +291,7 @@ class ImapSource:
         """
         if self._client is None:
             return False
-        taken = _take_untagged(self._client, "EXISTS", "EXPUNGE")
+        taken = take_untagged(self._client, "EXISTS", "EXPUNGE")
         exists, expunged = taken["EXISTS"], taken["EXPUNGE"]
         if not exists:
             return False
@@ -452,13 +306,17 @@ class ImapSource:
         if client is None:
             return
         if polite:
-            _logout(client)
+            logout(client)
         else:
-            _close(client)
+            close(client)
 
     # -- lease -----------------------------------------------------------------
 
     def _take_lease(self) -> bool:
+        with self._lease_lock:
+            return self._take_lease_locked()
+
+    def _take_lease_locked(self) -> bool:
         now = self._clock()
         with self._state() as session:
             got = mailboxes.acquire_lease(session, self.name, self.holder, self.lease_ttl, now)
@@ -475,9 +333,37 @@ class ImapSource:
 
     def _renew_if_due(self) -> bool:
         """Renew the lease when a third of its time has passed; False when it was lost."""
-        if self._lease_at is not None and self._clock() - self._lease_at < self.lease_ttl / 3:
-            return True
-        return self._take_lease()
+        with self._lease_lock:
+            if self._lease_at is not None and self._clock() - self._lease_at < self.lease_ttl / 3:
+                return True
+            return self._take_lease_locked()
+
+    @contextlib.contextmanager
+    def _keeping_lease(self) -> Iterator[None]:
+        """Renew the lease from a helper thread while the pass waits on long work.
+
+        A batch of slow mail (each up to the intake's time limit) can take
+        longer than the lease; without this another daemon would take the
+        mailbox over under our feet and read the same messages again.
+        """
+        done = threading.Event()
+        period = max(0.05, self.lease_ttl.total_seconds() / 3)
+
+        def keep() -> None:
+            while not done.wait(period):
+                try:
+                    if not self._renew_if_due():
+                        return  # lost: the pass notices at its next batch
+                except StoreUnavailable:
+                    continue  # the pass will hit the same outage itself
+
+        keeper = threading.Thread(target=keep, name=f"lease:{self.name}", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            done.set()
+            keeper.join(5.0)
 
     def _release_lease(self) -> None:
         if not self._holding:
@@ -514,6 +400,7 @@ class ImapSource:
         with bound_contextvars(mailbox=self.name):
             try:
                 while not stop.is_set():
+                    self.last_beat = time.monotonic()
                     try:
                         self.run_once()
                         self._recovered()
@@ -542,6 +429,7 @@ class ImapSource:
             self._idle(self._client, stop, deadline)
         else:
             while not stop.is_set() and time.monotonic() < deadline:
+                self.last_beat = time.monotonic()
                 stop.wait(min(IDLE_CHECK, max(0.0, deadline - time.monotonic())))
                 if not self._renew_if_due():
                     return
@@ -555,11 +443,11 @@ class ImapSource:
             # imaplib then holds it in its read buffer, where idle_check(),
             # which polls the socket, does not look. Without this check it
             # waited for the next notification or the safety-net poll.
-            news = _input_buffered(client)
+            news = input_buffered(client)
             while not news and not stop.is_set() and time.monotonic() < deadline:
-                started = time.monotonic()
+                started = self.last_beat = time.monotonic()
                 responses = client.idle_check(timeout=IDLE_CHECK)
-                if any(_announces_mail(r) for r in responses):
+                if any(announces_mail(r) for r in responses):
                     break
                 # The socket was readable but held no response: EOF (a dead
                 # connection) or a stray TLS record. DONE below tells which.
@@ -575,9 +463,11 @@ class ImapSource:
 
     def _fault(self, exc: Exception) -> float:
         """Log a fault once per outage, drop the connection when needed; the delay to wait."""
-        event, reconnect = _classify(exc)
+        event, reconnect = classify_fault(exc)
         if reconnect:
             self._disconnect()
+        if event == "daemon.stopping":
+            return 0.0  # the pool closed under a batch: nothing was acknowledged
         delay = self.backoff.next_delay()
         if event != self._outage:
             if self._outage is None:
@@ -586,13 +476,14 @@ class ImapSource:
             self._log.warning(
                 event,
                 mailbox=self.name,
-                reason=_reason(exc),
+                reason=reason(exc),
                 retry_in=round(delay, 2),
                 exc_info=event == "imap.unexpected_error",
             )
+            self._record_health(HEALTH.get(event, "error"), reason(exc))
         else:
             self._log.debug(
-                "imap.retrying", mailbox=self.name, fault=event, reason=_reason(exc),
+                "imap.retrying", mailbox=self.name, fault=event, reason=reason(exc),
                 retry_in=round(delay, 2), attempt=self.backoff.attempts,
             )
         return delay
@@ -608,6 +499,17 @@ class ImapSource:
             )
             self._outage = None
         self.backoff.reset()
+        if self._health != "ok":
+            self._record_health("ok", None)
+
+    def _record_health(self, health: str, error: str | None) -> None:
+        """Keep the mailbox's state for `helpdesk mailbox list`; once per change."""
+        try:
+            with self._state() as session:
+                mailboxes.record_health(session, self.name, health, error, self._clock())
+        except StoreUnavailable:
+            return  # the store is what is wrong; the next change tries again
+        self._health = health
 
     def close(self) -> None:
         """Log out and release the lease; `run()` does this itself when it ends."""
@@ -625,13 +527,13 @@ class ImapSource:
         client = self._open()
         try:
             capabilities = sorted(c.decode("ascii", "replace") for c in client.capabilities())
-            folders = [_folder_status(client, flags, name)
+            folders = [folder_status(client, flags, name)
                        for flags, _delimiter, name in client.list_folders()]
         finally:
-            _logout(client)
+            logout(client)
         with self._state() as session:
             state = mailboxes.find_state(session, self.name)
-            progress = _state_data(state) if state is not None else None
+            progress = state_data(state) if state is not None else None
         watched = next((f for f in folders if f["name"] == self.settings.folder), None)
         return {
             "mailbox": self.name,
@@ -649,119 +551,3 @@ class ImapSource:
                 else watched.get("uidvalidity") == progress["uidvalidity"]
             ),
         }
-
-
-# -- helpers -------------------------------------------------------------------
-
-
-def _chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
-    for start in range(0, len(items), size):
-        yield list(items[start:start + size])
-
-
-def _take_untagged(client: Any, *names: str) -> dict[str, list[Any]]:
-    """Remove and return the untagged responses imaplib collected under `names`.
-
-    imaplib keeps every untagged response it did not hand to a caller in
-    `untagged_responses` (until the next SELECT); imapclient offers no public
-    view of them.
-    """
-    collected = getattr(getattr(client, "_imap", None), "untagged_responses", None)
-    if not isinstance(collected, dict):
-        return {name: [] for name in names}
-    return {name: list(collected.pop(name, None) or ()) for name in names}
-
-
-def _input_buffered(client: Any) -> bool:
-    """Whether imaplib's reader holds server data nobody has read yet (it never waits).
-
-    A non-blocking peek returns what is buffered, or reads what the socket
-    (or the TLS layer) already has, or finds nothing.
-    """
-    peek = getattr(getattr(getattr(client, "_imap", None), "file", None), "peek", None)
-    if peek is None:
-        return False
-    sock = client.socket()
-    timeout = sock.gettimeout()
-    sock.setblocking(False)
-    try:
-        return bool(peek(1))
-    except OSError:  # nothing to read (TLS says so with SSLWantReadError)
-        return False
-    finally:
-        sock.settimeout(timeout)
-
-
-def _announces_mail(response: tuple[Any, ...]) -> bool:
-    # RFC 3501 §7.3.1/§7.3.2 (RFC 9051 drops RECENT): "* n EXISTS" is new mail;
-    # a BYE means the server is going away and the pass will find out.
-    return len(response) >= 2 and (
-        response[1] in (b"EXISTS", b"RECENT") or response[0] == b"BYE"
-    )
-
-
-def _classify(exc: Exception) -> tuple[str, bool]:
-    """The log event for a fault, and whether the IMAP connection must be dropped."""
-    if isinstance(exc, StoreUnavailable):
-        return "store.unavailable", False  # the IMAP side is fine; keep the connection
-    if isinstance(exc, LoginError):
-        return "imap.login_failed", True
-    if isinstance(exc, FolderMissing):
-        return "imap.folder_missing", True
-    # socket.timeout, ssl.SSLError and ConnectionError are all OSError.
-    if isinstance(exc, IMAPClientAbortError | OSError):
-        return "imap.connection_lost", True
-    if isinstance(exc, IMAPClientError):
-        return "imap.command_failed", True
-    return "imap.unexpected_error", True
-
-
-def _reason(exc: BaseException) -> str:
-    """`Type: message` for logs; imapclient wraps server text as a bytes repr, undone here."""
-    text = str(exc)
-    quoted = re.fullmatch(r"b(['\"])(.*)\1", text, flags=re.DOTALL)
-    if quoted:
-        text = quoted.group(2)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _logout(client: Any) -> None:
-    """LOGOUT (RFC 3501 §6.1.3), else close: imaplib leaves the socket open when LOGOUT fails."""
-    try:
-        client.logout()
-    except (IMAPClientError, OSError):
-        _close(client)
-
-
-def _close(client: Any) -> None:
-    """Drop a connection without a LOGOUT round trip (it may be dead already)."""
-    with contextlib.suppress(Exception):
-        client.shutdown()
-
-
-def _folder_status(client: Any, flags: Sequence[bytes], name: str) -> dict[str, Any]:
-    if any(flag.lower() == b"\\noselect" for flag in flags):
-        return {"name": name, "selectable": False}
-    status = client.folder_status(name, ["MESSAGES", "UNSEEN", "UIDNEXT", "UIDVALIDITY"])
-    return {
-        "name": name,
-        "selectable": True,
-        "messages": int(status[b"MESSAGES"]),
-        "unseen": int(status[b"UNSEEN"]),
-        "uidnext": int(status[b"UIDNEXT"]),
-        "uidvalidity": int(status[b"UIDVALIDITY"]),
-    }
-
-
-def _state_data(state: MailboxState) -> dict[str, Any]:
-    def iso(value: datetime | None) -> str | None:
-        return value.isoformat() if value else None
-
-    return {
-        "uidvalidity": state.uidvalidity,
-        "last_uid": state.last_uid,
-        "last_poll_at": iso(state.last_poll_at),
-        "lease_holder": state.lease_holder,
-        "lease_expires_at": iso(state.lease_expires_at),
-        "counters": dict(state.counters or {}),
-    }

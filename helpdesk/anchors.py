@@ -1,0 +1,160 @@
+"""Which mail our mail answers, and the conversation headers that follow from it.
+
+Every mail we send on a ticket continues a conversation with its recipient:
+an acknowledgement, a command answer, a team forward or a notification
+continues the incoming mail that caused it; a relayed agent reply and the
+auto-resolve notice continue the requester's latest mail; an escalation
+continues our forward to the team. From that parent come:
+
+* In-Reply-To: the parent's Message-ID (none when we made it up ourselves);
+* References: RFC 5322 section 3.6.4 (`helpdesk.mail.conversation`);
+* the parent's conversation index, which compose extends by one child
+  block for Outlook's Thread-Index: the index the parent carried when it has
+  one (an Outlook requester's, or one we wrote), else the ticket's root: the
+  header block of the requester's first Thread-Index on the ticket, so that
+  our mail stays in the requester's own Outlook conversation, or, when the
+  requester never sent one, a root of our own (the ticket's creation time
+  and a GUID derived from the ticket).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from helpdesk.mail.conversation import (
+    HEADER_SIZE,
+    parse_index,
+    reply_references,
+    root_index,
+    thread_guid,
+)
+from helpdesk.store.models import Message, Ticket
+from helpdesk.values import Direction, MessageKind, ParsedMessage
+
+# The requester's first mails are searched this far for a Thread-Index.
+_ROOT_SEARCH = 5
+# Headers past this many bytes are not read (a stored mail may be megabytes).
+_MAX_HEADER_BLOCK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """The threading headers of a mail that answers (or follows) a parent mail."""
+
+    in_reply_to: str | None
+    references: tuple[str, ...]
+    parent_thread_index: bytes
+
+
+def after_message(
+    session: Session, ticket: Ticket, msg: ParsedMessage, loop_id: str
+) -> Continuation:
+    """Continue the conversation of the incoming mail `msg`, which is on `ticket`."""
+    mid = None if msg.message_id_synthetic else msg.message_id
+    index = parse_index(msg.header("Thread-Index"))
+    return Continuation(
+        in_reply_to=mid,
+        references=reply_references(msg.references, msg.in_reply_to, mid),
+        parent_thread_index=index or ticket_root(session, ticket, loop_id),
+    )
+
+
+def after_row(
+    session: Session, ticket: Ticket, row: Message | None, loop_id: str
+) -> Continuation:
+    """Continue the conversation of a stored mail (ours or someone's), or start one."""
+    if row is None:
+        return Continuation(None, (), ticket_root(session, ticket, loop_id))
+    mid = None if row.message_id_synthetic else row.message_id
+    if row.direction == Direction.OUTGOING.value:
+        references, in_reply_to, index_text = _own_headers(row)
+    else:
+        references, in_reply_to = row.references.split(), row.in_reply_to.split()
+        index_text = row.thread_index
+    index = parse_index(index_text)
+    return Continuation(
+        in_reply_to=mid,
+        references=reply_references(references, in_reply_to, mid),
+        parent_thread_index=index or ticket_root(session, ticket, loop_id),
+    )
+
+
+def _own_headers(row: Message) -> tuple[list[str], list[str], str]:
+    """References, In-Reply-To and Thread-Index of a mail we sent, as written in it."""
+    if not row.raw:
+        return row.references.split(), row.in_reply_to.split(), ""
+    headers = BytesHeaderParser(policy=compat32).parsebytes(header_block(row.raw))
+
+    def ids(name: str) -> list[str]:
+        text = " ".join(str(value) for value in headers.get_all(name, []))
+        return [part.strip("<>") for part in text.split() if part.startswith("<")]
+
+    return ids("References"), ids("In-Reply-To"), str(headers.get("Thread-Index", ""))
+
+
+def header_block(raw: bytes) -> bytes:
+    """The header section of a raw mail (up to the first empty line), bounded in size."""
+    head = raw[:_MAX_HEADER_BLOCK]
+    crlf, lf = head.find(b"\r\n\r\n"), head.find(b"\n\n")
+    ends = [end for found, end in ((crlf, crlf + 2), (lf, lf + 1)) if found >= 0]
+    return head[: min(ends)] if ends else head
+
+
+def ticket_root(session: Session, ticket: Ticket, loop_id: str) -> bytes:
+    """The 22-byte header block every index on `ticket` descends from (module docstring)."""
+    if ticket.requester is not None:
+        stored = session.scalars(
+            select(Message.thread_index)
+            .where(Message.ticket_id == ticket.id,
+                   Message.direction == Direction.INCOMING.value,
+                   Message.from_address == ticket.requester.address,
+                   Message.thread_index != "")
+            .order_by(Message.id)
+            .limit(_ROOT_SEARCH)
+        )
+        for text in stored:
+            index = parse_index(text)
+            if index is not None:
+                return index[:HEADER_SIZE]
+    return root_index(ticket.created_at, thread_guid(f"ticket:{loop_id}:{ticket.id}"))
+
+
+def requester_anchor(session: Session, ticket: Ticket) -> Message | None:
+    """The requester's latest mail on the ticket (else the latest incoming one with a real id)."""
+    incoming = (
+        select(Message)
+        .where(Message.ticket_id == ticket.id, Message.direction == Direction.INCOMING.value,
+               Message.message_id_synthetic.is_(False))
+        .order_by(Message.id.desc())
+        .limit(1)
+    )
+    if ticket.requester is not None:
+        own = session.scalars(
+            incoming.where(Message.from_address == ticket.requester.address)
+        ).first()
+        if own is not None:
+            return own
+    return session.scalars(incoming).first()
+
+
+def forward_anchor(session: Session, ticket: Ticket, address: str) -> Message | None:
+    """Our latest forward of the ticket to `address` (a team), else to anyone."""
+    forwards = (
+        select(Message)
+        .where(Message.ticket_id == ticket.id, Message.direction == Direction.OUTGOING.value,
+               Message.kind == MessageKind.FORWARD.value)
+        .order_by(Message.id.desc())
+    )
+    candidates = list(session.scalars(forwards.limit(20)))
+    wanted = address.lower()
+    for row in candidates:
+        # to_addresses is "Name <address>, address" as outbox wrote it.
+        written = row.to_addresses.lower()
+        if f"<{wanted}>" in written or wanted in (part.strip() for part in written.split(",")):
+            return row
+    return candidates[0] if candidates else None

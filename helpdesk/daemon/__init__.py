@@ -1,0 +1,15 @@
+"""The daemon (`helpdesk run`): see `service.py` for its lifecycle."""
+
+from helpdesk.daemon.service import (
+    EXIT_DEADLINE_SECONDS,
+    GRACE_SECONDS,
+    STARTUP_FAILURE,
+    TIMERS_LEASE,
+    Daemon,
+    StartupError,
+    outbox_claim,
+)
+from helpdesk.daemon.systemd import Notifier
+
+__all__ = ["EXIT_DEADLINE_SECONDS", "GRACE_SECONDS", "STARTUP_FAILURE", "TIMERS_LEASE", "Daemon",
+           "Notifier", "StartupError", "outbox_claim"]

@@ -1,0 +1,303 @@
+"""One pass over the watched folder: find what is new, fetch it in bounded batches, store, ack.
+
+The order within a batch is the contract of design.md §1: fetch, hand the
+batch to the sink (which commits), and only then acknowledge on the server —
+move to `processed_folder`, flag, or move what was quarantined to
+`failed_folder`. Progress (`MailboxState.last_uid`) only moves past a UID once
+that UID is acknowledged or known to be gone, so a crash anywhere re-reads at
+most the batch in hand, and dedupe recognises what was already stored.
+
+Nothing here stops the mailbox for one message (issue 9 §1): a message the
+server cannot return is counted (in the store, across restarts) and retried
+on later passes, then quarantined without bytes and moved out of the way; a
+MOVE the server refuses falls back to flagging, so the message is still
+marked as handled. Only a lost connection or an unavailable store ends a pass
+early, and the source retries it with backoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
+from sqlalchemy.orm import Session
+
+from helpdesk import mailboxes
+from helpdesk.errors import StoreUnavailable
+from helpdesk.intake import header_of, too_large
+from helpdesk.settings import AfterProcessing, MailboxSettings
+from helpdesk.sources.base import Sink, SourceStats
+from helpdesk.sources.imap.fetching import (
+    Fetched,
+    Link,
+    fetch_bodies,
+    fetch_headers,
+    fetch_sizes,
+    plan_batches,
+)
+from helpdesk.sources.imap.protocol import (
+    DELETED,
+    FAILED_KEYWORD,
+    PROCESSED_KEYWORD,
+    SEEN,
+    chunks,
+    is_network_fault,
+    reason,
+)
+from helpdesk.values import Incoming, IngestOutcome, Origin, OutcomeKind
+
+# Sizes are asked for this many UIDs at a time, before their bodies.
+SIZE_CHUNK = 500
+
+# Acknowledgement "targets" besides folder names: flag in place, or nothing to
+# do because the message went away (another client moved or expunged it).
+FLAG = "\\flag"
+GONE = "\\gone"
+
+StateTransaction = Callable[[], contextlib.AbstractContextManager[Session]]
+
+
+@dataclass
+class Progress:
+    """Bookkeeping of one pass over the folder.
+
+    `safe_uid` is the highest UID below which every message is done. A message
+    left for a later pass (the server would not return it yet) blocks it, so
+    the next pass finds that message again while the ones after it, already
+    moved or flagged, are not re-read.
+    """
+
+    safe_uid: int
+    flushed_uid: int
+    blocked: bool = False
+    interrupted: bool = False  # stopped early: stop was set or the lease was lost
+    deltas: Counter[str] = field(default_factory=Counter)
+
+    def done(self, uid: int) -> None:
+        if not self.blocked:
+            self.safe_uid = max(self.safe_uid, uid)
+
+    def skipped(self) -> None:
+        self.blocked = True
+
+
+@dataclass
+class Acks:
+    """The messages of one batch and where each is to be acknowledged (None: not at all)."""
+
+    targets: dict[int, str | None] = field(default_factory=dict)
+
+    def by_target(self) -> dict[str, list[int]]:
+        grouped: dict[str, list[int]] = {}
+        for uid in sorted(self.targets):
+            target = self.targets[uid]
+            if target is not None and target != GONE:
+                grouped.setdefault(target, []).append(uid)
+        return grouped
+
+    def in_order(self) -> Iterator[tuple[int, str | None]]:
+        for uid in sorted(self.targets):
+            yield uid, self.targets[uid]
+
+    def acknowledged(self) -> int:
+        return sum(1 for target in self.targets.values() if target not in (None, GONE))
+
+
+class FolderPass:
+    """One pass over `settings.folder` on an open connection (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: MailboxSettings,
+        sink: Sink,
+        state: StateTransaction,
+        stats: SourceStats,
+        *,
+        max_message_bytes: int,
+        may_go_on: Callable[[], bool],
+        ensure_folder: Callable[[Any, str], None],
+        now: Callable[[], Any],
+        log: Any,
+    ) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.sink = sink
+        self.state = state
+        self.stats = stats
+        self.max_message_bytes = max_message_bytes
+        self.may_go_on = may_go_on
+        self.ensure_folder = ensure_folder
+        self.now = now
+        self.log = log
+
+    def run(self, link: Link, uidvalidity: int, uids: list[int], progress: Progress) -> int:
+        """Work through `uids` batch by batch; returns how many were acknowledged."""
+        processed = 0
+        try:
+            for chunk in chunks(uids, SIZE_CHUNK):
+                sizes = fetch_sizes(link, chunk)
+                planned = plan_batches(((uid, sizes[uid]) for uid in chunk),
+                                       count=self.settings.batch_size,
+                                       total_bytes=self.settings.fetch_batch_bytes)
+                for batch in planned:
+                    if progress.interrupted or not self.may_go_on():
+                        progress.interrupted = True
+                        return processed
+                    processed += self._batch(link, uidvalidity, batch, progress)
+                    self.flush(progress)
+        except BaseException:
+            # Keep what was acknowledged so far; the original error matters more.
+            with contextlib.suppress(StoreUnavailable):
+                self.flush(progress)
+            raise
+        return processed
+
+    # -- one batch -------------------------------------------------------------------
+
+    def _batch(self, link: Link, uidvalidity: int, batch: list[tuple[int, int]],
+               progress: Progress) -> int:
+        """Fetch, store (one commit) and acknowledge one batch."""
+        limit = self.max_message_bytes
+        large = [uid for uid, size in batch if size > limit]
+        fetched = fetch_bodies(link, [uid for uid, size in batch if size <= limit])
+        headers = fetch_headers(link, large) if large else {}
+        sizes = dict(batch)
+        acks = Acks()
+        incoming: list[tuple[int, Incoming]] = []
+        given_up: list[int] = []
+        for uid, _size in batch:
+            origin = Origin(source="imap", mailbox=self.name, uidvalidity=uidvalidity, uid=uid)
+            item = self._incoming(uid, origin, sizes[uid], fetched, headers, given_up)
+            if item is None:
+                acks.targets[uid] = GONE if uid in fetched.gone else None
+            else:
+                incoming.append((uid, item))
+        # The one commit of this batch; StoreUnavailable leaves all of it unacknowledged.
+        outcomes = self.sink([item for _, item in incoming]) if incoming else []
+        for (uid, _item), outcome in zip(incoming, outcomes, strict=True):
+            progress.deltas.update(self.stats.count(outcome))
+            acks.targets[uid] = self._target(outcome)
+        if given_up:
+            with self.state() as session:
+                mailboxes.forget_fetch_failures(session, self.name, uidvalidity, given_up)
+        self._acknowledge(link, acks, progress)
+        return acks.acknowledged()
+
+    def _incoming(self, uid: int, origin: Origin, size: int, fetched: Fetched,
+                  headers: dict[int, bytes], given_up: list[int]) -> Incoming | None:
+        """What to hand the sink for `uid`, or None: gone, or to be tried again later."""
+        limit = self.max_message_bytes
+        if uid in headers:
+            return Incoming(headers[uid], origin, problem=too_large(size, limit))
+        body = fetched.bodies.get(uid)
+        if body is not None:
+            if len(body) > limit:  # the server did not tell its size beforehand
+                return Incoming(header_of(body), origin, problem=too_large(len(body), limit))
+            return Incoming(body, origin)
+        error = fetched.failed.get(uid)
+        if error is None:
+            return None  # gone
+        with self.state() as session:
+            attempts = mailboxes.record_fetch_failure(
+                session, self.name, origin.uidvalidity or 0, uid, error, self.now()
+            )
+        if attempts < self.settings.fetch_attempts:
+            self.log.warning("imap.fetch_failed", mailbox=self.name, uid=uid, attempts=attempts,
+                             reason=error, retry="on a later pass")
+            return None
+        given_up.append(uid)
+        self.log.error("imap.fetch_given_up", mailbox=self.name, uid=uid, attempts=attempts,
+                       reason=error, target=self.settings.failed_folder)
+        return Incoming(b"", origin, problem=(
+            f"the IMAP server could not return it ({attempts} attempts): {error}; "
+            "no raw bytes are available, the message stays on the server in "
+            f"{self.settings.failed_folder!r}"))
+
+    # -- acknowledging -----------------------------------------------------------------
+
+    def _target(self, outcome: IngestOutcome) -> str:
+        if outcome.kind is OutcomeKind.QUARANTINED:
+            # Kept in the store's quarantine; out of the way of people and of
+            # the next pass, yet still on the server for whoever looks.
+            return self.settings.failed_folder
+        return FLAG if self.settings.after is AfterProcessing.FLAG else \
+            self.settings.processed_folder
+
+    def _acknowledge(self, link: Link, acks: Acks, progress: Progress) -> None:
+        """Tell the server what is stored; only ever for messages whose batch committed."""
+        for destination, uids in acks.by_target().items():
+            if not self._tell(link, destination, uids):
+                for uid in uids:
+                    acks.targets[uid] = None
+        for uid, target in acks.in_order():
+            if target is None:
+                progress.skipped()
+            else:
+                progress.done(uid)
+
+    def _tell(self, link: Link, destination: str, uids: list[int]) -> bool:
+        """Move or flag `uids`; a refused MOVE falls back to flagging. False if neither worked."""
+        try:
+            if destination == FLAG:
+                link.current().add_flags(uids, [SEEN, PROCESSED_KEYWORD], silent=True)
+            else:
+                self._move(link.current(), uids, destination)
+            self.log.debug("imap.acknowledged", mailbox=self.name, target=destination,
+                           count=len(uids), first_uid=uids[0], last_uid=uids[-1])
+            return True
+        except IMAPClientError as exc:
+            if is_network_fault(exc):
+                raise
+            problem = reason(exc)
+            if isinstance(exc, IMAPClientAbortError):
+                link.reconnect()
+        failed = destination == self.settings.failed_folder
+        keyword = FAILED_KEYWORD if failed else PROCESSED_KEYWORD
+        self.log.warning("imap.move_failed", mailbox=self.name, folder=destination,
+                         count=len(uids), reason=problem, fallback=keyword.decode())
+        try:
+            link.current().add_flags(uids, [SEEN, keyword], silent=True)
+        except IMAPClientError as exc:
+            if is_network_fault(exc):
+                raise
+            self.log.error("imap.flag_failed", mailbox=self.name, count=len(uids),
+                           reason=reason(exc), retry="on a later pass")
+            return False
+        return True
+
+    def _move(self, client: Any, uids: list[int], folder: str) -> None:
+        self.ensure_folder(client, folder)
+        if client.has_capability("MOVE"):
+            client.move(uids, folder)  # RFC 6851: atomic
+            return
+        client.copy(uids, folder)
+        client.add_flags(uids, [DELETED], silent=True)
+        if client.has_capability("UIDPLUS"):
+            # RFC 4315 §2.1: expunge exactly these UIDs, not whatever else another
+            # client happened to mark \Deleted.
+            client.uid_expunge(uids)
+        else:
+            # RFC 3501 §6.4.3: the only expunge there is removes every \Deleted
+            # message of the folder; acceptable for a folder we own.
+            client.expunge()
+
+    # -- progress ------------------------------------------------------------------------
+
+    def flush(self, progress: Progress) -> None:
+        """Store how far the pass got and its counters, in one short transaction."""
+        if progress.safe_uid == progress.flushed_uid and not progress.deltas:
+            return
+        with self.state() as session:
+            if progress.safe_uid > progress.flushed_uid:
+                mailboxes.record_progress(session, self.name, progress.safe_uid)
+            if progress.deltas:
+                mailboxes.add_counters(session, self.name, **progress.deltas)
+        progress.flushed_uid = progress.safe_uid
+        progress.deltas.clear()
+
+
+__all__ = ["FLAG", "GONE", "Acks", "FolderPass", "Progress"]

@@ -1,0 +1,120 @@
+"""Start-up: the CLI imports a command's module only when it runs, and heavy libraries only
+where they are used. Asserted on the import graph (`sys.modules` in a fresh process), never on
+a time: bench/startup.py prints the times."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+from helpdesk.cli import COMMANDS, cli
+from tests.conftest import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Runs the CLI in this process, then reports which of the watched modules got imported.
+PROBE = """
+import json, sys
+watched = {watched!r}
+from helpdesk.cli import main
+try:
+    main({args!r})
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+print(json.dumps({{"code": code, "loaded": sorted(m for m in sys.modules
+                                                 if m.split(".")[0] in watched or m in watched)}}),
+      file=sys.stderr)
+"""
+
+
+def imported(args: list[str], watched: list[str], cwd: Path,
+             env: dict[str, str] | None = None) -> tuple[int, list[str], str]:
+    """Exit code, the watched modules a fresh `helpdesk ARGS` imported, and its stdout."""
+    script = PROBE.format(watched=watched, args=args)
+    result = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True,
+                            text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+                                            **(env or {})}, timeout=120)
+    report = json.loads(result.stderr.strip().splitlines()[-1])
+    return report["code"], report["loaded"], result.stdout
+
+
+HEAVY = ["sqlalchemy", "jinja2", "aiosmtplib", "imapclient", "alembic", "aiosmtpd"]
+
+
+def test_version_imports_no_heavy_library(tmp_path: Path) -> None:
+    """`helpdesk --version` loads none of the store, template, mail or migration libraries."""
+    code, loaded, out = imported(["--version"], [*HEAVY, "pydantic", "structlog"], tmp_path)
+    assert code == 0
+    assert out.startswith("helpdesk, version ")
+    assert loaded == []
+
+
+def test_help_lists_every_command_without_importing_any(tmp_path: Path) -> None:
+    """`helpdesk --help` shows each command with its short help from the registry alone."""
+    modules = sorted({entry.split(":")[0] for entry, _help in COMMANDS.values()})
+    code, loaded, out = imported(["--help"], [*HEAVY, *modules], tmp_path)
+    assert code == 0
+    assert loaded == []
+    listed = out.split("Commands:")[1]
+    for name, (_entry, short) in COMMANDS.items():
+        line = next(line for line in listed.splitlines() if line.split()[:1] == [name])
+        assert short.split()[0] in line, line
+
+
+def test_tickets_list_imports_no_alembic_templates_or_mail_transport(
+    store: Store, tmp_path: Path
+) -> None:
+    """`tickets list` checks the schema without Alembic and loads no Jinja2, SMTP, IMAP, LMTP."""
+    config = tmp_path / "helpdesk.toml"
+    config.write_text(f'[database]\nurl = "{store.url}"\n')
+    # Nor our own mail composition and rule actions: listing tickets sends nothing.
+    watched = ["alembic", "jinja2", "aiosmtplib", "imapclient", "aiosmtpd",
+               "helpdesk.relay", "helpdesk.actions", "helpdesk.outbox", "helpdesk.mail.compose"]
+    code, loaded, out = imported(["--config", str(config), "tickets", "list"], watched,
+                                 tmp_path)
+    assert code == 0, out
+    assert out.strip() == "No tickets."
+    assert loaded == []
+
+
+def test_the_schema_check_still_refuses_an_old_database_without_alembic(tmp_path: Path) -> None:
+    """The check without Alembic still tells an un-upgraded database apart, and says what to do."""
+    config = tmp_path / "helpdesk.toml"
+    config.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "empty.db"}"\n')
+    code, loaded, _out = imported(["--config", str(config), "tickets", "list"], ["alembic"],
+                                  tmp_path)
+    assert code == 1
+    assert loaded == []
+
+
+def test_each_registered_short_help_is_the_commands_own() -> None:
+    """The registry's short help (shown by --help without importing) matches each docstring."""
+    for name, (_entry, short) in COMMANDS.items():
+        command = cli.get_command(click.Context(cli), name)
+        assert command is not None, name
+        assert command.name == name
+        assert command.get_short_help_str(limit=1000) == short, name
+
+
+def test_an_unknown_command_is_a_usage_error() -> None:
+    """A command that is not in the registry is exit 2, with Click's usual message."""
+    result = subprocess.run([sys.executable, "-m", "helpdesk", "no-such-command"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 2
+    assert "No such command 'no-such-command'" in result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_help_still_works(name: str) -> None:
+    """`helpdesk NAME --help` imports and shows the command (a broken entry would fail here)."""
+    result = subprocess.run([sys.executable, "-m", "helpdesk", name, "--help"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"Usage: helpdesk {name}" in result.stdout
