@@ -366,40 +366,28 @@ def test_a_runaway_admin_regex_costs_its_budget_and_is_reported(
 
 
 # --------------------------------------------------------------------------
-# Shapes other helpers own: xfail here until their fixes are merged (the lead flips them)
+# Shapes whose fixes came from other branches (issue 12 items 8-10): they
+# were xfail(strict=True) here until main brought compose's own folding
+# (`outgoing`), chunked id lookups (faults/parse) and the linear MIME reader
+# (`parse`); now the same promise holds for them.
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("make", "counts"),
+    "make",
     [
-        pytest.param(shapes.huge_subject, (2, 0, 0), id="1 MB Subject into the acknowledgement",
-                     marks=pytest.mark.xfail(strict=True, reason=(
-                         "compose folds headers with the stdlib's quadratic folder (killed "
-                         "at the CPU limit); owned by helper `outgoing` (issue 12 item 8)"))),
-        pytest.param(shapes.huge_display_name, (2, 0, 0),
-                     id="1 MB display name into the acknowledgement",
-                     marks=pytest.mark.xfail(strict=True, reason=(
-                         "compose folds headers with the stdlib's quadratic folder; "
-                         "owned by helper `outgoing` (issue 12 item 8)"))),
-        pytest.param(shapes.many_references, (2, 0, 0), id="260,000 References ids",
-                     marks=pytest.mark.xfail(strict=True, reason=(
-                         "one bound parameter per References id exceeds SQLite's limit: "
-                         "exit 75 instead of storing; owned by the lead/parse (item 9)"))),
-        pytest.param(shapes.big_attachment, (2, 0, 0), id="34 MB mail with a 25 MB attachment",
-                     marks=pytest.mark.xfail(strict=True, reason=(
-                         "peak RSS grows by about 6x the mail over the process baseline "
-                         "(205 MB here; 379 MB in all in the issue), target under 3x; "
-                         "owned by helper `parse` (item 10)"))),
+        pytest.param(shapes.huge_subject, id="1 MB Subject into the acknowledgement"),
+        pytest.param(shapes.huge_display_name, id="1 MB display name into the acknowledgement"),
+        pytest.param(shapes.many_references, id="260,000 References ids"),
+        pytest.param(shapes.big_attachment, id="34 MB mail with a 25 MB attachment"),
     ],
 )
-def test_shapes_owned_elsewhere(desk: Desk, make: Callable[[], bytes],
-                                counts: tuple[int, int, int]) -> None:
-    """The same promise for the shapes whose fixes live in other branches."""
+def test_shapes_fixed_elsewhere(desk: Desk, make: Callable[[], bytes]) -> None:
+    """The same promise for the shapes whose fixes live in other modules."""
     hostile = make()
     report = desk.ingest(hostile, shapes.ordinary())
     got = report["counts"]
-    assert (got["new_tickets"], got["replies"], got["quarantined"]) == counts
+    assert (got["new_tickets"], got["replies"], got["quarantined"]) == (2, 0, 0)
     assert desk.ordinary_is_stored()
     if make is shapes.big_attachment:
         # Issue 12 item 10: under 3x the message size above the baseline.

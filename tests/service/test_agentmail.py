@@ -13,6 +13,7 @@ from helpdesk.actions import ActionContext
 from helpdesk.errors import InvalidInput
 from helpdesk.ingest import IngestContext, ingest
 from helpdesk.mail.commands import MAX_COMMANDS
+from helpdesk.mail.trust import TrustPolicy
 from helpdesk.outbox import Signer
 from helpdesk.store.models import Message, OutboxItem, Ticket
 from helpdesk.values import Origin
@@ -41,7 +42,7 @@ def ctx(store: Store, clock: Clock) -> IngestContext:
                             signer=Signer("example.com", b"key", SUPPORT),
                             is_own_address=lambda a: a.startswith("support"))
     return IngestContext(is_own_address=lambda a: a.startswith("support"), clock=clock,
-                         loop_id=SUPPORT, actions=actions, trusted_authserv_id=MX)
+                         loop_id=SUPPORT, actions=actions, trust=TrustPolicy(authserv_id=MX))
 
 
 def run(store: Store, ctx: IngestContext, raw: bytes) -> int:
