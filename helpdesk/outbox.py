@@ -1,34 +1,42 @@
 """The transactional outbox: every mail we send is a row before it is a socket.
 
 `enqueue` composes the mail, gives it its final Message-ID, and writes the
-outbox row *and* an outgoing message on the ticket in the caller's
-transaction, so the mail exists exactly when the change that caused it does.
-The sender edge (`helpdesk.smtp`) claims due rows with a lease (`FOR UPDATE
-SKIP LOCKED` on PostgreSQL), delivers them, and reports back through
-`mark_sent`, `mark_temporary_failure` and `mark_permanent_failure`.
+outbox row, one row per envelope recipient, *and* an outgoing message on the
+ticket in the caller's transaction, so the mail exists exactly when the change
+that caused it does; its commit wakes the senders (`helpdesk.wakeup`).
 
-Delivery is at least once: a sender that dies after the SMTP server accepted a
-mail but before `mark_sent` committed sends it again once its lease expires.
-The retry carries the same Message-ID, so receiving systems and our own
-dedupe recognise it.
+The sender's side (claims, results per recipient) is `helpdesk.delivery`.
+Here: queueing, `retry`, and what `outbox list/show` and `helpdesk status`
+show: each recipient's state, the attempts, the queue's counts, and the
+relay's own state (`relay_status`): problems of the relay itself (down, TLS,
+AUTH, MAIL FROM refused) are not the mail's fault, so they are kept there and
+the mail stays queued untouched.
 """
 
 from __future__ import annotations
 
 import hashlib
-import random
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
 
 from helpdesk.errors import InvalidInput, NotFound
 from helpdesk.mail.compose import compose, make_message_id
-from helpdesk.store.models import Message, OutboxItem, utcnow
+from helpdesk.store.models import (
+    Message,
+    OutboxAttempt,
+    OutboxItem,
+    OutboxRecipient,
+    RelayState,
+    utcnow,
+)
 from helpdesk.values import Direction, OutgoingMail
+from helpdesk.wakeup import mark_queued
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
 
@@ -84,12 +92,20 @@ def enqueue(
         next_attempt_at=when,
         created_at=when,
         correlation_id=correlation_id,
+        subject=mail.subject,
+        recipients=[recipient_row(address) for address in recipients],
     )
     session.add(item)
     if mail.ticket_id is not None:
         session.add(_message_row(mail, raw, message_id, when))
     session.flush()
+    mark_queued(session)
     return item
+
+
+def recipient_row(address: str) -> OutboxRecipient:
+    """A recipient row, still to be sent."""
+    return OutboxRecipient(address=address, state=PENDING, attempts=0, permanent_failures=0)
 
 
 def _message_row(mail: OutgoingMail, raw: bytes, message_id: str, when: datetime) -> Message:
@@ -118,167 +134,192 @@ def _message_row(mail: OutgoingMail, raw: bytes, message_id: str, when: datetime
     )
 
 
-def claim_due(
-    session: Session, *, holder: str, limit: int, now: datetime, lease: timedelta
-) -> list[OutboxItem]:
-    """Claim up to `limit` due rows for `holder` until `now + lease`.
-
-    On PostgreSQL the rows are locked with SKIP LOCKED, so several senders
-    never claim the same row; SQLite serialises writers anyway.
-    """
-    query = (
-        select(OutboxItem)
-        .where(
-            OutboxItem.state == PENDING,
-            OutboxItem.next_attempt_at <= now,
-            or_(OutboxItem.claimed_until.is_(None), OutboxItem.claimed_until < now),
-        )
-        .order_by(OutboxItem.next_attempt_at, OutboxItem.id)
-        .limit(limit)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    items = list(session.scalars(query))
-    for item in items:
-        item.claimed_by = holder
-        item.claimed_until = now + lease
-    session.flush()
-    return items
-
-
-def _claimed(session: Session, item_id: int, holder: str) -> OutboxItem | None:
-    """The row if `holder` still holds its claim (a takeover after expiry wins)."""
-    item = session.get(OutboxItem, item_id, with_for_update=_lock(session))
-    if item is None or item.state != PENDING or item.claimed_by != holder:
-        return None
-    return item
-
-
-def _lock(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
-
-
-def mark_sent(session: Session, item_id: int, *, holder: str, now: datetime) -> bool:
-    """Record that the SMTP server accepted the mail."""
-    item = session.get(OutboxItem, item_id, with_for_update=_lock(session))
-    if item is None or item.state == SENT:
-        return False
-    # Even if our claim expired meanwhile, the mail did go out: record it.
-    item.state = SENT
-    item.sent_at = now
-    item.attempts += 1
-    item.last_error = None
-    item.claimed_by = None
-    item.claimed_until = None
-    return True
-
-
-def mark_temporary_failure(
-    session: Session,
-    item_id: int,
-    *,
-    holder: str,
-    error: str,
-    now: datetime,
-    policy: OutboxPolicy,
-    rng: random.Random | None = None,
-) -> OutboxItem | None:
-    """A 4xx or a connection problem: try again later, or fail once the mail is too old."""
-    return _failed(session, item_id, holder, error, now, policy, rng, permanent=False)
-
-
-def mark_permanent_failure(
-    session: Session,
-    item_id: int,
-    *,
-    holder: str,
-    error: str,
-    now: datetime,
-    policy: OutboxPolicy,
-    rng: random.Random | None = None,
-) -> OutboxItem | None:
-    """A 5xx: fail after `max_permanent_failures` of them (a refusal is sometimes a glitch)."""
-    return _failed(session, item_id, holder, error, now, policy, rng, permanent=True)
-
-
-def _failed(
-    session: Session,
-    item_id: int,
-    holder: str,
-    error: str,
-    now: datetime,
-    policy: OutboxPolicy,
-    rng: random.Random | None,
-    *,
-    permanent: bool,
-) -> OutboxItem | None:
-    item = _claimed(session, item_id, holder)
-    if item is None:
-        return None
-    item.attempts += 1
-    item.last_error = error[:2000]
-    _release(item)
-    if permanent:
-        item.permanent_failures += 1
-        give_up = item.permanent_failures >= policy.max_permanent_failures
-    else:
-        give_up = now - item.created_at >= policy.give_up_after
-        if give_up:
-            item.last_error = f"gave up after {item.attempts} attempts: {error}"[:2000]
-    if give_up:
-        item.state = FAILED
-    else:
-        item.next_attempt_at = now + backoff(item.attempts, policy, rng)
-    return item
-
-
-def _release(item: OutboxItem) -> None:
-    item.claimed_by = None
-    item.claimed_until = None
-
-
-def backoff(attempts: int, policy: OutboxPolicy, rng: random.Random | None = None) -> timedelta:
-    """Capped exponential backoff with jitter (half fixed, half random)."""
-    ceiling = min(
-        policy.retry_max_delay.total_seconds(),
-        policy.retry_base.total_seconds() * 2 ** max(0, attempts - 1),
-    )
-    jitter = (rng or random).random()
-    return timedelta(seconds=ceiling / 2 + jitter * ceiling / 2)
-
-
 def retry(session: Session, item_id: int, *, now: datetime | None = None) -> OutboxItem:
-    """Put a failed (or waiting) mail back in the queue, due now."""
-    item = session.get(OutboxItem, item_id)
+    """Queue a failed (or waiting) mail again, due now, to the recipients not yet sent."""
+    item = session.get(OutboxItem, item_id, options=[selectinload(OutboxItem.recipients)])
     if item is None:
         raise NotFound("outbox item", item_id)
-    if item.state == SENT:
+    failed = [r for r in item.recipients if r.state == FAILED]
+    if item.state == SENT and not failed:
         raise InvalidInput(f"outbox item {item_id} was sent at {item.sent_at:%Y-%m-%d %H:%M}")
+    if not item.recipients:
+        item.recipients = [recipient_row(a) for a in dict.fromkeys(item.envelope_to)]
+    for recipient in failed:
+        recipient.state = PENDING
+        recipient.permanent_failures = 0
     item.state = PENDING
     item.permanent_failures = 0
     item.next_attempt_at = now or utcnow()
-    _release(item)
+    item.claimed_by = item.claimed_until = None
+    mark_queued(session)
     return item
 
 
+# -- looking at the outbox -----------------------------------------------------------
+
+
 def list_items(
-    session: Session, *, states: Sequence[str] | None = None, limit: int = 100
+    session: Session,
+    *,
+    states: Sequence[str] | None = None,
+    ticket_id: int | None = None,
+    limit: int = 100,
 ) -> list[OutboxItem]:
-    """Outbox rows, newest first."""
-    query = select(OutboxItem).order_by(OutboxItem.id.desc()).limit(limit)
+    """Outbox rows, newest first, their recipients loaded."""
+    query = (
+        select(OutboxItem)
+        .order_by(OutboxItem.id.desc())
+        .limit(limit)
+        .options(selectinload(OutboxItem.recipients))
+    )
     if states:
         query = query.where(OutboxItem.state.in_(list(states)))
+    if ticket_id is not None:
+        query = query.where(OutboxItem.ticket_id == ticket_id)
     return list(session.scalars(query))
 
 
-def release_claims(session: Session, holder: str, item_ids: Sequence[int] | None = None) -> int:
-    """Give back the claims of `holder` (all of them, or on `item_ids`)."""
-    query = (
-        update(OutboxItem)
-        .where(OutboxItem.claimed_by == holder, OutboxItem.state == PENDING)
-        .values(claimed_by=None, claimed_until=None)
-    )
-    if item_ids is not None:
-        query = query.where(OutboxItem.id.in_(list(item_ids)))
-    result = session.execute(query)
-    return int(getattr(result, "rowcount", 0) or 0)
+def get_item(session: Session, item_id: int) -> OutboxItem:
+    """One outbox row with its recipients; NotFound if there is none."""
+    item = session.get(OutboxItem, item_id, options=[selectinload(OutboxItem.recipients)])
+    if item is None:
+        raise NotFound("outbox item", item_id)
+    return item
+
+
+def attempts(session: Session, item_id: int) -> list[OutboxAttempt]:
+    """The delivery attempts of a row, oldest first."""
+    return list(session.scalars(
+        select(OutboxAttempt).where(OutboxAttempt.outbox_id == item_id).order_by(OutboxAttempt.id)
+    ))
+
+
+def pending_recipients(item: OutboxItem) -> list[str]:
+    """The addresses of `item` still to be sent."""
+    return [r.address for r in item.recipients if r.state == PENDING]
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    """How much mail waits: due now, waiting for a retry, failed (for `helpdesk status`)."""
+
+    due: int
+    retrying: int
+    failed: int
+
+
+def queue_counts(session: Session, *, now: datetime) -> QueueCounts:
+    """Counts of the queue by state, without loading rows."""
+    due_now = OutboxItem.next_attempt_at <= now
+    rows = session.execute(
+        select(OutboxItem.state, due_now, func.count())
+        .where(OutboxItem.state.in_([PENDING, FAILED]))
+        .group_by(OutboxItem.state, due_now)
+    ).all()
+    due = sum(n for state, is_due, n in rows if state == PENDING and is_due)
+    retrying = sum(n for state, is_due, n in rows if state == PENDING and not is_due)
+    failed = sum(n for state, _, n in rows if state == FAILED)
+    return QueueCounts(due=due, retrying=retrying, failed=failed)
+
+
+@dataclass(frozen=True)
+class RecipientView:
+    """One recipient's delivery state, for `outbox list/show` and `tickets show`."""
+
+    address: str
+    state: str
+    attempts: int
+    last_reply: str | None
+    sent_at: datetime | None
+
+
+def recipient_views(item: OutboxItem) -> list[RecipientView]:
+    """Each recipient's state; rows sent before per-recipient state existed show the row's."""
+    if item.recipients:
+        return [RecipientView(r.address, r.state, r.attempts, r.last_reply, r.sent_at)
+                for r in item.recipients]
+    return [RecipientView(a, item.state, item.attempts, item.last_error, item.sent_at)
+            for a in item.envelope_to]
+
+
+def delivery_summary(item: OutboxItem) -> str:
+    """The row's state in words: `sent`, `pending`, or `partly delivered: 1 of 2 sent, ...`."""
+    views = recipient_views(item)
+    sent = sum(1 for v in views if v.state == SENT)
+    if sent == 0 or sent == len(views):
+        return item.state
+    rest = []
+    retrying = sum(1 for v in views if v.state == PENDING)
+    failed = sum(1 for v in views if v.state == FAILED)
+    if retrying:
+        rest.append(f"{retrying} retrying")
+    if failed:
+        rest.append(f"{failed} failed")
+    return f"partly delivered: {sent} of {len(views)} sent, {', '.join(rest)}"
+
+
+# -- the relay's own state -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RelayStatus:
+    """What a sender last saw of the relay; `problem` is None when it worked."""
+
+    relay: str
+    state: str
+    problem: str | None
+    error: str | None
+    since: datetime
+    checked_at: datetime
+    next_try_at: datetime | None
+    holder: str
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "ok"
+
+    def describe(self) -> str:
+        """One line for people: `relay HOST:PORT failing since ...: auth: 535 ...`."""
+        if self.ok:
+            return f"relay {self.relay} ok (checked {self.checked_at:%Y-%m-%d %H:%M})"
+        retry = f", next try {self.next_try_at:%H:%M:%S}" if self.next_try_at else ""
+        return (f"relay {self.relay} failing since {self.since:%Y-%m-%d %H:%M}: "
+                f"{self.problem}: {self.error}{retry}; mail stays queued")
+
+
+def relay_status(session: Session, relay: str | None = None) -> list[RelayStatus]:
+    """The relay state the senders recorded (one relay, or all), for `outbox list` and status."""
+    query = select(RelayState).order_by(RelayState.relay)
+    if relay is not None:
+        query = query.where(RelayState.relay == relay)
+    return [RelayStatus(r.relay, r.state, r.problem, r.error, r.since, r.checked_at,
+                        r.next_try_at, r.holder) for r in session.scalars(query)]
+
+
+def set_relay_state(
+    session: Session,
+    relay: str,
+    *,
+    holder: str,
+    problem: str | None,
+    error: str | None,
+    now: datetime,
+    next_try_at: datetime | None = None,
+) -> None:
+    """Record what the sender saw of the relay: a problem, or None once it works again."""
+    state = "ok" if problem is None else "failing"
+    row = session.get(RelayState, relay, with_for_update=True)
+    if row is None:
+        try:
+            # Two senders may see a relay for the first time at once (PostgreSQL).
+            with session.begin_nested():
+                session.add(RelayState(relay=relay, state=state, problem=problem, error=error,
+                                       since=now, checked_at=now, next_try_at=next_try_at,
+                                       holder=holder))
+            return
+        except IntegrityError:
+            row = session.get_one(RelayState, relay, with_for_update=True)
+    if (row.state, row.problem) != (state, problem):
+        row.since = now
+    row.state, row.problem, row.error = state, problem, error
+    row.checked_at, row.next_try_at, row.holder = now, next_try_at, holder

@@ -114,6 +114,10 @@ class AppContext:
                 except StoreAccessDenied as exc:
                     raise self.access_denied(exc) from exc
             self._factory = make_session_factory(self.engine)
+            # Commits that queue mail NOTIFY the daemons' senders (PostgreSQL).
+            from helpdesk.wakeup import install_commit_hooks
+
+            install_commit_hooks(self._factory)
             if check:
                 with self._factory.begin() as session:
                     directory.sync(session, self.settings.teams, self.settings.agents)

@@ -47,7 +47,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
-from helpdesk import context, directory, mailboxes, timers
+from helpdesk import context, directory, mailboxes, timers, wakeup
 from helpdesk.daemon.systemd import Notifier
 from helpdesk.daemon.workers import Runnable, Worker
 from helpdesk.errors import ConfigError, HelpdeskError
@@ -93,8 +93,8 @@ def outbox_claim(lease_seconds: float, smtp_timeout: float) -> tuple[timedelta, 
     expire, so they last as long as a mailbox lease (`[daemon] lease_seconds`),
     the configured bound on what a dead daemon may hold up, but at least two
     SMTP timeouts so that one slow delivery does not outlive its claim. The
-    sender starts a row only while a whole SMTP timeout still fits into its
-    claim and gives the rest back, so a batch can be large.
+    sender renews its claims while it holds them and bounds each mail by a
+    deadline inside the claim (`helpdesk.smtp.sender`), so a batch can be large.
     """
     claim = max(lease_seconds, 2 * smtp_timeout)
     return timedelta(seconds=claim), 50
@@ -165,6 +165,8 @@ class Daemon:
         self.sender = Sender(self.sessions, s.smtp, context.outbox_policy(s),
                              holder=self.holder, interval=s.daemon.send_interval,
                              clock=self.clock, lease=claim, batch=batch)
+        # A commit that queued mail (a group commit of ingest, timers) wakes the sender at once.
+        wakeup.install_commit_hooks(self.sessions, on_commit=self.sender.wake)
         warnings = security_warnings(s)
         if warnings:  # once per start, not per message (issue 12)
             log.warning("security.warned", warnings=warnings)

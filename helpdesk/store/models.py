@@ -317,6 +317,69 @@ class OutboxItem(Base):
     sent_at: Mapped[datetime | None]
     claimed_by: Mapped[str | None] = mapped_column(String(200))
     claimed_until: Mapped[datetime | None]
+    # For `outbox list`; NULL on rows queued before revision 0005 without a ticket.
+    subject: Mapped[str | None] = mapped_column(Text)
+    recipients: Mapped[list[OutboxRecipient]] = relationship(
+        back_populates="item", cascade="all, delete-orphan", order_by="OutboxRecipient.id"
+    )
+
+
+class OutboxRecipient(Base):
+    """One envelope recipient of an outbox row: its own state, because a relay answers
+    RCPT per recipient (a greylisted Cc is retried, the others are not sent again)."""
+
+    __tablename__ = "outbox_recipients"
+    __table_args__ = (UniqueConstraint("outbox_id", "address"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    outbox_id: Mapped[int] = mapped_column(ForeignKey("outbox.id", ondelete="CASCADE"))
+    address: Mapped[str] = mapped_column(String(320))
+    # pending (to be sent), sent (a 250 for it), failed (dead-lettered after 5xx or too old)
+    state: Mapped[str] = mapped_column(String(10), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    permanent_failures: Mapped[int] = mapped_column(Integer, default=0)
+    # The relay's last answer about this recipient, e.g. "450 4.2.0 greylisted".
+    last_reply: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime | None]
+    item: Mapped[OutboxItem] = relationship(back_populates="recipients")
+
+
+class OutboxAttempt(Base):
+    """One delivery attempt of an outbox row, for `outbox show`."""
+
+    __tablename__ = "outbox_attempts"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    outbox_id: Mapped[int] = mapped_column(
+        ForeignKey("outbox.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    holder: Mapped[str] = mapped_column(String(200))
+    # sent, partial, deferred, refused
+    outcome: Mapped[str] = mapped_column(String(20))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    next_attempt_at: Mapped[datetime | None]
+
+
+class RelayState(Base):
+    """What the sender last saw of our SMTP relay (`outbox list`, `helpdesk status`).
+
+    Problems of the relay itself (unreachable, TLS, AUTH, MAIL FROM refused)
+    are not the mail's fault; they live here instead of on each outbox row.
+    """
+
+    __tablename__ = "relay_state"
+
+    relay: Mapped[str] = mapped_column(String(300), primary_key=True)
+    # ok or failing
+    state: Mapped[str] = mapped_column(String(10))
+    problem: Mapped[str | None] = mapped_column(String(50))
+    error: Mapped[str | None] = mapped_column(Text)
+    since: Mapped[datetime]
+    checked_at: Mapped[datetime]
+    next_try_at: Mapped[datetime | None]
+    holder: Mapped[str] = mapped_column(String(200))
 
 
 class MailboxState(Base):

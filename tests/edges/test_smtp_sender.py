@@ -1,12 +1,16 @@
-"""The sender against a real aiosmtpd server: sent once, retried on 4xx, failed on 5xx."""
+"""The sender against a real aiosmtpd server: once per recipient, retries, claims, TLS and AUTH.
+
+The relay scenarios of issue 9 (greylisting, slow relay, store failing after
+the 250, SIGTERM, AUTH refused) are in tests/faults/.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import email
-import random
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,113 +19,112 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import select, text
 
-from helpdesk import outbox
+from helpdesk import delivery, outbox
 from helpdesk.settings import SmtpSettings
 from helpdesk.smtp import Sender
 from helpdesk.store.models import OutboxItem
-from helpdesk.values import Address, MessageKind, OutgoingMail
 from tests.conftest import Clock, Store
+from tests.faults.helpers import FAST, items, make_sender, queue
+from tests.faults.relay import ScriptedRelay
 from tests.servers import free_port
-from tests.servers.smtp_sink import RecordingHandler, SmtpSink
+from tests.servers.smtp_sink import RecordingHandler
 
-SIGNER = outbox.Signer(domain="example.com", key=b"k" * 32, loop_id="support@example.com")
 POLICY = outbox.OutboxPolicy(max_permanent_failures=2)
+POSTGRES = pytest.mark.parametrize(
+    "store", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 
 
 @pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    server = SmtpSink()
-    server.start()
+def relay() -> Iterator[ScriptedRelay]:
+    server = ScriptedRelay().start()
     yield server
     server.stop()
 
 
-def queue(store: Store, clock: Clock, n: int = 1) -> list[int]:
-    ids = []
-    with store.sessions.begin() as session:
-        for i in range(n):
-            mail = OutgoingMail(
-                kind=MessageKind.AUTO_REPLY,
-                ticket_id=None,
-                from_=Address("support@example.com", "IT Help Desk"),
-                to=(Address(f"user{i}@example.org", "Jörg Ünlü"),),
-                subject=f"[#{i}] Ihre Anfrage",
-                body="Wir haben Ihre Anfrage erhalten.\n",
-                automated=True,
-            )
-            ids.append(outbox.enqueue(session, mail, SIGNER, now=clock.now).id)
-    return ids
-
-
-def sender(store: Store, port: int, clock: Clock, holder: str = "test") -> Sender:
-    settings = SmtpSettings(host="127.0.0.1", port=port, timeout=5.0)
-    return Sender(store.sessions, settings, POLICY, holder=holder, clock=clock,
-                  rng=random.Random(1))
+def sender(store: Store, port: int | ScriptedRelay, clock: Clock, holder: str = "test") -> Sender:
+    return make_sender(store, port, holder=holder, clock=clock, policy=POLICY)
 
 
 def states(store: Store) -> list[tuple[str, int]]:
-    with store.sessions() as session:
-        return [(i.state, i.attempts) for i in session.scalars(select(OutboxItem).order_by(
-            OutboxItem.id))]
+    return [(i.state, i.attempts) for i in items(store)]
 
 
-def test_sent_once_and_marked(store: Store, sink: SmtpSink, clock: Clock) -> None:
-    """Queued mail is delivered once, marked sent, and a second pass sends nothing."""
-    queue(store, clock, 3)
-    s = sender(store, sink.port, clock)
+def test_sent_once_over_one_connection_and_marked(
+    store: Store, relay: ScriptedRelay, clock: Clock
+) -> None:
+    """Queued mail is delivered once over one connection, marked sent; a second pass sends
+    nothing."""
+    queue(store, 3, now=clock.now)
+    s = sender(store, relay, clock)
     assert asyncio.run(s.run_once()) == 3
     assert asyncio.run(s.run_once()) == 0
-    assert len(sink.messages) == 3
+    assert len(relay.accepted) == 3
+    assert relay.connections == 1, "the batch went over one connection"
     assert states(store) == [("sent", 1)] * 3
-    first = email.message_from_bytes(sink.messages[0].data)
+    first = email.message_from_bytes(relay.accepted[0].data)
     assert first["Auto-Submitted"] == "auto-replied"
-    assert sink.messages[0].recipients == ["user0@example.org"]
+    assert relay.accepted[0].recipients == ["user0@example.org"]
+    assert [r.state for i in items(store) for r in i.recipients] == ["sent"] * 3
 
 
-def test_server_down_then_up(store: Store, clock: Clock) -> None:
-    """While the SMTP server is down rows wait with backoff; once it is up they go out once."""
+def test_relay_down_is_not_the_mails_fault_and_mail_goes_once_it_is_up(
+    store: Store, clock: Clock
+) -> None:
+    """While the relay is down rows stay queued untouched (no attempt counted, no error on
+    the mail), the relay's problem is recorded; once it is up they go out once."""
     port = free_port()
-    queue(store, clock, 2)
+    queue(store, 2, now=clock.now)
     s = sender(store, port, clock)
     assert asyncio.run(s.run_once()) == 0
+    for item in items(store):
+        assert (item.state, item.attempts, item.last_error) == ("pending", 0, None)
+        assert item.next_attempt_at == clock.now
+        assert item.claimed_by is None, "the claims were given back"
     with store.sessions() as session:
-        first = session.scalars(select(OutboxItem).order_by(OutboxItem.id)).first()
-        assert first is not None
-        assert first.state == "pending"
-        assert first.next_attempt_at > clock.now
-        assert first.last_error
-    server = SmtpSink(port)
-    server.start()
+        [status] = outbox.relay_status(session)
+    assert (status.state, status.problem) == ("failing", "unreachable")
+    assert "Connect" in (status.error or "")
+    assert asyncio.run(s.run_once()) == 0, "backing off: the relay is not tried at once"
+    server = ScriptedRelay(port=port).start()
     try:
-        clock.advance(hours=2)
+        time.sleep(FAST.cap)
         assert asyncio.run(s.run_once()) == 2
-        assert len(server.messages) == 2
+        assert len(server.accepted) == 2
     finally:
         server.stop()
+    with store.sessions() as session:
+        [status] = outbox.relay_status(session)
+    assert status.ok
 
 
-def test_temporary_refusal_is_retried(store: Store, sink: SmtpSink, clock: Clock) -> None:
-    """A 451 is retried after the backoff and then delivered."""
-    queue(store, clock)
-    sink.handler.refuse_next.append("451 4.3.0 try again later")
-    s = sender(store, sink.port, clock)
+def test_temporary_refusal_is_retried(store: Store, relay: ScriptedRelay, clock: Clock) -> None:
+    """A 451 to DATA is retried after the backoff and then delivered."""
+    queue(store, now=clock.now)
+    relay.script.data.append("451 4.3.0 try again later")
+    s = sender(store, relay, clock)
     assert asyncio.run(s.run_once()) == 0
     assert asyncio.run(s.run_once()) == 0  # not due yet
     clock.advance(minutes=10)
     assert asyncio.run(s.run_once()) == 1
     assert states(store) == [("sent", 2)]
+    with store.sessions() as session:
+        history = outbox.attempts(session, items(store)[0].id)
+    assert [(a.outcome, "451" in a.detail) for a in history] == [("deferred", True),
+                                                                 ("sent", False)]
 
 
 def test_permanent_refusal_fails_after_the_configured_count(
-    store: Store, sink: SmtpSink, clock: Clock
+    store: Store, relay: ScriptedRelay, clock: Clock
 ) -> None:
-    """5xx twice (max_permanent_failures = 2) marks the row failed with the error kept."""
-    [item_id] = queue(store, clock)
-    sink.handler.refuse_next.extend(["554 5.7.1 rejected", "554 5.7.1 rejected"])
-    s = sender(store, sink.port, clock)
+    """5xx twice (max_permanent_failures = 2) marks the row failed with the error kept;
+    `outbox.retry` queues it again."""
+    [item_id] = queue(store, now=clock.now)
+    relay.script.data.extend(["554 5.7.1 rejected", "554 5.7.1 rejected"])
+    s = sender(store, relay, clock)
     asyncio.run(s.run_once())
+    assert states(store) == [("pending", 1)], "one 5xx is not enough"
     clock.advance(hours=1)
     asyncio.run(s.run_once())
     with store.sessions() as session:
@@ -131,37 +134,64 @@ def test_permanent_refusal_fails_after_the_configured_count(
     with store.sessions.begin() as session:
         outbox.retry(session, item_id, now=clock.now)
     assert asyncio.run(s.run_once()) == 1
-    assert len(sink.messages) == 1
+    assert len(relay.accepted) == 1
 
 
-def test_two_senders_never_send_the_same_row(store: Store, sink: SmtpSink, clock: Clock) -> None:
+def test_two_senders_never_send_the_same_row(
+    store: Store, relay: ScriptedRelay, clock: Clock
+) -> None:
     """Claims are exclusive: two senders in parallel deliver 40 rows exactly once each."""
-    queue(store, clock, 40)
+    queue(store, 40, now=clock.now)
 
     async def both() -> None:
-        a = sender(store, sink.port, clock, holder="a")
-        b = sender(store, sink.port, clock, holder="b")
+        a = sender(store, relay, clock, holder="a")
+        b = sender(store, relay, clock, holder="b")
         a.batch = b.batch = 5
         for _ in range(10):
             await asyncio.gather(a.run_once(), b.run_once())
 
     asyncio.run(both())
-    ids = [email.message_from_bytes(m.data)["Message-ID"] for m in sink.messages]
+    ids = [a.message_id for a in relay.accepted]
     assert len(ids) == 40
     assert len(set(ids)) == 40
 
 
-def test_expired_claim_is_taken_over(store: Store, sink: SmtpSink, clock: Clock) -> None:
-    """A sender that died holding a claim does not block the row past the lease."""
-    queue(store, clock)
+def test_expired_claim_is_taken_over(store: Store, relay: ScriptedRelay, clock: Clock) -> None:
+    """A sender that died holding a claim does not block the row past the claim."""
+    queue(store, now=clock.now)
     with store.sessions.begin() as session:
-        claimed = outbox.claim_due(session, holder="dead", limit=10, now=clock.now,
-                                   lease=timedelta(minutes=5))
+        claimed = delivery.claim_due(session, holder="dead", limit=10, now=clock.now,
+                                   lease=timedelta(seconds=1))
         assert len(claimed) == 1
-    s = sender(store, sink.port, clock, holder="alive")
+    s = sender(store, relay, clock, holder="alive")
     assert asyncio.run(s.run_once()) == 0
-    clock.advance(minutes=6)
+    # Expired on either clock: the host's (SQLite) and the database's (PostgreSQL).
+    clock.advance(seconds=2)
+    time.sleep(1.1)
     assert asyncio.run(s.run_once()) == 1
+
+
+@POSTGRES
+def test_claims_expire_on_the_database_clock(store: Store, clock: Clock) -> None:
+    """A sender whose host clock runs an hour ahead cannot take a row claimed a moment ago
+    by a sender on another host: the claim's expiry is PostgreSQL's now() plus the lease."""
+    queue(store, now=clock.now)
+    with store.sessions.begin() as session:
+        db_now = session.execute(text("SELECT now()")).scalar_one()
+        [item] = delivery.claim_due(session, holder="a", limit=10, now=clock.now,
+                                  lease=timedelta(minutes=5))
+        assert item.claimed_until is not None
+        assert abs((item.claimed_until - db_now) - timedelta(minutes=5)) < timedelta(seconds=1)
+    ahead = clock.now + timedelta(hours=1)
+    with store.sessions.begin() as session:
+        assert delivery.claim_due(session, holder="b", limit=10, now=ahead,
+                                lease=timedelta(minutes=5)) == []
+    with store.sessions.begin() as session:
+        assert delivery.renew_claims(session, holder="a", lease=timedelta(minutes=5),
+                                   now=clock.now - timedelta(hours=3)) == 1
+        until = session.scalars(select(OutboxItem.claimed_until)).one()
+        assert until is not None
+        assert until > db_now
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +218,7 @@ def _authenticator(server, session, envelope, mechanism, auth_data):  # type: ig
 def test_tls_and_auth(store: Store, clock: Clock, certificate: tuple[Path, Path], mode: str,
                       tmp_path: Path) -> None:
     """STARTTLS and implicit TLS with certificate checks (our CA file) and AUTH both deliver;
-    a wrong password is a permanent refusal that keeps the error."""
+    a wrong password is the relay's problem (535 recorded there), not the mail's."""
     cert, key = certificate
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(cert), str(key))
@@ -204,19 +234,79 @@ def test_tls_and_auth(store: Store, clock: Clock, certificate: tuple[Path, Path]
                             auth_required=True, **tls_options)  # type: ignore[arg-type]
     controller.start()
     try:
-        [item_id] = queue(store, clock)
+        [item_id] = queue(store, now=clock.now)
         settings = SmtpSettings(host="127.0.0.1", port=port, tls=mode, ca_file=cert,
                                 username="helpdesk", password="s3cret", timeout=5.0)
-        good = Sender(store.sessions, settings, POLICY, holder="t", clock=clock)
+        good = Sender(store.sessions, settings, POLICY, holder="t", clock=clock, watch=False)
         assert asyncio.run(good.run_once()) == 1
         assert len(handler.messages) == 1
-        queue(store, clock)
+        queue(store, now=clock.now)
         bad_settings = settings.model_copy(update={"password": SecretStr("wrong")})
-        bad = Sender(store.sessions, bad_settings, POLICY, holder="t", clock=clock)
+        bad = Sender(store.sessions, bad_settings, POLICY, holder="t", clock=clock, watch=False)
         assert asyncio.run(bad.run_once()) == 0
         with store.sessions() as session:
-            failed = session.scalars(select(OutboxItem).where(OutboxItem.id != item_id)).one()
-            assert failed.state == "pending"
-            assert "535" in (failed.last_error or "")
+            waiting = session.scalars(select(OutboxItem).where(OutboxItem.id != item_id)).one()
+            assert (waiting.state, waiting.attempts, waiting.last_error) == ("pending", 0, None)
+            [status] = outbox.relay_status(session)
+        assert (status.problem, "535" in (status.error or "")) == ("auth", True)
     finally:
         controller.stop()
+
+
+def test_tls_failure_is_the_relays_problem(
+    store: Store, relay: ScriptedRelay, clock: Clock, certificate: tuple[Path, Path]
+) -> None:
+    """STARTTLS configured but not offered by the relay: nothing is sent in clear, the
+    mail waits, the relay is marked failing with a TLS problem."""
+    cert, _ = certificate
+    queue(store, now=clock.now)
+    s = make_sender(store, relay, clock=clock, smtp={"tls": "starttls", "ca_file": cert})
+    assert asyncio.run(s.run_once()) == 0
+    assert relay.accepted == []
+    assert states(store) == [("pending", 0)]
+    with store.sessions() as session:
+        [status] = outbox.relay_status(session)
+    assert status.problem == "tls"
+
+
+@pytest.mark.parametrize("reply", ["451 4.3.0 sender verify deferred",
+                                   "550 5.7.1 sender not allowed"])
+def test_mail_from_refused_is_the_relays_problem(
+    store: Store, relay: ScriptedRelay, clock: Clock, reply: str
+) -> None:
+    """4xx or 5xx to MAIL FROM (our relay distrusts our sender address): the mail stays
+    queued untouched and goes out once the relay takes it."""
+    queue(store, now=clock.now)
+    relay.script.mail.append(reply)
+    s = sender(store, relay, clock)
+    assert asyncio.run(s.run_once()) == 0
+    assert states(store) == [("pending", 0)]
+    with store.sessions() as session:
+        [status] = outbox.relay_status(session)
+    assert (status.problem, status.error) == ("sender_refused", reply)
+    time.sleep(FAST.cap)
+    assert asyncio.run(s.run_once()) == 1
+    assert states(store) == [("sent", 1)]
+
+
+def test_a_connection_the_relay_closed_while_idle_is_reopened_at_once(
+    store: Store, relay: ScriptedRelay, clock: Clock
+) -> None:
+    """A reused connection the relay dropped meanwhile costs a reconnect, not a backoff."""
+    queue(store, now=clock.now)
+
+    async def two_batches() -> int:
+        s = sender(store, relay, clock)
+        s._loop = asyncio.get_running_loop()  # keep the connection open as run() does
+        first = await s.run_once()
+        assert s.relay.connected
+        relay.drop_connections()  # as if the relay had timed us out
+        await asyncio.sleep(0.1)
+        queue(store, now=clock.now)
+        second = await s.run_once()
+        assert s.relay_problem is None
+        await s.relay.close()
+        return first + second
+
+    assert asyncio.run(two_batches()) == 2
+    assert relay.connections == 2

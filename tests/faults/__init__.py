@@ -1,0 +1,1 @@
+"""Fault scenarios: the sender against relays that refuse, stall, greylist and fail AUTH."""

@@ -20,6 +20,7 @@ from helpdesk.actions import ActionContext
 from helpdesk.context import BUILTIN_TEMPLATES
 from helpdesk.ingest import IngestContext
 from helpdesk.mail.compose import ticket_from_message_id
+from helpdesk.mail.trust import TrustPolicy
 from helpdesk.outbox import OutboxPolicy, Signer
 from helpdesk.rules import RuleSet, load_rules
 from helpdesk.settings import SmtpSettings
@@ -152,7 +153,7 @@ def make_desk(store: Store, clock: Clock, server: RecordingServer, **actions: An
     }
     ctx = IngestContext(
         is_own_address=options["is_own_address"], clock=clock, loop_id=SUPPORT, rules=rules,
-        actions=ActionContext(**options), trusted_authserv_id=MX,
+        actions=ActionContext(**options), trust=TrustPolicy(authserv_id=MX),
         verify_signed_id=lambda mid: ticket_from_message_id(mid, secret=KEY,
                                                             domains={"example.com"}),
     )
