@@ -57,7 +57,7 @@ PURE_MEMORY = 20  # times the input's size, plus PURE_SLACK
 PURE_SLACK = 4 * 1024 * 1024
 E2E_SECONDS = 20.0  # CPU seconds for the whole batch, parse and store included
 E2E_MEMORY = 12  # times the hostile mail's size, plus E2E_SLACK
-E2E_SLACK = 60 * 1024 * 1024
+E2E_SLACK = 30 * 1024 * 1024  # a fork of the child, SQLite's cache, the batch
 KILL_AFTER = 300.0  # wall seconds: a child that is merely slow on a busy machine finishes
 ADDRESS_SPACE = 3 * 1024 * 1024 * 1024  # the child's limit: a blow-up fails, the machine lives
 
@@ -194,6 +194,10 @@ url = "sqlite:///{db}"
 [security]
 trusted_authserv_id = "{mx}"
 
+[intake]
+# One parse worker, so that the figures are one process's.
+workers = 1
+
 [rules]
 dir = "{rules}"
 
@@ -285,9 +289,12 @@ def desk(tmp_path: Path, sqlite_template: Path) -> Desk:
     return make_desk(tmp_path, sqlite_template)
 
 
-def assert_bounded(report: dict[str, Any], hostile: bytes, memory: int = E2E_MEMORY) -> None:
+def assert_bounded(report: dict[str, Any], hostile: bytes,
+                   memory: int | None = E2E_MEMORY) -> None:
     cpu, grown = report["cpu_s"], (report["peak_kb"] - report["baseline_kb"]) * 1024
     assert cpu < E2E_SECONDS, f"{cpu:.1f} s CPU"
+    if memory is None:
+        return
     assert grown < memory * len(hostile) + E2E_SLACK, (
         f"peak RSS grew by {grown >> 20} MB for a {len(hostile) >> 10} KB mail"
     )
@@ -299,7 +306,7 @@ class Batch:
     hostile: Callable[[], bytes]
     before: tuple[Callable[[], bytes], ...] = ()  # mails that set the scene (ticket #1)
     counts: tuple[int, int, int] = (2, 0, 0)  # new tickets, replies, quarantined
-    memory: int = E2E_MEMORY
+    memory: int | None = E2E_MEMORY  # None: checked in a test of its own
 
 
 BATCHES = [
@@ -307,8 +314,8 @@ BATCHES = [
           lambda: shapes.bounce(shapes.BLANK_LINES, "blank")),
     Batch('postmaster bounce: "!"*30000 + "@" + "a"*30000',
           lambda: shapes.bounce(shapes.BANG_AT, "bang")),
-    # parse() and parse_dsn each read it with compat32, ~50 bytes per 3-byte line (item 10).
-    Batch("DSN: a million folded continuation lines", shapes.dsn, memory=40),
+    # Its memory is test_parse_memory_on_a_million_short_lines's.
+    Batch("DSN: a million folded continuation lines", shapes.dsn, memory=None),
     Batch("bounce naming 100,000 recipients", shapes.many_recipients_bounce),
     Batch("reply with 70,000 reply headers",
           lambda: shapes.customer(shapes.REPLY_HEADERS, "headers")),
@@ -334,6 +341,19 @@ def test_ingest_batch_is_bounded_and_the_next_mail_is_stored(desk: Desk, batch: 
     assert (counts["new_tickets"], counts["replies"], counts["quarantined"]) == batch.counts
     assert desk.ordinary_is_stored()
     assert_bounded(report, hostile, batch.memory)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "helpdesk.mail.parse (the MIME reader) peaks at about 70x a mail of a million 3-byte "
+    "lines (209 MB for 2.9 MB; classify's parse_dsn, compat32, about 26x); owned by "
+    "helper `parse` (issue 12 item 10)"))
+def test_parse_memory_on_a_million_short_lines(desk: Desk) -> None:
+    """The DSN of a million folded lines: its memory, apart from its time (checked above)."""
+    hostile = shapes.dsn()
+    report = desk.ingest(hostile, shapes.ordinary())
+    assert desk.ordinary_is_stored()
+    assert_bounded(report, hostile, memory=40)
 
 
 @pytest.mark.slow
@@ -366,10 +386,9 @@ def test_a_runaway_admin_regex_costs_its_budget_and_is_reported(
 
 
 # --------------------------------------------------------------------------
-# Shapes whose fixes came from other branches (issue 12 items 8-10): they
-# were xfail(strict=True) here until main brought compose's own folding
-# (`outgoing`), chunked id lookups (faults/parse) and the linear MIME reader
-# (`parse`); now the same promise holds for them.
+# Shapes whose fixes are in other modules (issue 12 items 8-10): compose's own
+# folding (`outgoing`) and chunked id lookups hold; the memory of a 34 MB mail
+# is still over its target (xfail until `parse` brings it down).
 
 
 @pytest.mark.slow
@@ -379,10 +398,14 @@ def test_a_runaway_admin_regex_costs_its_budget_and_is_reported(
         pytest.param(shapes.huge_subject, id="1 MB Subject into the acknowledgement"),
         pytest.param(shapes.huge_display_name, id="1 MB display name into the acknowledgement"),
         pytest.param(shapes.many_references, id="260,000 References ids"),
-        pytest.param(shapes.big_attachment, id="34 MB mail with a 25 MB attachment"),
+        pytest.param(shapes.big_attachment, id="34 MB mail with a 25 MB attachment",
+                     marks=pytest.mark.xfail(strict=True, reason=(
+                         "peak RSS grows by about 152 MB (4.3x the mail) in the ingest "
+                         "process or its parse worker, target under 3x; owned by helper "
+                         "`parse` (issue 12 item 10)"))),
     ],
 )
-def test_shapes_fixed_elsewhere(desk: Desk, make: Callable[[], bytes]) -> None:
+def test_shapes_fixed_in_other_modules(desk: Desk, make: Callable[[], bytes]) -> None:
     """The same promise for the shapes whose fixes live in other modules."""
     hostile = make()
     report = desk.ingest(hostile, shapes.ordinary())
