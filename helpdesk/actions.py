@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from helpdesk import anchors, outbox, tickets
 from helpdesk.mail.classify import is_noreply_address
-from helpdesk.rules.conditions import regex_timed_out
+from helpdesk.rules.regexes import regex_timed_out
 from helpdesk.store import queries
 from helpdesk.store.models import AutoReplyLog, Event, Suppression, Ticket
 from helpdesk.templates import (

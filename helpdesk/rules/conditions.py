@@ -16,22 +16,15 @@ condition's key (``""`` for the value itself, ``"days"`` for a sub-key), and the
 schema turns those into `RuleProblem` values naming file, rule and key.
 
 Everything here is pure: the clock is `Facts.now`, passed in by the caller.
-The one exception is a meter, not logic: admin-written regexes (`subject`,
-`body`, `subject_or_body`, `header`) run with the `regex` package and a time
-bound, because a pattern like ``(x+x+)+y`` backtracks for hours on a mail
-crafted for it, and the standard `re` can neither be interrupted nor let the
-daemon's other threads run meanwhile (`regex` releases the GIL while it
-matches). One search may take `REGEX_TIMEOUT` seconds and all the searches
-for one mail `REGEX_BUDGET`; a search that runs out does not match, and its
-reason says so, starting with `REGEX_TIMED_OUT` (the trace shows it and the
-action layer records an event).
+Admin-written regexes run with a time bound (`helpdesk.rules.regexes`): a
+search that runs out does not match, and its reason says so, starting with
+`REGEX_TIMED_OUT` (the trace shows it and the action layer records an event).
 """
 
 from __future__ import annotations
 
 import re
-import time as clock
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time
 from fnmatch import fnmatchcase
@@ -40,6 +33,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import regex
 
+from helpdesk.rules.regexes import (
+    REGEX_BUDGET,
+    REGEX_TIMED_OUT,
+    REGEX_TIMEOUT,
+    AdminRegex,
+    RegexBudget,
+    compile_admin_regex,
+    regex_timed_out,
+)
 from helpdesk.values import ParsedMessage, RuleInput, TicketView
 
 __all__ = [
@@ -83,56 +85,6 @@ _DAY_ALIASES = {
         )
     },
 }
-
-
-# Seconds one admin regex search may take, and all of them for one mail. An
-# honest pattern searches a mail in microseconds to milliseconds.
-REGEX_TIMEOUT = 0.5
-REGEX_BUDGET = 2.0
-# How the reason of a condition whose regex ran out of time begins.
-REGEX_TIMED_OUT = "regex timed out"
-
-
-# --- admin regexes, searched with a time bound -------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AdminRegex:
-    """A regex an admin wrote, compiled by the `regex` package; `str()` is the pattern."""
-
-    pattern: str
-    compiled: Any = field(repr=False, compare=False)  # regex.Pattern[str] (no stubs)
-
-    def __str__(self) -> str:
-        return self.pattern
-
-
-class RegexBudget:
-    """The time left for admin regex searches on one mail (`REGEX_BUDGET` seconds).
-
-    Mutable on purpose: one budget is shared by every condition of one
-    evaluation, so that a mail crafted against many rules cannot cost more.
-    """
-
-    __slots__ = ("left",)
-
-    def __init__(self, seconds: float = REGEX_BUDGET) -> None:
-        self.left = seconds
-
-    def search(self, pattern: AdminRegex, text: str) -> Any | None:
-        """`pattern.compiled.search(text)` within the time left; raises TimeoutError."""
-        if self.left <= 0:
-            raise TimeoutError("no time left for regexes on this mail")
-        started = clock.perf_counter()
-        try:
-            return pattern.compiled.search(text, timeout=min(REGEX_TIMEOUT, self.left))
-        finally:
-            self.left -= clock.perf_counter() - started
-
-
-def regex_timed_out(reasons: Iterable[str]) -> bool:
-    """Whether a rule's trace reasons say that one of its regexes ran out of time."""
-    return any(REGEX_TIMED_OUT in reason for reason in reasons)
 
 
 # --- the facts a predicate sees ---------------------------------------------
@@ -255,18 +207,16 @@ def parse_regex(value: object) -> AdminRegex:
 
     Case-insensitive by default because admins write "vpn" and users write
     "VPN"; `(?-i:...)` makes a part case-sensitive where that matters. The
-    syntax is the standard `re` module's (its error messages name the
-    problem); matching is done by `regex`, which accepts every `re` pattern.
+    syntax is the standard `re` module's; matching is done with a time bound
+    (`helpdesk.rules.regexes`).
     """
     if not isinstance(value, str) or not value:
         raise Invalid.because(f"must be a non-empty regular expression string ({given(value)})")
     try:
-        re.compile(value, re.IGNORECASE)
-        compiled = regex.compile(value, regex.IGNORECASE | regex.VERSION0)
+        return compile_admin_regex(value)
     except (re.error, regex.error) as error:
         where = f" at position {error.pos}" if error.pos is not None else ""
         raise Invalid.because(f"invalid regular expression {value!r}: {error.msg}{where}") from None
-    return AdminRegex(value, compiled)
 
 
 def parse_header_patterns(value: object) -> tuple[tuple[str, AdminRegex], ...]:
