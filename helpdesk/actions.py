@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from helpdesk import anchors, notices, outbox, tickets
 from helpdesk.notices import AUTO_GENERATED, AUTO_REPLIED, AutomaticFields
+from helpdesk.rules.regexes import regex_timed_out
 from helpdesk.store import queries
-from helpdesk.store.models import AutoReplyLog, Event, Ticket
+from helpdesk.store.models import AutoReplyLog, Event, Ticket, table
 from helpdesk.templates import (
     RenderedTemplate,
     TemplateRenderError,
@@ -55,6 +57,10 @@ LIMIT_NOTICE = (
     "\n\n-- \nThis is the last automatic reply you will receive from us today; "
     "we have read every message you sent and will answer in person."
 )
+_INSERT_EVENT = insert(table(Event))
+_INSERT_AUTO_REPLY = insert(table(AutoReplyLog))
+
+
 @dataclass(frozen=True)
 class ActionContext:
     """Everything actions need that is not in the message or the ticket."""
@@ -109,17 +115,50 @@ def apply_actions(
     correlation_id: str | None = None,
 ) -> Applied:
     """Apply `evaluation` to the ticket; returns what was done and what was suppressed."""
-    ticket = session.get_one(Ticket, ticket_id)
+    # No flush before every query: the changes and events of this mail are
+    # written together at the end (the unit of work cost several ms a mail).
+    with session.no_autoflush:
+        ticket = session.get_one(Ticket, ticket_id, options=queries.TICKET_WITH_RELATIONS)
+        events: list[dict[str, object]] = []
+        applied = _apply(session, ticket, message_row_id, msg, verdict, evaluation, ctx, now,
+                         correlation_id, events)
+        ticket.updated_at = now
+    session.flush()
+    if events:
+        # Core, not the ORM: one executemany for all of this mail's events.
+        session.connection().execute(_INSERT_EVENT, events)
+    return applied
+
+
+def _apply(
+    session: Session,
+    ticket: Ticket,
+    message_row_id: int | None,
+    msg: ParsedMessage,
+    verdict: Verdict,
+    evaluation: Evaluation,
+    ctx: ActionContext,
+    now: datetime,
+    correlation_id: str | None,
+    events: list[dict[str, object]],
+) -> Applied:
     applied = Applied()
 
     def event(actor: str, kind: str, detail: dict[str, object]) -> None:
-        session.add(Event(ticket_id=ticket_id, message_row_id=message_row_id, actor=actor,
-                          kind=kind, detail=detail, created_at=now))
+        events.append({"ticket_id": ticket.id, "message_row_id": message_row_id, "actor": actor,
+                       "kind": kind, "detail": detail, "created_at": now})
 
     for trace in evaluation.trace:
         if trace.matched:
             event(f"rule:{trace.rule}", "rule.matched",
                   {"file": trace.file, "reasons": list(trace.reasons)})
+        elif regex_timed_out(trace.reasons):
+            # The admin's regex ran out of time on this mail, so the rule did
+            # not match: say so where the admin looks, the ticket and the log.
+            event(f"rule:{trace.rule}", "rule.regex_timeout",
+                  {"file": trace.file, "reasons": list(trace.reasons)})
+            log.warning("rule.regex_timeout", ticket_id=ticket.id, rule=trace.rule,
+                        file=trace.file)
 
     # A rule's own automatic reply to this mail says enough: no resolution notice besides.
     answered = any(isinstance(a, AutoReply) for _, a in _each_action(evaluation))
@@ -137,8 +176,6 @@ def apply_actions(
                                     correlation_id, event, applied)
         elif isinstance(action, Forward):
             _forward(session, ticket, msg, action, rule, ctx, now, correlation_id, event, applied)
-    ticket.updated_at = now
-    session.flush()
     return applied
 
 
@@ -174,7 +211,7 @@ def _apply_fields(
 ) -> None:
     for rule, action in final.values():
         if isinstance(action, SetTeam):
-            team = queries.team_by_name(session, action.team)
+            team = queries.known_team(session, action.team)
             if team is None:
                 event(rule, "action.failed", {"action": "team", "error": f"no team {action.team}"})
             elif ticket.team_id != team.id:
@@ -248,7 +285,8 @@ def _auto_reply(
         **ctx.automatic(AUTO_REPLIED, to_staff=False),
     )
     item = outbox.enqueue(session, mail, ctx.signer, now=now, correlation_id=correlation_id)
-    session.add(AutoReplyLog(address=recipient.address, ticket_id=ticket.id, sent_at=now))
+    session.connection().execute(_INSERT_AUTO_REPLY, {"address": recipient.address,
+                                                      "ticket_id": ticket.id, "sent_at": now})
     event(rule, "auto_reply.queued", {"template": action.template, "to": recipient.address,
                                       "message_id": item.message_id})
     applied.mails.append(f"auto_reply:{action.template}")

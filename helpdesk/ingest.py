@@ -31,6 +31,7 @@ from helpdesk.mail.parse import parse as parse_message
 from helpdesk.mail.prepare import PrepareConfig, Prepared, prepare_with
 from helpdesk.mail.trust import TrustPolicy, TrustVerdict, agent_trust
 from helpdesk.rules import RuleSet, evaluate
+from helpdesk.rules.regexes import regex_timed_out
 from helpdesk.store import queries
 from helpdesk.store.failures import is_outage
 from helpdesk.store.models import Attachment, Event, Message, Ticket, table, utcnow
@@ -489,13 +490,17 @@ def _run_rules(
         # No rule can fire: skip loading the ticket and the actions' savepoint,
         # which cost a few milliseconds a mail (issue 13).
         return (), Applied()
-    view = queries.ticket_view(session, ticket_id)
+    # Held here: the session's identity map keeps objects only while they are
+    # referenced, and the actions below would otherwise load the ticket again.
+    ticket = session.get_one(Ticket, ticket_id, options=queries.TICKET_WITH_RELATIONS)
+    queries.hold(session, ticket)
+    view = queries.view_of(ticket, queries.participants(session, ticket_id))
     recipients = (origin.recipient,) if origin.recipient else ()
     rule_input = RuleInput(mailbox=origin.mailbox, recipients=recipients, is_new=is_new,
                            verdict=verdict)
     evaluation = evaluate(ctx.rules, msg, view, rule_input, now=now)
-    if not evaluation.fired:
-        return (), Applied()
+    if not evaluation.fired and not any(regex_timed_out(t.reasons) for t in evaluation.trace):
+        return (), Applied()  # nothing to apply, and nothing to report
     try:
         with session.begin_nested():
             applied = apply_actions(
@@ -525,7 +530,7 @@ def _open_ticket(
 ) -> int:
     assert msg.from_ is not None
     requester_id = queries.contact_id(session, sender, msg.from_.name[:200], now)
-    team_row = queries.team_by_name(session, team) if team else None
+    team_row = queries.known_team(session, team) if team else None
     values = {
         "team_id": team_row.id if team_row is not None else None,
         "subject": clean_subject(msg.subject, ctx.tag_prefix),

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, TypedDict
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from helpdesk import anchors, outbox
 from helpdesk.mail.classify import is_noreply_address
 from helpdesk.store import queries
-from helpdesk.store.models import AutoReplyLog, Event, Message, OutboxItem, Suppression, Ticket
+from helpdesk.store.models import AutoReplyLog, Event, Message, Suppression, Ticket, table
 from helpdesk.templates import (
     RenderedTemplate,
     TemplateRenderError,
@@ -94,7 +94,7 @@ def resolution_notice(
     actor: str,
     now: datetime,
     message_row_id: int | None = None,
-) -> OutboxItem | None:
+) -> outbox.Queued | None:
     """Queue `notice.template` to the requester through the outbox, unless quiet or guarded.
 
     The guards of every automatic mail apply (`why_no_automatic_mail`), and
@@ -173,11 +173,8 @@ def why_no_automatic_mail(
     if suppressed is not None:
         return f"bounced: {address} bounced permanently; suppressed until {suppressed:%Y-%m-%d}", 0
     since = now - ctx.auto_reply_window
-    count = session.scalar(
-        select(func.count())
-        .select_from(AutoReplyLog)
-        .where(AutoReplyLog.address == address, AutoReplyLog.sent_at > since)
-    ) or 0
+    count = session.connection().execute(
+        _AUTO_REPLIES_SINCE, {"address": address, "since": since}).scalar_one()
     if count >= ctx.auto_reply_limit:
         return (f"rate_limit: {count} automatic replies to {address} in the last "
                 f"{ctx.auto_reply_window.total_seconds() / 3600:g} h"), count
@@ -186,8 +183,19 @@ def why_no_automatic_mail(
 
 def suppressed_until(session: Session, address: str, now: datetime) -> datetime | None:
     """Until when automatic mail to `address` is suppressed (it bounced), or None."""
-    row = session.get(Suppression, address)
-    return row.until if row is not None and row.until > now else None
+    until = session.connection().execute(_SUPPRESSED_UNTIL, {"address": address}).scalar()
+    return until if until is not None and until > now else None
+
+
+# Asked for every automatic mail inside ingest's group commit: Core statements.
+_AUTO_REPLIES_SINCE = (
+    select(func.count())
+    .select_from(table(AutoReplyLog))
+    .where(table(AutoReplyLog).c.address == bindparam("address"),
+           table(AutoReplyLog).c.sent_at > bindparam("since"))
+)
+_SUPPRESSED_UNTIL = select(table(Suppression).c.until).where(
+    table(Suppression).c.address == bindparam("address"))
 
 
 def requester_anchor(session: Session, ticket: Ticket) -> Message | None:

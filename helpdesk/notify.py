@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from helpdesk import anchors, outbox
 from helpdesk.actions import ActionContext
 from helpdesk.notices import AUTO_GENERATED
-from helpdesk.store.models import Event, OutboxItem, Ticket
+from helpdesk.store.models import Event, Ticket
 from helpdesk.templates import RenderedTemplate
 from helpdesk.thread import format_tag, with_tag
 from helpdesk.values import Address, MessageKind, OutgoingMail, ParsedMessage
@@ -94,7 +94,7 @@ def _recipient(ticket: Ticket) -> Address | None:
 def timer_notice(
     session: Session, ticket: Ticket, to: Address, rendered: RenderedTemplate,
     ctx: ActionContext, now: datetime,
-) -> OutboxItem:
+) -> outbox.Queued:
     """Queue a timer's notice to the requester, in reply to their latest mail."""
     parent = anchors.after_row(session, ticket, anchors.requester_anchor(session, ticket),
                                ctx.signer.loop_id)
@@ -118,7 +118,7 @@ def timer_notice(
 def escalation(
     session: Session, ticket: Ticket, to: Address, rendered: RenderedTemplate,
     ctx: ActionContext, now: datetime,
-) -> OutboxItem:
+) -> outbox.Queued:
     """Queue an escalation to a team lead, in reply to our forward of the ticket to the team.
 
     Without such a forward it continues the requester's latest mail, so that

@@ -33,7 +33,6 @@ from helpdesk.store.models import (
     Contact,
     Event,
     Message,
-    OutboxItem,
     Participant,
     Ticket,
 )
@@ -59,7 +58,7 @@ def agent_reply(
     now: datetime,
     correlation_id: str | None = None,
     message_row_id: int | None = None,
-) -> OutboxItem | None:
+) -> outbox.Queued | None:
     """Queue the relay of `text` to the ticket's customers; None when there is nobody to tell."""
     ticket = session.get_one(Ticket, ticket_id)
     recipients = _customers(session, ticket, ctx)

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, selectinload
 
 from helpdesk.errors import InvalidInput, NotFound
 from helpdesk.store import queries
 from helpdesk.store import search as full_text
-from helpdesk.store.models import Event, Message, Participant, Ticket, TicketTag, utcnow
+from helpdesk.store.models import Event, Message, Participant, Ticket, TicketTag, table, utcnow
 from helpdesk.values import Address, Direction, MessageKind, Priority, TicketStatus
 
 if TYPE_CHECKING:
@@ -388,6 +388,18 @@ def change_priority(
     return True
 
 
+# The length of the ticket_tags.tag column.
+MAX_TAG_LENGTH = 100
+
+
+def tag_problem(tags: Sequence[str]) -> str | None:
+    """Why these tags cannot be stored, or None: each must fit the tag column."""
+    too_long = next((tag for tag in tags if len(tag) > MAX_TAG_LENGTH), None)
+    if too_long is not None:
+        return f"tag {too_long[:20]!r}... is longer than {MAX_TAG_LENGTH} characters"
+    return None
+
+
 def add_tags(
     session: Session,
     ticket: Ticket,
@@ -397,7 +409,15 @@ def add_tags(
     now: datetime,
     message_row_id: int | None = None,
 ) -> list[str]:
-    """Add tags to a loaded ticket, with one event; returns the ones it did not have."""
+    """Add tags to a loaded ticket, with one event; returns the ones it did not have.
+
+    Linear in the ticket's tags plus `tags`: callers with many tags (an
+    agent's `#tag` lines) pass them in one call, not one call each. Raises
+    InvalidInput for a tag longer than the tag column (`tag_problem`).
+    """
+    problem = tag_problem(tags)
+    if problem:
+        raise InvalidInput(problem)
     have = {t.tag for t in ticket.tags}
     new = [tag for tag in dict.fromkeys(tags) if tag and tag not in have]
     for tag in new:
@@ -452,5 +472,11 @@ def _log(
     when: datetime,
     message_row_id: int | None = None,
 ) -> None:
-    session.add(Event(ticket_id=ticket.id, message_row_id=message_row_id, actor=actor,
-                      kind=kind, detail=detail, created_at=when))
+    # Core, not a pending ORM object: the event is written at once (no flush of
+    # its own), which matters inside ingest's group commit.
+    session.connection().execute(_INSERT_EVENT, {
+        "ticket_id": ticket.id, "message_row_id": message_row_id, "actor": actor,
+        "kind": kind, "detail": detail, "created_at": when})
+
+
+_INSERT_EVENT = insert(table(Event))

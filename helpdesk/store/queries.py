@@ -10,7 +10,7 @@ from sqlalchemy import ColumnElement, String, bindparam, func, insert, literal, 
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, defer, selectinload
+from sqlalchemy.orm import Session, defer, joinedload, selectinload
 
 from helpdesk.store.models import (
     Agent,
@@ -107,15 +107,37 @@ def tickets_by_message_ids(session: Session, message_ids: Sequence[str]) -> dict
     return {mid: ticket_id for mid, (_row, ticket_id) in found.items()}
 
 
+# What rules, actions and templates read of a ticket, loaded with it in two
+# queries instead of one lazy load each (ingest runs this for every mail).
+TICKET_WITH_RELATIONS = (
+    joinedload(Ticket.requester),
+    joinedload(Ticket.team),
+    selectinload(Ticket.tags),
+)
+
+
+def hold(session: Session, obj: object) -> None:
+    """Keep `obj` referenced until the transaction ends.
+
+    The session's identity map holds objects weakly: a ticket that rules,
+    actions and notifications each look at within one mail (or one group
+    commit) would otherwise be loaded again by each of them.
+    """
+    session.info.setdefault("helpdesk.held", []).append(obj)
+
+
 def ticket_view(session: Session, ticket_id: int) -> TicketView | None:
     """A frozen snapshot of a ticket for pure logic, or None."""
-    ticket = session.get(Ticket, ticket_id)
+    ticket = session.get(Ticket, ticket_id, options=TICKET_WITH_RELATIONS)
     if ticket is None:
         return None
-    participants = session.scalars(
-        select(Participant.address).where(Participant.ticket_id == ticket_id)
-    ).all()
-    return view_of(ticket, frozenset(participants))
+    return view_of(ticket, participants(session, ticket_id))
+
+
+def participants(session: Session, ticket_id: int) -> frozenset[str]:
+    """The addresses that may write on a ticket."""
+    return frozenset(session.connection().execute(_PARTICIPANTS, {"ticket_id": ticket_id})
+                     .scalars())
 
 
 def view_of(ticket: Ticket, participants: frozenset[str] = frozenset()) -> TicketView:
@@ -163,15 +185,20 @@ def thread_view(session: Session, ticket_id: int) -> TicketView | None:
     )
 
 
-_IS_AGENT = select(table(AgentAddress).c.id).where(
-    table(AgentAddress).c.address == bindparam("address")
-).limit(1)
+_AGENT_ADDRESSES = select(table(AgentAddress).c.address)
 
 
 def is_agent_address(session: Session, address: str) -> bool:
-    """Whether `address` belongs to an agent (active or not)."""
-    found = session.connection().execute(_IS_AGENT, {"address": address.lower()}).first()
-    return found is not None
+    """Whether `address` belongs to an agent (active or not).
+
+    The addresses are read once per transaction: a group commit asks for every
+    mail, and agents do not change in the middle of one.
+    """
+    known = session.info.get("helpdesk.agent_addresses")
+    if known is None:
+        known = frozenset(session.connection().execute(_AGENT_ADDRESSES).scalars())
+        session.info["helpdesk.agent_addresses"] = known
+    return address.lower() in known
 
 
 def agent_by_address(session: Session, address: str) -> Agent | None:
@@ -183,6 +210,18 @@ def agent_by_address(session: Session, address: str) -> Agent | None:
 
 def team_by_name(session: Session, name: str) -> Team | None:
     return session.scalars(select(Team).where(Team.name == name)).first()
+
+
+def known_team(session: Session, name: str) -> Team | None:
+    """`team_by_name`, remembered for the rest of the transaction once found (ingest asks
+    for the same few teams again and again)."""
+    cache: dict[str, Team] = session.info.setdefault("helpdesk.teams", {})
+    team = cache.get(name)
+    if team is None:
+        team = team_by_name(session, name)
+        if team is not None:
+            cache[name] = team
+    return team
 
 
 _contacts = table(Contact)
