@@ -59,6 +59,13 @@ def stuck(workers: Iterable[Worker], now: float, progress: float) -> list[Worker
     return [w for w in workers if w.stuck(now) and now - progress > w.stuck_after]
 
 
+def stuck_now(workers: Iterable[Worker], intake: Any) -> list[Worker]:
+    """`stuck` at this moment, against the progress of `intake` (`helpdesk.intake.Intake`,
+    or None)."""
+    progress = intake.last_progress if intake is not None else 0.0
+    return stuck(workers, time.monotonic(), progress)
+
+
 def worker_problems(workers: Iterable[Worker], now: float, progress: float) -> list[str]:
     """One line per worker that is dead, restarting after a crash, or stuck."""
     workers = list(workers)

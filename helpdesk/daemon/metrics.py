@@ -153,18 +153,24 @@ class PrometheusObserver(Observer):
 class WorkerCollector(Collector):
     """The mailbox workers of this process, as they are at scrape time."""
 
-    def __init__(self, workers: Callable[[], Iterable[Worker]]) -> None:
+    def __init__(self, workers: Callable[[], Iterable[Worker]],
+                 stuck: Callable[[], Iterable[Worker]] = tuple) -> None:
         self._workers = workers
+        # The workers the watchdog would call stuck right now (`health.stuck`): a
+        # thread hung on a server that stopped answering is not working its mailbox.
+        self._stuck = stuck
 
     def describe(self) -> list[Metric]:
         return list(self._families())
 
     def collect(self) -> Iterator[Metric]:
         up, last, lease, restarts = self._families()
+        stuck = {worker.name for worker in self._stuck()}
         for worker in list(self._workers()):
             mailbox = worker.name.partition(":")[2] or worker.name
             stats = worker.source.stats
-            working = worker.alive and not worker.crashed and bool(getattr(stats, "up", False))
+            working = (worker.alive and not worker.crashed and worker.name not in stuck
+                       and bool(getattr(stats, "up", False)))
             up.add_metric([mailbox], 1.0 if working else 0.0)
             success = getattr(stats, "last_success_at", None)
             if isinstance(success, datetime):
@@ -183,7 +189,7 @@ class WorkerCollector(Collector):
                 "helpdesk_mailbox_up",
                 "1 while this daemon's worker for the mailbox works (its last pass, or its "
                 "look at the lease while another daemon holds it, succeeded); 0 while it fails, "
-                "has died, or has not finished its first pass.", labels=["mailbox"]),
+                "has died, is stuck, or has not finished its first pass.", labels=["mailbox"]),
             GaugeMetricFamily(
                 "helpdesk_mailbox_last_successful_poll_timestamp_seconds",
                 "Unix time this daemon last completed a pass over the mailbox.",
@@ -297,6 +303,7 @@ class Metrics:
         *,
         mailboxes: Iterable[str],
         workers: Callable[[], Iterable[Worker]],
+        stuck: Callable[[], Iterable[Worker]] = tuple,
         read_store: Callable[[], StoreGauges],
         health: Callable[[], Health],
         cache_seconds: float,
@@ -310,7 +317,7 @@ class Metrics:
                      ["version"], registry=self.registry)
         info.labels(__version__).set(1)
         self.observer = PrometheusObserver(self.registry, mailboxes)
-        self.registry.register(WorkerCollector(workers))
+        self.registry.register(WorkerCollector(workers, stuck))
         self.registry.register(StoreCollector(read_store, cache_seconds=cache_seconds))
         self.health = health
         self._server: WSGIServer | None = None
@@ -353,6 +360,7 @@ def for_daemon(daemon: Daemon, settings: Settings, mailboxes: Iterable[str]) -> 
     return Metrics(
         mailboxes=mailboxes,
         workers=lambda: list(daemon.workers.values()),
+        stuck=lambda: health.stuck_now(list(daemon.workers.values()), daemon.intake),
         read_store=read_store,
         health=lambda: health.check(daemon.liveness, store),
         cache_seconds=settings.metrics.store_cache_seconds,

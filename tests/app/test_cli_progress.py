@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from helpdesk.store.db import HEAD_REVISION
 from tests.app.daemon_helpers import config_text, daemon_env, request_mails
 
 
@@ -72,16 +73,16 @@ def test_db_upgrade_shows_each_migration_on_a_terminal_and_nothing_in_a_pipe(
     assert "Migrating" in shown
     assert "100%" in shown
     assert "revision 0001" in shown
-    assert shown.rstrip().endswith("upgraded from empty to revision 0009")
+    assert shown.rstrip().endswith(f"upgraded from empty to revision {HEAD_REVISION}")
 
     result = piped(helpdesk(write_config(tmp_path, "pipe"), "db", "upgrade"), tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
-    assert result.stdout.endswith("upgraded from empty to revision 0009\n")
+    assert result.stdout.endswith(f"upgraded from empty to revision {HEAD_REVISION}\n")
     assert len(result.stdout.splitlines()) == 1
 
     again = piped(helpdesk(tmp_path / "pipe.toml", "db", "upgrade"), tmp_path)
-    assert again.stdout.endswith("already at revision 0009\n")
+    assert again.stdout.endswith(f"already at revision {HEAD_REVISION}\n")
     assert again.stderr == ""
 
 

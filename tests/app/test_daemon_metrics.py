@@ -231,8 +231,8 @@ def test_a_mailbox_whose_server_is_gone_is_down_and_its_last_poll_stops(
 def test_healthz_is_503_while_a_worker_hangs_on_a_frozen_imap_server(
     store: Store, relay: SmtpSink, dovecot: DovecotServer, daemons: DaemonFactory,
 ) -> None:
-    """A mailbox thread stuck on a server that stopped answering: 503 naming it (and
-    /metrics still answers); 200 again once the server is back."""
+    """A mailbox thread stuck on a server that stopped answering: 503 naming it, and
+    /metrics still answers with the mailbox down; 200 and up again once the server is back."""
     config = metrics_config(settings_for(store, relay, dovecot, poll_interval=1.0), free_port())
     env = {"PYTHONPATH": f"{STUCK_SITE}{os.pathsep}{ROOT}", "HELPDESK_TEST_STUCK_AFTER": "3"}
     daemon, metrics = started(daemons, store, config, env=env)
@@ -243,8 +243,9 @@ def test_healthz_is_503_while_a_worker_hangs_on_a_frozen_imap_server(
         status, text = metrics.health()
         assert status == 503
         assert text.startswith("imap:support: stuck, no sign of life for"), text
-        assert metrics.value("helpdesk_mailbox_up", mailbox="support") is not None
+        assert metrics.value("helpdesk_mailbox_up", mailbox="support") == 0
     assert wait_for(lambda: metrics.health() == (200, "ok\n"), 30, step=0.3), metrics.health()
+    assert wait_for(lambda: metrics.value("helpdesk_mailbox_up", mailbox="support") == 1, 15)
     assert daemon.terminate()[0] == 0
 
 

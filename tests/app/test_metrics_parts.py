@@ -317,8 +317,8 @@ def test_a_dead_worker_thread_is_a_problem() -> None:
 
 
 def test_worker_collector_reports_up_last_poll_lease_and_restarts() -> None:
-    """Per mailbox: up only while it works, the last successful pass, the lease where
-    there is one."""
+    """Per mailbox: up only while it works (not crashed, not stuck), the last successful
+    pass, the lease where there is one."""
     class Imap(Source):
         holds_lease = True
 
@@ -326,9 +326,13 @@ def test_worker_collector_reports_up_last_poll_lease_and_restarts() -> None:
     crashed = started(Worker("maildir:local", lambda: Source(fail=True), stuck_after=60,
                              backoff=Backoff(base=30, cap=30)))
     registry = CollectorRegistry()
-    registry.register(WorkerCollector(lambda: [working, crashed]))
+    stuck: list[Worker] = []
+    registry.register(WorkerCollector(lambda: [working, crashed], lambda: stuck))
     try:
         assert value(registry, "helpdesk_mailbox_up", mailbox="support") == 1
+        stuck.append(working)  # its thread hangs on a server that stopped answering
+        assert value(registry, "helpdesk_mailbox_up", mailbox="support") == 0
+        stuck.clear()
         assert value(registry, "helpdesk_mailbox_up", mailbox="local") == 0
         assert value(registry, "helpdesk_mailbox_last_successful_poll_timestamp_seconds",
                      mailbox="support") == NOW.timestamp()
