@@ -76,7 +76,8 @@ def test_tickets_list_imports_no_alembic_templates_or_mail_transport(
     config.write_text(f'[database]\nurl = "{store.url}"\n')
     # Nor our own mail composition and rule actions: listing tickets sends nothing.
     watched = ["alembic", "jinja2", "aiosmtplib", "imapclient", "aiosmtpd",
-               "helpdesk.relay", "helpdesk.actions", "helpdesk.outbox", "helpdesk.mail.compose"]
+               "helpdesk.flow.relay", "helpdesk.desk.actions", "helpdesk.delivery.outbox",
+               "helpdesk.mail.compose"]
     code, loaded, out = imported(["--config", str(config), "tickets", "list"], watched,
                                  tmp_path)
     assert code == 0, out

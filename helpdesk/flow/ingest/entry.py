@@ -9,11 +9,11 @@ import structlog
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from helpdesk import quarantine as quarantine_service
 from helpdesk.errors import StoreUnavailable
-from helpdesk.ingest.context import IngestContext
-from helpdesk.ingest.filing import file_message
-from helpdesk.ingest.rows import storable_id
+from helpdesk.flow import quarantine as quarantine_service
+from helpdesk.flow.ingest.context import IngestContext
+from helpdesk.flow.ingest.filing import file_message
+from helpdesk.flow.ingest.rows import storable_id
 from helpdesk.mail.prepare import Prepared, prepare_with
 from helpdesk.store import queries
 from helpdesk.store.failures import is_outage

@@ -26,8 +26,8 @@ import structlog
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from helpdesk import notices, notify, tickets
-from helpdesk.actions import ActionContext
+from helpdesk.desk import notices, notify, tickets
+from helpdesk.desk.actions import ActionContext
 from helpdesk.rules.timers import (
     ESCALATED_TAG,
     FiredRecord,

@@ -19,10 +19,11 @@ import structlog
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from helpdesk import agentmail, bounces, notify
-from helpdesk.actions import Applied, apply_actions
-from helpdesk.ingest import rows
-from helpdesk.ingest.context import IngestContext
+from helpdesk.desk import notify
+from helpdesk.desk.actions import Applied, apply_actions
+from helpdesk.flow import agentmail, bounces
+from helpdesk.flow.ingest import rows
+from helpdesk.flow.ingest.context import IngestContext
 from helpdesk.mail.commands import CommandBlock
 from helpdesk.mail.forwarded import ForwardedMail
 from helpdesk.mail.prepare import Prepared

@@ -14,8 +14,8 @@ changes, rules and notifications), and `rows` holds the prebuilt statements
 and the rows they write.
 """
 
-from helpdesk.ingest.context import IngestContext
-from helpdesk.ingest.entry import ingest, ingest_batch, log_ingested
-from helpdesk.ingest.rows import MAX_MESSAGE_ID
+from helpdesk.flow.ingest.context import IngestContext
+from helpdesk.flow.ingest.entry import ingest, ingest_batch, log_ingested
+from helpdesk.flow.ingest.rows import MAX_MESSAGE_ID
 
 __all__ = ["MAX_MESSAGE_ID", "IngestContext", "ingest", "ingest_batch", "log_ingested"]

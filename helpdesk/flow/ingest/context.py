@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from helpdesk.actions import ActionContext
+from helpdesk.desk.actions import ActionContext
 from helpdesk.mail.parse import parse as parse_message
 from helpdesk.mail.prepare import PrepareConfig
 from helpdesk.mail.trust import TrustPolicy
