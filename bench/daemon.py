@@ -90,9 +90,10 @@ from bench.ingest import (
     rss_mb,
     verdict,
 )
-from helpdesk import context, directory
+from helpdesk import context
 from helpdesk.cli.demo import DEMO_CONFIG
-from helpdesk.ingest import IngestContext
+from helpdesk.desk import directory
+from helpdesk.flow.ingest import IngestContext
 from helpdesk.settings import MailboxSettings, load_settings
 from helpdesk.sources.base import Sink, ingest_sink
 from helpdesk.sources.imap import ImapSource

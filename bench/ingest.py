@@ -58,7 +58,7 @@ if __package__ in (None, ""):  # run as `python bench/ingest.py`
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench import mailgen
-from helpdesk.ingest import IngestContext, ingest
+from helpdesk.flow.ingest import IngestContext, ingest
 from helpdesk.logs import configure_logging
 from helpdesk.mail.parse import parse
 from helpdesk.store.db import make_engine, make_session_factory, upgrade

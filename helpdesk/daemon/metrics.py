@@ -51,11 +51,12 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from helpdesk import __version__, gauges
+from helpdesk import __version__
 from helpdesk.daemon import health
 from helpdesk.daemon.health import Health, SingleFlight
 from helpdesk.daemon.workers import Worker
-from helpdesk.gauges import StoreGauges
+from helpdesk.desk import gauges
+from helpdesk.desk.gauges import StoreGauges
 from helpdesk.observe import Observer, smtp_result
 from helpdesk.settings import Settings
 from helpdesk.values import Incoming, IngestOutcome, Origin, OutcomeKind
@@ -66,7 +67,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 OUTCOMES: tuple[str, ...] = tuple(kind.value for kind in OutcomeKind)
-# Why automatic mail was not sent (helpdesk.notices.why_no_automatic_mail, helpdesk.actions).
+# Why automatic mail was not sent (helpdesk.desk.notices.why_no_automatic_mail,
+# helpdesk.desk.actions).
 SUPPRESSION_REASONS = ("automated", "own_address", "noreply", "bounced", "rate_limit",
                        "no_team_address")
 SEND_RESULTS = ("2xx", "4xx", "5xx", "connection_error")

@@ -50,12 +50,15 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from helpdesk import context, directory, mailboxes, timers, wakeup
+from helpdesk import context
 from helpdesk.daemon import health
 from helpdesk.daemon.systemd import Notifier
 from helpdesk.daemon.workers import Runnable, Worker
+from helpdesk.delivery import wakeup
+from helpdesk.desk import directory, timers
 from helpdesk.errors import ConfigError, HelpdeskError
-from helpdesk.ingest import IngestContext
+from helpdesk.flow import mailboxes
+from helpdesk.flow.ingest import IngestContext
 from helpdesk.intake import Committer, Intake, PreparePool
 from helpdesk.observe import NULL_OBSERVER, Observer
 from helpdesk.rules import RuleError
@@ -443,7 +446,7 @@ class Daemon:
     def run_timers(self) -> int:
         """One pass of the time-driven rules; returns how many fired.
 
-        The pass reads only tickets whose stored deadline has passed (helpdesk.timers),
+        The pass reads only tickets whose stored deadline has passed (helpdesk.desk.timers),
         in chunks, one transaction each: a long first pass (after an upgrade or a
         change of the timers) does not hold row locks that ingest waits for. Each
         chunk re-takes the lease, so a daemon that lost it stops.

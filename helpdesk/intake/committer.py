@@ -5,7 +5,7 @@ PostgreSQL, a WAL write on SQLite), so the committer takes what every source
 has handed it — all of one IMAP fetch batch, several LMTP deliveries at once,
 a Maildir's new files — up to `batch_max` mails, waits up to `batch_ms` for
 more when fewer are there, and stores them in ONE transaction, each mail in a
-savepoint of its own (`helpdesk.ingest.ingest_batch`): one mail's failure
+savepoint of its own (`helpdesk.flow.ingest.ingest_batch`): one mail's failure
 quarantines that mail alone.
 
 Only after the commit are the callers' futures resolved, so a source
@@ -35,7 +35,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from helpdesk.errors import StoreUnavailable
-from helpdesk.ingest import IngestContext, ingest_batch, log_ingested
+from helpdesk.flow.ingest import IngestContext, ingest_batch, log_ingested
 from helpdesk.mail.prepare import Prepared
 from helpdesk.observe import NULL_OBSERVER, Observer
 from helpdesk.values import IngestOutcome, Origin

@@ -26,7 +26,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from helpdesk.ingest import IngestContext
+from helpdesk.flow.ingest import IngestContext
 from helpdesk.intake import BatchSink, in_process_sink
 from helpdesk.values import IngestOutcome, OutcomeKind
 

@@ -36,8 +36,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.contextvars import bound_contextvars
 
-from helpdesk import mailboxes
 from helpdesk.errors import StoreUnavailable
+from helpdesk.flow import mailboxes
 from helpdesk.intake import PoolClosed, header_of, too_large
 from helpdesk.sources.base import Backoff, Sink, SourceStats
 from helpdesk.store.models import utcnow

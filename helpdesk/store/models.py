@@ -196,7 +196,7 @@ class Ticket(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     first_response_at: Mapped[datetime | None]
     resolved_at: Mapped[datetime | None]
-    # When the timer pass must look at this ticket next (helpdesk.timers): the earliest
+    # When the timer pass must look at this ticket next (helpdesk.desk.timers): the earliest
     # time one of the `[[timer]]` rules could fire, NULL when none can, TIMER_STALE
     # after a change. Written by the timer pass and the triggers only.
     timer_due_at: Mapped[datetime | None] = mapped_column(default=TIMER_STALE)
@@ -479,7 +479,7 @@ class DaemonBeat(Base):
     __tablename__ = "daemons"
 
     holder: Mapped[str] = mapped_column(String(200), primary_key=True)
-    # Which mailboxes it works (helpdesk.mailboxes.pool_key): daemons share leases
+    # Which mailboxes it works (helpdesk.flow.mailboxes.pool_key): daemons share leases
     # with the daemons configured with the same mailboxes only.
     pool: Mapped[str] = mapped_column(String(64), default="")
     started_at: Mapped[datetime]

@@ -77,8 +77,8 @@ def test_tickets_list_imports_no_alembic_templates_or_mail_transport(
     config.write_text(f'[database]\nurl = "{store.url}"\n')
     # Nor our own mail composition and rule actions: listing tickets sends nothing.
     watched = ["alembic", "jinja2", "aiosmtplib", "imapclient", "aiosmtpd", "prometheus_client",
-               "helpdesk.relay", "helpdesk.actions", "helpdesk.outbox", "helpdesk.mail.compose",
-               "helpdesk.daemon"]
+               "helpdesk.flow.relay", "helpdesk.desk.actions", "helpdesk.delivery.outbox",
+               "helpdesk.mail.compose", "helpdesk.daemon"]
     code, loaded, out = imported(["--config", str(config), "tickets", "list"], watched,
                                  tmp_path)
     assert code == 0, out
@@ -125,7 +125,7 @@ def test_every_command_help_still_works(name: str) -> None:
 def test_only_the_daemon_module_for_metrics_imports_prometheus_client() -> None:
     """The layering of issue 11: intake, sources, SMTP and the services report to
     `helpdesk.observe` and never import prometheus_client; `helpdesk.daemon.metrics` does."""
-    probe = ("import sys, helpdesk.daemon.service, helpdesk.gauges, helpdesk.intake, "
+    probe = ("import sys, helpdesk.daemon.service, helpdesk.desk.gauges, helpdesk.intake, "
              "helpdesk.sources.imap, helpdesk.sources.maildir, helpdesk.smtp, "
              "helpdesk.sources.lmtp\n"
              "print(sorted(m for m in sys.modules if m.startswith('prometheus_client')))\n"

@@ -28,7 +28,7 @@ from helpdesk.daemon.metrics import (
     bounded,
 )
 from helpdesk.daemon.workers import Worker
-from helpdesk.gauges import StoreGauges
+from helpdesk.desk.gauges import StoreGauges
 from helpdesk.observe import NULL_OBSERVER, smtp_result
 from helpdesk.sources.base import Backoff, SourceStats
 from helpdesk.store.db import make_engine

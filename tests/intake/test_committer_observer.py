@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from helpdesk.ingest import IngestContext
+from helpdesk.flow.ingest import IngestContext
 from helpdesk.intake import Committer
 from helpdesk.intake.committer import Item
 from helpdesk.mail.prepare import prepare_with

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from helpdesk import gauges
+from helpdesk.desk import gauges
 from helpdesk.store.models import Contact, OutboxItem, QuarantineItem, Team, Ticket
 from tests.conftest import Store
 

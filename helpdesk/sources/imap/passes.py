@@ -28,10 +28,10 @@ from typing import Any
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 from sqlalchemy.orm import Session
 
-from helpdesk import mailboxes
 from helpdesk.errors import StoreUnavailable
+from helpdesk.flow import mailboxes
+from helpdesk.flow.mailboxes import LeaseLost
 from helpdesk.intake import header_of, too_large
-from helpdesk.mailboxes import LeaseLost
 from helpdesk.settings import AfterProcessing, MailboxSettings
 from helpdesk.sources.base import Sink, SourceStats
 from helpdesk.sources.imap.fetching import (

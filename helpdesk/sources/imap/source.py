@@ -25,7 +25,7 @@ Contract (design.md §1, style.md §7.6):
   reason, retried with capped exponential backoff and jitter, and
   ``imap.recovered`` is logged when the source works again. Only `stop` ends it.
 * Several daemons may watch the same mailbox; a lease row in the store lets one
-  of them work it at a time (`helpdesk.mailboxes`). The others stand by without
+  of them work it at a time (`helpdesk.flow.mailboxes`). The others stand by without
   an IMAP connection and take over when the lease is released or expires.
 
 Blocking, like imapclient: the daemon runs `run()` in a worker thread, and
@@ -49,9 +49,9 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.contextvars import bound_contextvars
 
-from helpdesk import mailboxes
 from helpdesk.errors import StoreUnavailable
-from helpdesk.mailboxes import LeaseLost
+from helpdesk.flow import mailboxes
+from helpdesk.flow.mailboxes import LeaseLost
 from helpdesk.settings import AfterProcessing, MailboxSettings, Tls
 from helpdesk.sources.base import Backoff, Sink, SourceStats
 from helpdesk.sources.imap.fetching import Link

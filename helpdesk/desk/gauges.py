@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from helpdesk.outbox import PENDING, SENT, queue_counts
-from helpdesk.quarantine import HELD
+from helpdesk.delivery.outbox import PENDING, SENT, queue_counts
+from helpdesk.desk.tickets import OPEN_STATUSES
+from helpdesk.flow.quarantine import HELD
 from helpdesk.store.models import OutboxItem, QuarantineItem, Team, Ticket
-from helpdesk.tickets import OPEN_STATUSES
 
 __all__ = ["StoreGauges", "read"]
 
