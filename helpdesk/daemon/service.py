@@ -51,9 +51,9 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from helpdesk import context
-from helpdesk.daemon import health
+from helpdesk.daemon import health, reload
 from helpdesk.daemon.systemd import Notifier
-from helpdesk.daemon.workers import Runnable, Worker
+from helpdesk.daemon.workers import Polling, Runnable, Worker, join_all
 from helpdesk.delivery import wakeup
 from helpdesk.desk import directory, timers
 from helpdesk.errors import ConfigError, HelpdeskError
@@ -238,7 +238,7 @@ class Daemon:
         # Imported here: without [metrics] the daemon never loads prometheus_client.
         from helpdesk.daemon.metrics import for_daemon
 
-        return for_daemon(self, settings, _source_names(settings))
+        return for_daemon(self, settings, reload.source_names(settings))
 
     def _start_metrics(self, settings: Settings) -> None:
         address = settings.metrics.address
@@ -284,7 +284,7 @@ class Daemon:
                                    sessions=sessions, clock=self.clock,
                                    max_message_bytes=s.intake.max_message_bytes,
                                    batch_max=s.intake.batch_max)
-            return _Polling(source, maildir.poll_interval)
+            return Polling(source, maildir.poll_interval)
 
         return Worker(f"maildir:{maildir.name}", make, stuck_after=stuck_after(s),
                       on_problem=self._worker_problem(maildir.name))
@@ -372,11 +372,11 @@ class Daemon:
         workers = list(self.workers.values())
         # The batch in hand may still commit and be acknowledged; after a short
         # grace whatever is still being parsed is killed and comes again later.
-        await asyncio.to_thread(_join_all, workers, SOURCE_GRACE_SECONDS)
+        await asyncio.to_thread(join_all, workers, SOURCE_GRACE_SECONDS)
         if self.intake is not None:
             self.intake.pool.close()
         left = max(0.1, GRACE_SECONDS - (time.monotonic() - started))
-        await asyncio.to_thread(_join_all, workers, left)
+        await asyncio.to_thread(join_all, workers, left)
         for worker in workers:
             if worker.alive:
                 log.warning("daemon.task_did_not_stop", task=worker.name)
@@ -517,10 +517,12 @@ class Daemon:
         except (ConfigError, RuleError, TemplateError, HelpdeskError) as exc:
             log.error("config.reload_failed", error=str(exc), kept="the running configuration")
             return False
-        kept = self._needs_restart(settings)
+        kept = reload.needs_restart(self.settings, settings)
+        for key in kept:
+            log.warning("config.needs_restart", key=key)
         self.ctx = ctx
         if self.metrics is not None:
-            self.metrics.observer.known_mailboxes(_source_names(settings))
+            self.metrics.observer.known_mailboxes(reload.source_names(settings))
         changed = self._reload_workers(settings)
         if self.sender is not None:
             self.sender.settings = settings.smtp
@@ -534,45 +536,22 @@ class Daemon:
                  workers_changed=changed, needs_restart=kept)
         return True
 
-    def _needs_restart(self, new: Settings) -> list[str]:
-        """What changed but only a restart applies; logged, the running value is kept."""
-        old = self.settings
-        kept = []
-        if new.database.url != old.database.url:
-            kept.append("database.url")
-        if new.lmtp != old.lmtp:
-            kept.append("lmtp")
-        if new.intake.workers != old.intake.workers:
-            kept.append("intake.workers")
-        if new.metrics != old.metrics:
-            kept.append("metrics")
-        for key in kept:
-            log.warning("config.needs_restart", key=key)
-        return kept
-
     def _reload_workers(self, settings: Settings) -> list[str]:
         """Restart the workers whose settings changed, start new ones, stop removed ones."""
-        wanted: dict[str, tuple[object, Callable[[], Worker]]] = {}
+        plan = reload.plan_workers(self.settings, settings, list(self.workers))
+        builders: dict[str, Callable[[], Worker]] = {}
         for mailbox in settings.mailboxes:
-            wanted[f"imap:{mailbox.name}"] = (
-                mailbox, functools.partial(self._imap_worker, mailbox, settings))
+            builders[f"imap:{mailbox.name}"] = functools.partial(
+                self._imap_worker, mailbox, settings)
         for maildir in settings.maildirs:
-            wanted[f"maildir:{maildir.name}"] = (
-                maildir, functools.partial(self._maildir_worker, maildir, settings))
-        old = {**{f"imap:{m.name}": m for m in self.settings.mailboxes},
-               **{f"maildir:{m.name}": m for m in self.settings.maildirs}}
-        changed = []
-        for name in [n for n in self.workers if n not in wanted]:
+            builders[f"maildir:{maildir.name}"] = functools.partial(
+                self._maildir_worker, maildir, settings)
+        for name in plan.retire:
             self._retire(name)
-            changed.append(f"-{name}")
-        for name, (config, build) in wanted.items():
-            if name in self.workers and old.get(name) == config:
-                continue
-            if name in self.workers:
-                self._retire(name)
-            self.workers[name] = build().start()
-            changed.append(name)
-        return changed
+        for name in plan.start:
+            self.workers[name] = builders[name]().start()
+        restarted = set(plan.start)
+        return [f"-{n}" for n in plan.retire if n not in restarted] + list(plan.start)
 
     def _retire(self, name: str) -> None:
         worker = self.workers.pop(name)
@@ -599,18 +578,6 @@ class Daemon:
         return "; ".join([*parts, f"{sent} mails sent"])
 
 
-def _source_names(settings: Settings) -> list[str]:
-    """The mailbox label values of the metrics: every configured source's name."""
-    names = [m.name for m in settings.mailboxes] + [m.name for m in settings.maildirs]
-    return [*names, "lmtp"] if settings.lmtp is not None else names
-
-
-def _join_all(workers: list[Worker], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    for worker in workers:
-        worker.join(max(0.0, deadline - time.monotonic()))
-
-
 def _exit_now() -> None:
     """End the process at once: the grace period is over and a thread still hangs.
 
@@ -623,22 +590,3 @@ def _exit_now() -> None:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(0)
-
-
-class _Polling:
-    """Adapts a source whose `run` takes a poll interval to the worker signature."""
-
-    def __init__(self, source: MaildirSource, interval: float) -> None:
-        self.source = source
-        self.interval = interval
-
-    @property
-    def stats(self) -> Any:
-        return self.source.stats
-
-    @property
-    def last_beat(self) -> float:
-        return self.source.last_beat
-
-    def run(self, stop: threading.Event) -> None:
-        self.source.run(stop, self.interval)
