@@ -97,6 +97,23 @@ def dsn(lines: int = FOLDED_LINES) -> bytes:
     return (head + folded_status(lines) + "--b--\n").encode()
 
 
+def folded_header(lines: int = FOLDED_LINES, *, junk: bool = False) -> bytes:
+    """A Subject folded over `lines` continuation lines; with `junk`, a line that is no
+    field ends the header block (the reader's line-by-line path)."""
+    return (
+        f"From: {CUSTOMER}\nTo: {SUPPORT}\nMessage-ID: <folded@example.com>\n"
+        "Subject: Help\n" + " x\n" * lines + ("junk\n" if junk else "") + "\nHello.\n"
+    ).encode()
+
+
+def many_fields(count: int = FOLDED_LINES) -> bytes:
+    """`count` short header fields (a part keeps the first 1,000)."""
+    return (
+        f"From: {CUSTOMER}\nTo: {SUPPORT}\nMessage-ID: <fields@example.com>\n"
+        + "X-A: b\n" * count + "\nHello.\n"
+    ).encode()
+
+
 def customer(body: str, message_id: str, *, subject: str = "Help") -> bytes:
     return make_mail(subject=subject, sender=CUSTOMER, message_id=f"<{message_id}@example.com>",
                      body=body)

@@ -48,7 +48,7 @@ from helpdesk.mail.parse.headers import (
     parse_date,
     read_fields,
 )
-from helpdesk.mail.parse.mime import envelope_line, parse_tree, read_headers
+from helpdesk.mail.parse.mime import envelope_line, line_ends, parse_tree, read_headers
 from helpdesk.mail.quoting import split_reply
 from helpdesk.values import AttachmentPart, ParsedMessage
 
@@ -74,7 +74,7 @@ def parse(raw: bytes, *, envelope_sender: str | None = None) -> ParsedMessage:
         return _hopeless(b"", exc)
     try:
         defects = Defects()
-        buf = _line_ends(data)
+        buf = line_ends(data)
         root = parse_tree(buf)
         fields = read_fields(root.fields, defects)
         content = Content()
@@ -82,15 +82,6 @@ def parse(raw: bytes, *, envelope_sender: str | None = None) -> ParsedMessage:
         return _assemble(data, fields, content, defects, _envelope(buf, fields, envelope_sender))
     except Exception as exc:  # noqa: BLE001 - e.g. MemoryError on absurd input
         return _headers_only(data, exc, envelope_sender)
-
-
-def _line_ends(data: bytes) -> bytes:
-    """Old Mac mail ends lines with a lone CR: read it as LF (body bytes of other mail are
-    left alone, a CR inside a binary part is data)."""
-    head = data[:4096]
-    if b"\r" in head and b"\n" not in head:
-        return data.replace(b"\r", b"\n")
-    return data
 
 
 def _envelope(buf: bytes, fields: Fields, given: str | None) -> tuple[str | None, ...]:
