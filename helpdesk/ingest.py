@@ -27,12 +27,13 @@ from helpdesk import quarantine as quarantine_service
 from helpdesk.actions import ActionContext, Applied, apply_actions
 from helpdesk.errors import StoreUnavailable
 from helpdesk.mail.forwarded import ForwardedMail
+from helpdesk.mail.parse import attach
 from helpdesk.mail.parse import parse as parse_message
 from helpdesk.mail.prepare import PrepareConfig, Prepared, prepare_with
 from helpdesk.mail.trust import TrustPolicy, TrustVerdict, agent_trust
 from helpdesk.rules import RuleSet, evaluate
 from helpdesk.rules.regexes import regex_timed_out
-from helpdesk.store import queries
+from helpdesk.store import blobs, queries
 from helpdesk.store.failures import is_outage
 from helpdesk.store.models import Attachment, Event, Message, Ticket, table, utcnow
 from helpdesk.thread import ThreadPolicy, clean_subject, match_thread
@@ -242,8 +243,7 @@ def _quarantine(
 _TICKETS = table(Ticket)
 _MESSAGES = table(Message)
 _INSERT_TICKET = insert(_TICKETS).returning(_TICKETS.c.id)
-_INSERT_MESSAGE = insert(_MESSAGES).returning(_MESSAGES.c.id)
-_INSERT_ATTACHMENT = insert(table(Attachment))
+_ATTACHMENTS = table(Attachment)
 _INSERT_EVENT = insert(table(Event))
 _TOUCH_TICKET = (
     update(_TICKETS)
@@ -324,14 +324,20 @@ def _store(
     else:
         message_kind = _message_kind(verdict, False)
     # The unique (message_id, content) constraint speaks here, inside the savepoint.
-    row_id = conn.execute(
-        _INSERT_MESSAGE,
+    row_id = blobs.insert_one(
+        conn, _MESSAGES,
         _message_values(effective, raw, origin, message_id, ticket_id, message_kind, verdict,
                         now),
-    ).scalar_one()
+        "raw",
+    )
+    # A worker sent large attachments back without their bytes: decode them
+    # from the raw mail now, after the message row is written (its raw bytes
+    # were bound then), for the rows below and for what rules and actions send.
+    msg, effective = _with_payloads(raw, msg, effective)
     if effective.attachments:
-        conn.execute(_INSERT_ATTACHMENT,
-                     [_attachment_values(row_id, a) for a in effective.attachments])
+        blobs.insert_many(conn, _ATTACHMENTS,
+                          [_attachment_values(row_id, a) for a in effective.attachments],
+                          "content")
 
     if not verdict.automated:
         role = "requester" if author == requester else ("agent" if agent_powers else "cc")
@@ -583,6 +589,24 @@ def _message_values(
         "origin_uid": origin.uid,
         "origin_path": origin.path,
     }
+
+
+def _with_payloads(raw: bytes, *messages: ParsedMessage) -> tuple[ParsedMessage, ...]:
+    """`messages` with every detached attachment decoded from `raw`, each once."""
+    decoded: dict[int, AttachmentPart] = {}
+
+    def one(part: AttachmentPart) -> AttachmentPart:
+        if not part.detached:
+            return part
+        if id(part) not in decoded:
+            decoded[id(part)] = attach(part, raw)
+        return decoded[id(part)]
+
+    return tuple(
+        dataclasses.replace(msg, attachments=tuple(map(one, msg.attachments)))
+        if any(part.detached for part in msg.attachments) else msg
+        for msg in messages
+    )
 
 
 def _attachment_values(row_id: int, part: AttachmentPart) -> dict[str, object]:

@@ -351,10 +351,6 @@ def test_ingest_batch_is_bounded_and_the_next_mail_is_stored(desk: Desk, batch: 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "helpdesk.mail.parse (the MIME reader) peaks at about 70x a mail of a million 3-byte "
-    "lines (209 MB for 2.9 MB; classify's parse_dsn, compat32, about 26x); owned by "
-    "helper `parse` (issue 12 item 10)"))
 def test_parse_memory_on_a_million_short_lines(desk: Desk) -> None:
     """The DSN of a million folded lines: its memory, apart from its time (checked above)."""
     hostile = shapes.dsn()
@@ -394,8 +390,7 @@ def test_a_runaway_admin_regex_costs_its_budget_and_is_reported(
 
 # --------------------------------------------------------------------------
 # Shapes whose fixes are in other modules (issue 12 items 8-10): compose's own
-# folding (`outgoing`) and chunked id lookups hold; the memory of a 34 MB mail
-# is still over its target (xfail until `parse` brings it down).
+# folding (`outgoing`), chunked id lookups, and the memory of a 34 MB mail.
 
 
 @pytest.mark.slow
@@ -407,9 +402,11 @@ def test_a_runaway_admin_regex_costs_its_budget_and_is_reported(
         pytest.param(shapes.many_references, id="260,000 References ids"),
         pytest.param(shapes.big_attachment, id="34 MB mail with a 25 MB attachment",
                      marks=pytest.mark.xfail(strict=True, reason=(
-                         "peak RSS grows by about 152 MB (4.3x the mail) in the ingest "
-                         "process or its parse worker, target under 3x; owned by helper "
-                         "`parse` (issue 12 item 10)"))),
+                         "peak RSS grows by about 107 MB (3.2x the mail) in the ingest "
+                         "process, target under 3x: SQLite builds the row of a mail in "
+                         "memory twice (its record, and the raw column's bytes or zeroblob) "
+                         "because `raw` is not the last column of `messages`; with it last "
+                         "the process grows 1.9x (issue 12 item 10)"))),
     ],
 )
 def test_shapes_fixed_in_other_modules(desk: Desk, make: Callable[[], bytes]) -> None:

@@ -25,13 +25,14 @@ from helpdesk.mail.parse.headers import clean_line, decode_header, decode_words
 from helpdesk.mail.parse.mime import (
     Part,
     decode_payload,
+    decode_region,
     read_headers,
     split_params,
     transfer_encoding,
 )
-from helpdesk.values import AttachmentPart
+from helpdesk.values import AttachmentPart, PayloadSpan
 
-__all__ = ["Content", "Walker"]
+__all__ = ["Content", "Walker", "decode_message", "decode_span"]
 
 _META_CHARSET_RE = re.compile(rb"<meta[^>]{0,200}?charset\s*=\s*[\"']?\s*([A-Za-z0-9_.:-]+)", re.I)
 _NEWLINES_RE = re.compile(r"\r\n?")
@@ -91,6 +92,26 @@ def unflow(text: str, delsp: bool) -> str:
     if paragraph:
         emit()
     return "\n".join(out)
+
+
+def decode_message(buf: bytes, start: int, end: int, encoding: str, defects: Defects) -> bytes:
+    """The bytes of a message/* part at buf[start:end], with CRLF line ends."""
+    raw = buf[start:end]
+    # RFC 2046 section 5.2.1 forbids encoding a message/rfc822 part, but
+    # mailers (Python's own add_attachment among them) do it.
+    if encoding == "base64":
+        raw = b64_lenient(raw, defects)
+    elif encoding == "quoted-printable":
+        raw = quopri.decodestring(raw)
+    return _crlf(raw)
+
+
+def decode_span(buf: bytes, span: PayloadSpan) -> bytes:
+    """An attachment's bytes decoded again from the mail it was parsed from (see
+    `AttachmentPart.detached`); `buf` with its line ends as parse read them."""
+    if span.message:
+        return decode_message(buf, span.start, span.end, span.encoding, Defects())
+    return decode_region(buf, span.start, span.end, span.encoding, Defects())
 
 
 def _crlf(data: bytes) -> bytes:
@@ -203,15 +224,8 @@ class Walker:
         self._attach(out, part, self._message_bytes(part), ctype, name, disposition)
 
     def _message_bytes(self, part: Part) -> bytes:
-        encoding = transfer_encoding(part)
-        raw = self.buf[part.start : part.end]
-        # RFC 2046 section 5.2.1 forbids encoding a message/rfc822 part, but
-        # mailers (Python's own add_attachment among them) do it.
-        if encoding == "base64":
-            raw = b64_lenient(raw, self.defects)
-        elif encoding == "quoted-printable":
-            raw = quopri.decodestring(raw)
-        return _crlf(raw)
+        return decode_message(self.buf, part.start, part.end, transfer_encoding(part),
+                              self.defects)
 
     def _attach(
         self,
@@ -225,6 +239,8 @@ class Walker:
         self.attachment_count += 1
         content_id = _content_id(part, self.defects)
         inline = disposition == "inline" or (disposition is None and content_id is not None)
+        span = PayloadSpan(part.start, part.end, transfer_encoding(part),
+                           ctype.startswith("message/"), len(data))
         out.attachments.append(
             AttachmentPart(
                 filename=safe_filename(filename, ctype, self.attachment_count),
@@ -233,6 +249,7 @@ class Walker:
                 sha256=hashlib.sha256(data).hexdigest(),
                 inline=inline,
                 content_id=content_id,
+                span=span,
             )
         )
 

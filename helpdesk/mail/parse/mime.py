@@ -34,6 +34,7 @@ __all__ = [
     "MAX_PARTS",
     "Part",
     "decode_payload",
+    "decode_region",
     "line_ends",
     "lone_cr",
     "parse_tree",
@@ -468,8 +469,12 @@ _UU_BEGIN_RE = re.compile(rb"^begin [0-7]+ ", re.M)
 
 def decode_payload(buf: bytes, part: Part, defects: Defects) -> bytes:
     """The decoded bytes of a leaf: base64 and quoted-printable leniently, uuencode too."""
-    view = memoryview(buf)[part.start : part.end]
-    encoding = transfer_encoding(part)
+    return decode_region(buf, part.start, part.end, transfer_encoding(part), defects)
+
+
+def decode_region(buf: bytes, start: int, end: int, encoding: str, defects: Defects) -> bytes:
+    """`decode_payload` of the leaf body at buf[start:end] with this transfer encoding."""
+    view = memoryview(buf)[start:end]
     if encoding == "base64":
         return b64_lenient(view, defects)
     if encoding == "quoted-printable":
