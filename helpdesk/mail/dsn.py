@@ -334,6 +334,12 @@ def _replied_id(fields: _Fields) -> str | None:
 # --------------------------------------------------------------------------
 # Bounces without a machine-readable part
 
+# Repeated groups here are possessive (`*+`, `++`) or character classes: the
+# regex engine keeps a backtracking frame for every repetition of a plain
+# repeated group, ~100 bytes for each character of a run of blanks or each
+# label of a domain (a 2 MB run cost 284 MB), and nothing after these runs
+# could match if they gave some of it back.
+#
 # Where an old-style bounce starts quoting the returned mail: addresses below
 # that line are the original's headers, not failed recipients. The phrase may
 # follow white space, ">" and "-" on its own line; the run before it may not
@@ -341,11 +347,11 @@ def _replied_id(fields: _Fields) -> str | None:
 # them started a scan over all the blank lines after it), `_returned_copy`
 # takes in the blank or ">"/"-" lines above instead.
 _RETURNED_COPY_RE = re.compile(
-    r"^(?:[>-]|[^\S\n])*(?:this is a copy of|below this line is a copy of"
+    r"^(?:[>-]|[^\S\n])*+(?:this is a copy of|below this line is a copy of"
     r"|original message|unsent message below|returned message|message headers follow)",
     re.I | re.M,
 )
-_RUN_ABOVE_RE = re.compile(r"(?:[>-]|\s)*")
+_RUN_ABOVE_RE = re.compile(r"[>\s-]*")
 _PARAGRAPH_RE = re.compile(r"\n[ \t]*\n")
 
 # An address in running text: a local part of RFC 5322 atext and dots, "@",
@@ -359,7 +365,7 @@ _ATEXT = r"[\w!#$%&'*+/=?^`{|}~.-]"
 _LOCAL_RUN_RE = re.compile(rf"(?<!{_ATEXT}){_ATEXT}+@", re.I)
 _ADDRESS_START_RE = re.compile(r"(?<![\w.+-]).", re.S)
 _DOMAIN_RE = re.compile(
-    r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+", re.I
+    r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)++", re.I
 )
 
 

@@ -93,7 +93,7 @@ def peak_bytes(step: Pure) -> int:
 def _pure_steps() -> list[Pure]:
     dsn = shapes.dsn()
     folded, folded_junk = shapes.folded_header(), shapes.folded_header(junk=True)
-    fields = shapes.many_fields()
+    fields, parameter = shapes.many_fields(), shapes.long_parameter()
     forward = parse(shapes.agent_forward())
     slow_rules = build_rule_set(
         [(Path("rules/10-slow.toml"), {"rule": [
@@ -122,6 +122,11 @@ def _pure_steps() -> list[Pure]:
         Pure("parse: a folded Subject, then a line that is no field",
              lambda: parse(folded_junk), len(folded_junk)),
         Pure("parse: a million header fields", lambda: parse(fields), len(fields)),
+        Pure("parse: a 1 MB Content-Type parameter", lambda: parse(parameter), len(parameter)),
+        Pure("bounce text: a 2 MB run of blanks above the returned copy",
+             lambda: parse_bounce_text(shapes.BLANK_RUN), len(shapes.BLANK_RUN)),
+        Pure("bounce text: an address with a million domain labels",
+             lambda: parse_bounce_text(shapes.MANY_LABELS), len(shapes.MANY_LABELS)),
         Pure("split_reply: 70,000 reply headers", lambda: split_reply(shapes.REPLY_HEADERS),
              len(shapes.REPLY_HEADERS)),
         Pure('html: "<a " * 25000', lambda: html_to_text(shapes.HTML_OPEN_TAGS),
