@@ -45,9 +45,9 @@ if __package__ in (None, ""):  # run as `python bench/mailsample.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.parse import before_revision, load_before
-from helpdesk.mail.prepare import BOUNCE_SENDER, unusable
 from helpdesk.mail.classify import classify
 from helpdesk.mail.parse import parse
+from helpdesk.mail.prepare import BOUNCE_SENDER, unusable
 from helpdesk.values import MailClass, ParsedMessage
 
 TARGET_SHARE = 0.01
