@@ -26,15 +26,17 @@ from helpdesk.flow.ingest import rows
 from helpdesk.flow.ingest.context import IngestContext
 from helpdesk.mail.commands import CommandBlock
 from helpdesk.mail.forwarded import ForwardedMail
+from helpdesk.mail.parse import attach
 from helpdesk.mail.prepare import Prepared
 from helpdesk.mail.trust import TrustVerdict, agent_trust
 from helpdesk.rules import evaluate
 from helpdesk.rules.regexes import regex_timed_out
-from helpdesk.store import queries
+from helpdesk.store import blobs, queries
 from helpdesk.store.failures import is_outage
 from helpdesk.store.models import Ticket
 from helpdesk.thread import clean_subject, match_thread
 from helpdesk.values import (
+    AttachmentPart,
     IngestOutcome,
     MailClass,
     MessageKind,
@@ -113,14 +115,20 @@ def file_message(
         stored = route.effective
     conn = session.connection()
     # The unique (message_id, content) constraint speaks here, inside the savepoint.
-    row_id = conn.execute(
-        rows.INSERT_MESSAGE,
+    row_id = blobs.insert_one(
+        conn, rows.MESSAGES,
         rows.message_values(stored, raw, origin, message_id, place.ticket_id, message_kind,
                             verdict, now),
-    ).scalar_one()
+        "raw",
+    )
+    # A worker sent large attachments back without their bytes: decode them
+    # from the raw mail now, after the message row is written (its raw bytes
+    # were bound then), for the rows below and for what rules and actions send.
+    msg, stored = _with_payloads(raw, msg, stored)
     if stored.attachments:
-        conn.execute(rows.INSERT_ATTACHMENT,
-                     [rows.attachment_values(row_id, a) for a in stored.attachments])
+        blobs.insert_many(conn, rows.ATTACHMENTS,
+                          [rows.attachment_values(row_id, a) for a in stored.attachments],
+                          "content")
     if not verdict.automated:
         _record_participants(session, route, place, stored, ctx)
     events = rows.message_events(place.ticket_id, row_id, message_id, stored, route.match,
@@ -262,6 +270,24 @@ def _ticket_changes(
                                  {"class": verdict.mail_class.value,
                                   "reasons": list(verdict.reasons)}, now))
     return events
+
+
+def _with_payloads(raw: bytes, *messages: ParsedMessage) -> tuple[ParsedMessage, ...]:
+    """`messages` with every detached attachment decoded from `raw`, each once."""
+    decoded: dict[int, AttachmentPart] = {}
+
+    def one(part: AttachmentPart) -> AttachmentPart:
+        if not part.detached:
+            return part
+        if id(part) not in decoded:
+            decoded[id(part)] = attach(part, raw)
+        return decoded[id(part)]
+
+    return tuple(
+        dataclasses.replace(msg, attachments=tuple(map(one, msg.attachments)))
+        if any(part.detached for part in msg.attachments) else msg
+        for msg in messages
+    )
 
 
 def _agent_powers(

@@ -30,9 +30,8 @@ MAX_MESSAGE_ID = 500
 
 TICKETS = table(Ticket)
 MESSAGES = table(Message)
+ATTACHMENTS = table(Attachment)
 INSERT_TICKET = insert(TICKETS).returning(TICKETS.c.id)
-INSERT_MESSAGE = insert(MESSAGES).returning(MESSAGES.c.id)
-INSERT_ATTACHMENT = insert(table(Attachment))
 INSERT_EVENT = insert(table(Event))
 TOUCH_TICKET = (
     update(TICKETS)
