@@ -269,7 +269,6 @@ class Message(Base):
     text: Mapped[str] = mapped_column(Text, default="")
     new_text: Mapped[str] = mapped_column(Text, default="")
     html: Mapped[str | None] = mapped_column(Text)
-    raw: Mapped[bytes | None] = mapped_column(Blob)
     size: Mapped[int] = mapped_column(Integer, default=0)
     defects: Mapped[str] = mapped_column(Text, default="")
     # The Thread-Index header as received (Outlook's conversation index, MS-OXOMSG);
@@ -282,6 +281,10 @@ class Message(Base):
     origin_uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
     origin_uid: Mapped[int | None] = mapped_column(BigInteger)
     origin_path: Mapped[str | None] = mapped_column(Text)
+    # Last, also in the table (migration 0010): SQLite streams a large mail into a
+    # trailing zeroblob without building the row in memory (helpdesk.store.blobs).
+    # A migration that adds a column to messages must move raw last again.
+    raw: Mapped[bytes | None] = mapped_column(Blob)
 
     ticket: Mapped[Ticket] = relationship(back_populates="messages")
     attachments: Mapped[list[Attachment]] = relationship(

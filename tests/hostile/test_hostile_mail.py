@@ -17,8 +17,7 @@ linear in the mail. Each shape of the issue is built here and run twice:
 These are the only timed assertions of the suite (the brief allows them
 here): the bounds are generous on purpose, an order of magnitude above what
 the linear code needs on a loaded machine and far below what the quadratic
-code took. Shapes owned by other helpers are marked xfail(strict=True) until
-their fixes land: the lead flips them.
+code took.
 """
 
 from __future__ import annotations
@@ -405,13 +404,7 @@ def test_a_runaway_admin_regex_costs_its_budget_and_is_reported(
         pytest.param(shapes.huge_subject, id="1 MB Subject into the acknowledgement"),
         pytest.param(shapes.huge_display_name, id="1 MB display name into the acknowledgement"),
         pytest.param(shapes.many_references, id="260,000 References ids"),
-        pytest.param(shapes.big_attachment, id="34 MB mail with a 25 MB attachment",
-                     marks=pytest.mark.xfail(strict=True, reason=(
-                         "peak RSS grows by about 107 MB (3.2x the mail) in the ingest "
-                         "process, target under 3x: SQLite builds the row of a mail in "
-                         "memory twice (its record, and the raw column's bytes or zeroblob) "
-                         "because `raw` is not the last column of `messages`; with it last "
-                         "the process grows 1.9x (issue 12 item 10)"))),
+        pytest.param(shapes.big_attachment, id="34 MB mail with a 25 MB attachment"),
     ],
 )
 def test_shapes_fixed_in_other_modules(desk: Desk, make: Callable[[], bytes]) -> None:
