@@ -159,7 +159,8 @@ def test_raw_is_the_last_column_of_messages_on_sqlite(tmp_path: Path) -> None:
         columns = [row[1] for row in conn.execute(text("PRAGMA table_info(messages)"))]
     engine.dispose()
     assert columns[-1] == "raw"
-    assert columns.count("raw") == 1 and "raw_last" not in columns
+    assert columns.count("raw") == 1
+    assert "raw_last" not in columns
 
 
 def test_moving_raw_last_keeps_every_mail_and_what_refers_to_it(store: Store) -> None:
