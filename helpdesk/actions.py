@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from helpdesk import anchors, notices, outbox, tickets
 from helpdesk.notices import AUTO_GENERATED, AUTO_REPLIED, AutomaticFields
+from helpdesk.rules.regexes import regex_timed_out
 from helpdesk.store import queries
 from helpdesk.store.models import AutoReplyLog, Event, Ticket, table
 from helpdesk.templates import (
@@ -151,6 +152,13 @@ def _apply(
         if trace.matched:
             event(f"rule:{trace.rule}", "rule.matched",
                   {"file": trace.file, "reasons": list(trace.reasons)})
+        elif regex_timed_out(trace.reasons):
+            # The admin's regex ran out of time on this mail, so the rule did
+            # not match: say so where the admin looks, the ticket and the log.
+            event(f"rule:{trace.rule}", "rule.regex_timeout",
+                  {"file": trace.file, "reasons": list(trace.reasons)})
+            log.warning("rule.regex_timeout", ticket_id=ticket.id, rule=trace.rule,
+                        file=trace.file)
 
     # A rule's own automatic reply to this mail says enough: no resolution notice besides.
     answered = any(isinstance(a, AutoReply) for _, a in _each_action(evaluation))

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from helpdesk import anchors, outbox, relay, tickets
 from helpdesk.actions import ActionContext
 from helpdesk.errors import HelpdeskError
-from helpdesk.mail.commands import RESOLVED_QUIET, Command, CommandBlock
+from helpdesk.mail.commands import MAX_COMMANDS, RESOLVED_QUIET, Command, CommandBlock
 from helpdesk.notices import AUTO_REPLIED, Notice, resolution_notice
 from helpdesk.store.models import Event, Ticket
 from helpdesk.thread import format_tag
@@ -45,7 +45,7 @@ class AgentMailResult:
 
 def classify_agent_mail(block: CommandBlock, to_note_address: bool) -> MessageKind:
     """How an agent's mail is stored: a note, or a reply (commands alone are a note)."""
-    if block.is_note or to_note_address or block.unknown or not block.remaining.strip():
+    if block.is_note or to_note_address or not block.ok or not block.remaining.strip():
         return MessageKind.NOTE
     return MessageKind.AGENT_REPLY
 
@@ -95,12 +95,22 @@ def _handle(
     assert msg.from_ is not None
     agent = msg.from_
     result = AgentMailResult(kind=kind)
+    tags: list[Command] = []
     for command in block.commands:
+        if command.name.lower() == "tag":
+            tags.append(command)  # applied together below: one look at the ticket's tags
+            continue
         try:
             result.applied.append(_apply(session, ticket_id, command, agent.address, now))
         except HelpdeskError as exc:
             result.rejected.append(f"{command.line}: {exc}")
+    _apply_tags(session, ticket_id, tags, agent.address, now, result)
     result.rejected.extend(f"{line}: {reason}" for line, reason in block.unknown)
+    if block.skipped:
+        result.rejected.append(
+            f"{block.skipped} more command lines: at most {MAX_COMMANDS} commands are "
+            "applied from one mail"
+        )
     if result.rejected:
         session.add(Event(ticket_id=ticket_id, message_row_id=message_row_id,
                           actor=agent.address, kind="commands.rejected",
@@ -137,13 +147,26 @@ def _apply(session: Session, ticket_id: int, command: Command, actor: str, now: 
     elif name == "priority":
         ticket = session.get_one(Ticket, ticket_id)
         tickets.change_priority(session, ticket, Priority(argument.lower()), actor=actor, now=now)
-    elif name == "tag":
-        ticket = session.get_one(Ticket, ticket_id)
-        tickets.add_tags(session, ticket, argument.replace(",", " ").split(), actor=actor,
-                         now=now)
     else:
         raise HelpdeskError(f"unknown command #{name}")
     return f"#{name} {argument}".strip()
+
+
+def _apply_tags(session: Session, ticket_id: int, commands: list[Command], actor: str,
+                now: datetime, result: AgentMailResult) -> None:
+    """All `#tag` lines of a mail in one `add_tags` call; a line with a bad tag is rejected."""
+    wanted: list[str] = []
+    for command in commands:
+        words = command.argument.replace(",", " ").split()
+        problem = tickets.tag_problem(words)
+        if problem:
+            result.rejected.append(f"{command.line}: {problem}")
+            continue
+        wanted.extend(words)
+        result.applied.append(f"#tag {command.argument.strip()}")
+    if wanted:
+        tickets.add_tags(session, session.get_one(Ticket, ticket_id), wanted, actor=actor,
+                         now=now)
 
 
 def _error_mail(session: Session, ticket_id: int, msg: ParsedMessage, rejected: list[str],

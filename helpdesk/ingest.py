@@ -31,6 +31,7 @@ from helpdesk.mail.parse import parse as parse_message
 from helpdesk.mail.prepare import PrepareConfig, Prepared, prepare_with
 from helpdesk.mail.trust import TrustPolicy, TrustVerdict, agent_trust
 from helpdesk.rules import RuleSet, evaluate
+from helpdesk.rules.regexes import regex_timed_out
 from helpdesk.store import queries
 from helpdesk.store.failures import is_outage
 from helpdesk.store.models import Attachment, Event, Message, Ticket, table, utcnow
@@ -498,8 +499,8 @@ def _run_rules(
     rule_input = RuleInput(mailbox=origin.mailbox, recipients=recipients, is_new=is_new,
                            verdict=verdict)
     evaluation = evaluate(ctx.rules, msg, view, rule_input, now=now)
-    if not evaluation.fired:
-        return (), Applied()
+    if not evaluation.fired and not any(regex_timed_out(t.reasons) for t in evaluation.trace):
+        return (), Applied()  # nothing to apply, and nothing to report
     try:
         with session.begin_nested():
             applied = apply_actions(

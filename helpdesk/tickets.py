@@ -388,6 +388,18 @@ def change_priority(
     return True
 
 
+# The length of the ticket_tags.tag column.
+MAX_TAG_LENGTH = 100
+
+
+def tag_problem(tags: Sequence[str]) -> str | None:
+    """Why these tags cannot be stored, or None: each must fit the tag column."""
+    too_long = next((tag for tag in tags if len(tag) > MAX_TAG_LENGTH), None)
+    if too_long is not None:
+        return f"tag {too_long[:20]!r}... is longer than {MAX_TAG_LENGTH} characters"
+    return None
+
+
 def add_tags(
     session: Session,
     ticket: Ticket,
@@ -397,7 +409,15 @@ def add_tags(
     now: datetime,
     message_row_id: int | None = None,
 ) -> list[str]:
-    """Add tags to a loaded ticket, with one event; returns the ones it did not have."""
+    """Add tags to a loaded ticket, with one event; returns the ones it did not have.
+
+    Linear in the ticket's tags plus `tags`: callers with many tags (an
+    agent's `#tag` lines) pass them in one call, not one call each. Raises
+    InvalidInput for a tag longer than the tag column (`tag_problem`).
+    """
+    problem = tag_problem(tags)
+    if problem:
+        raise InvalidInput(problem)
     have = {t.tag for t in ticket.tags}
     new = [tag for tag in dict.fromkeys(tags) if tag and tag not in have]
     for tag in new:

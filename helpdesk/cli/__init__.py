@@ -54,7 +54,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
              "Ingest the shipped sample mails into a fresh SQLite store and show the tickets."),
     "ingest": ("helpdesk.cli.ingest:ingest",
                "Turn mail into tickets: FILE ..., `-` or nothing for one message on stdin."),
-    "mailbox": ("helpdesk.cli.mailbox:mailbox", "The IMAP mailboxes helpdesk watches."),
+    "mailbox": ("helpdesk.cli.mailbox:mailbox",
+                "The mailboxes (IMAP) and Maildirs helpdesk watches."),
     "outbox": ("helpdesk.cli.outbox:outbox", "Outgoing mail: queued, sent and failed."),
     "quarantine": ("helpdesk.cli.quarantine:quarantine",
                    "Mail that could not become a ticket, kept with its error."),
@@ -62,6 +63,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "Routing and auto-reply rules (rules/*.toml) and their templates."),
     "run": ("helpdesk.cli.run:run",
             "Watch the configured mailboxes, ingest every message, send the outbox."),
+    "status": ("helpdesk.cli.status:status",
+               "The desk at a glance: mailboxes, daemons, outbox, relay, quarantine, oldest "
+               "waiting ticket."),
     "stats": ("helpdesk.cli.stats:stats",
               "Open tickets by team and status, response and resolution times, and what causes "
               "work."),

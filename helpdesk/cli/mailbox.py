@@ -12,46 +12,58 @@ from helpdesk.cli import AppContext, Failure, pass_app
 from helpdesk.cli.output import emit_json, fields, table, when
 from helpdesk.errors import NotFound
 from helpdesk.sources.imap import ImapSource
+from helpdesk.store.models import utcnow
 from helpdesk.values import Incoming, IngestOutcome
 
 
 @click.group()
 def mailbox() -> None:
-    """The IMAP mailboxes helpdesk watches."""
+    """The mailboxes (IMAP) and Maildirs helpdesk watches."""
 
 
 @mailbox.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @pass_app
 def list_(app: AppContext, as_json: bool) -> None:
-    """Each mailbox with its counters, lease holder and last poll."""
-    rows: list[dict[str, Any]] = []
+    """Each mailbox and Maildir: its state, last error, last successful poll and counters."""
+    from helpdesk import health  # the store's view; no mail server is contacted
+
     with app.transaction() as session:
-        for box in app.settings.mailboxes:
-            state = mailbox_service.find_state(session, box.name)
-            rows.append({
-                "name": box.name,
-                "server": f"{box.host}:{box.port} ({box.tls})",
-                "folder": box.folder,
-                "uidvalidity": state.uidvalidity if state else None,
-                "last_uid": state.last_uid if state else 0,
-                "last_poll_at": state.last_poll_at if state else None,
-                "lease_holder": state.lease_holder if state else None,
-                "lease_expires_at": state.lease_expires_at if state else None,
-                "counters": dict(state.counters or {}) if state else {},
-            })
+        found = health.sources(session, app.settings, utcnow())
+        states = {s.name: s for s in mailbox_service.list_states(session)}
+    rows: list[dict[str, Any]] = []
+    for source in found:
+        state = states.get(source.name)
+        rows.append({
+            "name": source.name,
+            "kind": source.kind,
+            "where": source.where,
+            "state": source.state,
+            "last_error": source.last_error,
+            "problem_since": source.problem_since,
+            "last_poll_at": source.last_poll_at,
+            "uidvalidity": state.uidvalidity if state else None,
+            "last_uid": state.last_uid if state else 0,
+            "lease_holder": source.lease_holder,
+            "lease_expires_at": state.lease_expires_at if state else None,
+            "counters": source.counters,
+        })
     if as_json:
         emit_json(rows)
         return
     if not rows:
-        click.echo("No [[mailbox]] configured.")
+        click.echo("No [[mailbox]] or [[maildir]] configured.")
         return
     table(
-        ["NAME", "SERVER", "FOLDER", "LAST UID", "LAST POLL", "HOLDER", "COUNTERS"],
-        [[r["name"], r["server"], r["folder"], r["last_uid"], when(r["last_poll_at"]),
+        ["NAME", "KIND", "WHERE", "STATE", "LAST POLL", "HOLDER", "COUNTERS"],
+        [[r["name"], r["kind"], r["where"], r["state"], when(r["last_poll_at"]),
           r["lease_holder"], " ".join(f"{k}={v}" for k, v in sorted(r["counters"].items()))]
          for r in rows],
     )
+    # Errors in full, below the table: they are what an admin acts on.
+    for row in rows:
+        if row["last_error"]:
+            click.echo(f"{row['name']}: {row['last_error']}")
 
 
 @mailbox.command("check")

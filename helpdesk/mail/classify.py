@@ -27,20 +27,19 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
-from email import message_from_bytes
-from email.message import Message
-from email.policy import compat32
+from dataclasses import replace
 
-from helpdesk.values import BounceRecipient, BounceReport, MailClass, ParsedMessage, Verdict
+from helpdesk.mail.dsn import is_noreply_address, parse_bounce_text, parse_dsn
+from helpdesk.mail.dsn import keyword as _keyword
+from helpdesk.mail.dsn import local_part as _local_part
+from helpdesk.mail.dsn import shorten as _shorten
+from helpdesk.values import BounceReport, MailClass, ParsedMessage, Verdict
 
+# parse_dsn, parse_bounce_text and is_noreply_address live in helpdesk.mail.dsn
+# (reading what a bounce says); they stay importable from here.
 __all__ = ["classify", "is_noreply_address", "parse_bounce_text", "parse_dsn"]
 
-# Deeper MIME nesting than this is an attack, not a bounce.
-_MAX_DEPTH = 40
-# Reasons quote header values; a reason is a line in an audit trail, not a copy.
-_MAX_REASON_VALUE = 80
-_MAX_DIAGNOSTIC = 500
+_COMMENT_RE = re.compile(r"\([^()]*\)")
 
 # --------------------------------------------------------------------------
 # Small text helpers
@@ -53,24 +52,10 @@ def _fold(text: str) -> str:
     return " ".join(stripped.split())
 
 
-def _shorten(value: str, limit: int = _MAX_REASON_VALUE) -> str:
-    value = " ".join(value.split())
-    return value if len(value) <= limit else value[: limit - 1].rstrip() + "…"
-
-
 def _named(name: str, value: str) -> str:
     """A reason naming a header: "Name: value", or "Name present" when it is empty."""
     shown = _shorten(value)
     return f"{name}: {shown}" if shown else f"{name} present"
-
-
-_COMMENT_RE = re.compile(r"\([^()]*\)")
-
-
-def _keyword(value: str) -> str:
-    """The first keyword of a structured value, without comments and parameters."""
-    value = _COMMENT_RE.sub(" ", value)
-    return value.split(";", 1)[0].strip().lower()
 
 
 def _phrase_pattern(phrases: Iterable[str]) -> str:
@@ -87,37 +72,9 @@ def _phrase_pattern(phrases: Iterable[str]) -> str:
 # --------------------------------------------------------------------------
 # Addresses
 
-# Local parts of mailboxes nobody reads; matched as a whole token of the
-# local part, so that VERP forms ("list-bounces+x=y") are caught and
-# "bouncer.smith" is not.
-_NOREPLY_WORDS = (
-    r"no[._-]?reply|do[._-]?not[._-]?reply|don'?t[._-]?reply"
-    r"|mailer[._-]?daemon|postmaster|bounces?|notifications?"
-)
-_NOREPLY_RE = re.compile(rf"(?:^|[._=-])(?:{_NOREPLY_WORDS})(?:$|[._=-])")
 # Reports come from these: MTAs sign them MAILER-DAEMON, and postmaster is the
 # mailbox every domain must have (RFC 5321 section 4.5.1).
 _DAEMON_RE = re.compile(r"(?:^|[._=-])(?:mailer[._-]?daemon|postmaster)(?:$|[._=-])")
-
-
-def _local_part(address: str) -> str:
-    """The local part, lower-cased and without a "+detail" sub-address."""
-    address = address.strip().strip("<>").strip().lower()
-    local = address.rpartition("@")[0] if "@" in address else address
-    local = local.strip('"')
-    return local.split("+", 1)[0]
-
-
-def is_noreply_address(address: str) -> bool:
-    """Whether `address` is a mailbox that nobody reads: never answer it.
-
-    True for no-reply, do-not-reply, mailer-daemon, postmaster, bounce(s) and
-    notification(s) local parts, also inside VERP and sub-addressed forms.
-    """
-    try:
-        return bool(_NOREPLY_RE.search(_local_part(address)))
-    except (AttributeError, TypeError):
-        return False
 
 
 def _is_daemon(address: str) -> bool:
@@ -144,7 +101,9 @@ def _own_predicate(own: Callable[[str], bool] | frozenset[str]) -> Callable[[str
 # --------------------------------------------------------------------------
 # Headers
 
-_PARAM_RE = re.compile(r'([\w.*-]+)\s*=\s*("[^"]*"|[^;\s]*)')
+# A parameter name is matched only where a run of name characters begins: tried
+# at every character of a long run without "=", it rescanned the rest of the run.
+_PARAM_RE = re.compile(r'(?<![\w.*-])([\w.*-]+)\s*=\s*("[^"]*"|[^;\s]*)')
 
 
 def _content_type(msg: ParsedMessage) -> tuple[str, dict[str, str]]:
@@ -425,272 +384,3 @@ def _bounce_report(
         # A bounce answers the mail it returns: its In-Reply-To names it.
         report = replace(report, original_message_id=msg.thread_ids[0])
     return report
-
-
-# --------------------------------------------------------------------------
-# RFC 3464 delivery status notifications
-
-_STATUS_TYPES = frozenset({"message/delivery-status", "message/global-delivery-status"})
-# RFC 6522 and RFC 6533 (internationalised): the returned mail or its headers.
-_ORIGINAL_TYPES = frozenset(
-    {"message/rfc822", "message/global", "text/rfc822-headers", "message/global-headers"}
-)
-_ACTIONS = frozenset({"failed", "delayed", "delivered", "relayed", "expanded"})
-_ACTION_BY_CLASS = {"5": "failed", "4": "delayed", "2": "delivered"}
-# RFC 3463 section 2: class.subject.detail, 1-3 digits each; not part of an IP address.
-_STATUS_RE = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
-_SMTP_CODE_RE = re.compile(r"(?<![\w.:/\[-])([245])[0-5]\d(?=[\s-]|$)")
-_TYPED_VALUE_RE = re.compile(r"^\s*[A-Za-z][\w-]*\s*;\s*(.*)$", re.S)
-_ID_RE = re.compile(r"<([^<>\s]+)>")
-_SURROGATES_RE = re.compile("[\udc80-\udcff]")
-
-_Fields = dict[str, str]
-
-
-@dataclass
-class _Findings:
-    recipients: list[BounceRecipient] = field(default_factory=list)
-    original_id: str | None = None
-
-
-def parse_dsn(raw: bytes) -> BounceReport | None:
-    """The machine-readable report of a DSN (RFC 3464), or None when there is none.
-
-    Reads every per-recipient block of the `message/delivery-status` part;
-    the original message id comes from the returned `message/rfc822` or
-    `text/rfc822-headers` part, else from the report's In-Reply-To or
-    References. Never raises.
-    """
-    try:
-        top = message_from_bytes(bytes(raw), policy=compat32)
-        findings = _Findings()
-        _scan(top, 0, findings)
-        if not findings.recipients:
-            return None
-        original = findings.original_id or _replied_id(_message_fields(top))
-        return BounceReport(tuple(findings.recipients), original)
-    except Exception:  # noqa: BLE001 - the contract is to never raise; e.g. RecursionError
-        return None
-
-
-def _scan(part: Message, depth: int, findings: _Findings) -> None:
-    """Walk multiparts for the status and the returned mail; never into the returned mail."""
-    if depth > _MAX_DEPTH:
-        return
-    ctype = part.get_content_type()
-    if ctype in _STATUS_TYPES:
-        if not findings.recipients:
-            findings.recipients = _recipients(_status_blocks(part))
-    elif ctype in _ORIGINAL_TYPES:
-        if findings.original_id is None:
-            findings.original_id = _first_id(_original_fields(part).get("message-id", ""))
-    elif part.is_multipart():
-        payload = part.get_payload()
-        for child in payload if isinstance(payload, list) else ():
-            if isinstance(child, Message):
-                _scan(child, depth + 1, findings)
-
-
-def _recover(value: object) -> str:
-    """A raw header value unfolded, 8-bit bytes read as UTF-8, on one line."""
-    text = str(value)
-    if _SURROGATES_RE.search(text):
-        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return " ".join(text.split())
-
-
-def _message_fields(msg: Message) -> _Fields:
-    """The first value of each header field, by lower-cased name."""
-    fields: _Fields = {}
-    for name, value in msg.raw_items():
-        fields.setdefault(str(name).strip().lower(), _recover(value))
-    return fields
-
-
-def _text_blocks(text: str) -> list[_Fields]:
-    """RFC 3464 section 2.1: blocks of header-style fields separated by blank lines."""
-    blocks: list[_Fields] = []
-    for chunk in re.split(r"\r?\n[ \t]*\r?\n", text):
-        fields: _Fields = {}
-        name = ""
-        for line in chunk.splitlines():
-            if line[:1] in (" ", "\t") and name:
-                fields[name] = f"{fields[name]} {line.strip()}"  # a folded continuation
-                continue
-            key, colon, value = line.partition(":")
-            name = key.strip().lower() if colon else ""
-            if name and name not in fields:
-                fields[name] = value.strip()
-            elif name:
-                name = ""  # a repeated field: the first one counts
-        if fields:
-            blocks.append({key: _recover(value) for key, value in fields.items()})
-    return blocks
-
-
-def _decoded_text(part: Message) -> str:
-    data = part.get_payload(decode=True)
-    if isinstance(data, bytes):
-        return data.decode("utf-8", "replace")
-    payload = part.get_payload()
-    return payload if isinstance(payload, str) else ""
-
-
-def _status_blocks(part: Message) -> list[_Fields]:
-    """The field blocks of a status part.
-
-    compat32 parses message/delivery-status into one Message per block; a
-    message/global-delivery-status (RFC 6533) comes as one Message whose body
-    holds the remaining blocks, or as text when it has a transfer encoding.
-    """
-    payload = part.get_payload()
-    if not isinstance(payload, list):
-        return _text_blocks(_decoded_text(part))
-    blocks: list[_Fields] = []
-    for block in payload:
-        if not isinstance(block, Message):
-            continue
-        blocks.append(_message_fields(block))
-        if isinstance(block.get_payload(), str):
-            # decode=True: compat32 would turn 8-bit bytes (RFC 6533 allows UTF-8) into U+FFFD.
-            blocks.extend(_text_blocks(_decoded_text(block)))
-    return blocks
-
-
-def _original_fields(part: Message) -> _Fields:
-    payload = part.get_payload()
-    if isinstance(payload, list):
-        inner = next((p for p in payload if isinstance(p, Message)), None)
-        return _message_fields(inner) if inner is not None else {}
-    blocks = _text_blocks(_decoded_text(part))
-    return blocks[0] if blocks else {}
-
-
-def _typed_value(value: str) -> str:
-    """The value after an RFC 3464 type: "rfc822; a@b" is "a@b", "smtp; 550 ..." is "550 ..."."""
-    match = _TYPED_VALUE_RE.match(value)
-    return (match.group(1) if match else value).strip()
-
-
-def _recipients(blocks: list[_Fields]) -> list[BounceRecipient]:
-    """Per-recipient blocks (RFC 3464 section 2.3) are those naming a recipient."""
-    found: dict[BounceRecipient, None] = {}
-    for block in blocks:
-        recipient = _recipient(block)
-        if recipient is not None:
-            found.setdefault(recipient, None)
-    return list(found)
-
-
-def _recipient(block: _Fields) -> BounceRecipient | None:
-    raw_address = block.get("final-recipient") or block.get("original-recipient") or ""
-    address = _typed_value(raw_address).strip().strip("<>").strip().lower()
-    if not address:
-        return None
-    diagnostic = _shorten(_typed_value(block.get("diagnostic-code", "")), _MAX_DIAGNOSTIC)
-    status = _status_in(block.get("status", "")) or _status_in(diagnostic)
-    action = _keyword(block.get("action", "")).split(" ", 1)[0]
-    if action not in _ACTIONS:
-        action = _ACTION_BY_CLASS.get(status[:1], action)
-    return BounceRecipient(address=address, action=action, status=status, diagnostic=diagnostic)
-
-
-def _status_in(text: str, classes: str = "245") -> str:
-    """The first RFC 3463 status in `text`, else one made from a basic SMTP code
-    (RFC 5321 section 4.2.1: "550" is "5.0.0"), else ""."""
-    for match in _STATUS_RE.finditer(text):
-        if match.group(1) in classes:
-            return ".".join(match.groups())
-    for match in _SMTP_CODE_RE.finditer(text):
-        if match.group(1) in classes:
-            return f"{match.group(1)}.0.0"
-    return ""
-
-
-def _first_id(value: str) -> str | None:
-    match = _ID_RE.search(value)
-    if match:
-        return match.group(1)
-    bare = value.strip().strip("<>").strip()
-    return bare if bare and "@" in bare and " " not in bare else None
-
-
-def _replied_id(fields: _Fields) -> str | None:
-    """In-Reply-To, else the newest References entry (RFC 5322 section 3.6.4)."""
-    replied = _first_id(fields.get("in-reply-to", ""))
-    if replied:
-        return replied
-    references = _ID_RE.findall(fields.get("references", ""))
-    return references[-1] if references else None
-
-
-# --------------------------------------------------------------------------
-# Bounces without a machine-readable part
-
-# Where an old-style bounce starts quoting the returned mail: addresses below
-# that line are the original's headers, not failed recipients.
-_RETURNED_COPY_RE = re.compile(
-    r"^[\s>-]*(?:this is a copy of|below this line is a copy of|original message"
-    r"|unsent message below|returned message|message headers follow)",
-    re.I | re.M,
-)
-_PARAGRAPH_RE = re.compile(r"\n[ \t]*\n")
-_ADDRESS_RE = re.compile(
-    r"(?<![\w.+-])[\w!#$%&'*+/=?^`{|}~.-]+@[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
-    r"(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+",
-    re.I,
-)
-
-
-def _text_addresses(paragraph: str, skip: Callable[[str], bool]) -> list[str]:
-    found: dict[str, None] = {}
-    for match in _ADDRESS_RE.finditer(paragraph):
-        address = match.group(0).strip(".").lower()
-        if not skip(address):
-            found.setdefault(address, None)
-    return list(found)
-
-
-def parse_bounce_text(
-    text: str, *, ignore: Callable[[str], bool] | None = None
-) -> BounceReport | None:
-    """A best-effort report from the human-readable text of a bounce; never raises.
-
-    Each paragraph before the returned copy is read for addresses and a 4xx/5xx
-    status ("5.1.1", or "550" as "5.0.0"); the addresses of a paragraph with a
-    status are the failed recipients. When no paragraph has a status, the
-    addresses found are reported as failed with an unknown status (""), which
-    is never `permanent`. Addresses for which `ignore` is true, and no-reply
-    addresses such as postmaster, are skipped.
-    """
-    try:
-        return _text_report(text, ignore or (lambda _address: False))
-    except Exception:  # noqa: BLE001 - the contract is to never raise
-        return None
-
-
-def _text_report(text: str, ignore: Callable[[str], bool]) -> BounceReport | None:
-    def skip(address: str) -> bool:
-        return is_noreply_address(address) or ignore(address)
-
-    cut = _RETURNED_COPY_RE.search(text)
-    body = text[: cut.start()] if cut else text
-    coded: dict[str, BounceRecipient] = {}
-    uncoded: dict[str, None] = {}
-    for paragraph in _PARAGRAPH_RE.split(body):
-        addresses = _text_addresses(paragraph, skip)
-        if not addresses:
-            continue
-        status = _status_in(paragraph, classes="45")
-        for address in addresses:
-            if status:
-                diagnostic = _shorten(paragraph, _MAX_DIAGNOSTIC)
-                action = _ACTION_BY_CLASS[status[0]]
-                coded.setdefault(address, BounceRecipient(address, action, status, diagnostic))
-            else:
-                uncoded.setdefault(address, None)
-    if coded:
-        return BounceReport(tuple(coded.values()))
-    if uncoded:
-        return BounceReport(tuple(BounceRecipient(a, "failed", "") for a in uncoded))
-    return None

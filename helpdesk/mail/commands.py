@@ -26,6 +26,12 @@
   caller's decision.
 * `Command.name` is lower-case; `argument` is stripped, and lower-cased for the
   commands with a fixed vocabulary; `line` is the line as written (stripped).
+* At most `MAX_COMMANDS` command lines of a block are read (`#note` lines not
+  counted: a note is honoured wherever it is in the block); the lines after
+  them are counted in `skipped` and stay out of `remaining`, so that a mail
+  of 20,000 `#tag` lines costs as much as one of 50. An argument longer than
+  `MAX_ARGUMENT` characters, or a `#tag` line naming more than
+  `MAX_TAGS_PER_LINE` tags, cannot be applied.
 """
 
 from __future__ import annotations
@@ -36,7 +42,23 @@ from dataclasses import dataclass
 
 from helpdesk.values import Priority, TicketStatus
 
-__all__ = ["DEFAULT_COMMANDS", "RESOLVED_QUIET", "Command", "CommandBlock", "parse_commands"]
+__all__ = [
+    "DEFAULT_COMMANDS",
+    "MAX_ARGUMENT",
+    "MAX_COMMANDS",
+    "MAX_TAGS_PER_LINE",
+    "RESOLVED_QUIET",
+    "Command",
+    "CommandBlock",
+    "parse_commands",
+]
+
+# An agent sets a ticket's fields with a handful of commands; each one is a
+# store change and maybe an event, so one mail applies at most this many.
+MAX_COMMANDS = 50
+# Addresses, team names and statuses are short; a tag is at most 100 characters.
+MAX_ARGUMENT = 1000
+MAX_TAGS_PER_LINE = 20
 
 DEFAULT_COMMANDS: frozenset[str] = frozenset(
     {"assign", "team", "status", "priority", "tag", "note"}
@@ -75,18 +97,21 @@ class CommandBlock:
     """The command block at the top of a mail and the text below it.
 
     `unknown` holds `(line, reason)` pairs for lines of command form that
-    cannot be applied: the caller answers the agent with them.
+    cannot be applied: the caller answers the agent with them. `skipped`
+    counts the command lines after the first `MAX_COMMANDS`, which are not
+    read at all.
     """
 
     commands: tuple[Command, ...]
     unknown: tuple[tuple[str, str], ...]
     remaining: str
     is_note: bool
+    skipped: int = 0
 
     @property
     def ok(self) -> bool:
         """True when every command line of the block can be applied."""
-        return not self.unknown
+        return not self.unknown and not self.skipped
 
 
 def parse_commands(text: str, *, known: Collection[str] = DEFAULT_COMMANDS) -> CommandBlock:
@@ -98,6 +123,7 @@ def parse_commands(text: str, *, known: Collection[str] = DEFAULT_COMMANDS) -> C
     unknown: list[tuple[str, str]] = []
     kept: list[str] = []  # text after "#note" on its line: the agent wrote it for the body
     is_note = False
+    skipped = 0
     for raw in lines[:end]:
         line = raw.strip()
         match = _COMMAND_RE.match(line)
@@ -107,6 +133,9 @@ def parse_commands(text: str, *, known: Collection[str] = DEFAULT_COMMANDS) -> C
         if name == "note" and name in known_names:
             is_note = True
             kept.extend([argument] if argument else [])
+            continue
+        if len(commands) + len(unknown) >= MAX_COMMANDS:
+            skipped += 1
             continue
         problem = _problem(name, argument, known_names)
         if problem is not None:
@@ -118,6 +147,7 @@ def parse_commands(text: str, *, known: Collection[str] = DEFAULT_COMMANDS) -> C
         unknown=tuple(unknown),
         remaining="\n".join([*kept, *_drop_leading_blank(lines[end:])]),
         is_note=is_note,
+        skipped=skipped,
     )
 
 
@@ -143,6 +173,10 @@ def _problem(name: str, argument: str, known: frozenset[str]) -> str | None:
         return f"unknown command #{name} (known: {listed})"
     if not argument and name not in _NO_ARGUMENT:
         return f"#{name} needs an argument"
+    if len(argument) > MAX_ARGUMENT:
+        return f"#{name}: the argument is longer than {MAX_ARGUMENT} characters"
+    if name == "tag" and len(argument.replace(",", " ").split()) > MAX_TAGS_PER_LINE:
+        return f"#tag names more than {MAX_TAGS_PER_LINE} tags; use several #tag lines"
     vocabulary = _VOCABULARIES.get(name)
     allowed = (*vocabulary, *_EXTRA_FORMS.get(name, ())) if vocabulary is not None else ()
     if vocabulary is not None and _normalise(name, argument) not in allowed:

@@ -50,9 +50,9 @@ from __future__ import annotations
 import binascii
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 
+from helpdesk.mail.fwddates import inline_date, zone_of
 from helpdesk.mail.parse import parse
 from helpdesk.values import Address, AttachmentPart, ParsedMessage
 
@@ -66,6 +66,9 @@ _MAX_GAP = 2
 # Header lines longer than this are prose, not a forward's header block; the
 # bound also keeps the regexes linear on hostile input.
 _MAX_HEADER_LINE = 1000
+# A field folded over many lines keeps this much: a wrapped To line of a big
+# forward fits, a Sent value of a million continuation lines does not.
+_MAX_FIELD = 4 * _MAX_HEADER_LINE
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,9 @@ _REPLY_PREFIXES = frozenset(
 )  # fmt: skip
 
 
+_KNOWN_PREFIXES = _FORWARD_PREFIXES | _REPLY_PREFIXES
+
+
 def _subject_kind(subject: str) -> str:
     """Whether the subject is a "forward", a "reply" or "plain", by its first prefix."""
     match = _PREFIX_RE.match(subject)
@@ -143,11 +149,12 @@ def _without_prefixes(subject: str) -> str:
     Used when an inline forward has no Subject line of its own.
     """
     text = subject.strip()
+    start = 0  # a position, not a slice per prefix: "Fwd: " * 200000 is one pass
     while True:
-        match = _PREFIX_RE.match(text)
-        if match is None or match.group(1).lower() not in _FORWARD_PREFIXES | _REPLY_PREFIXES:
-            return text
-        text = text[match.end() :]
+        match = _PREFIX_RE.match(text, start)
+        if match is None or match.group(1).lower() not in _KNOWN_PREFIXES:
+            return text[start:]
+        start = match.end()
 
 
 # --------------------------------------------------------------------------
@@ -325,7 +332,10 @@ def _read_block(lines: list[str], start: int) -> _Block:
     follows right after it: mail converted from HTML sometimes separates
     every header line by a blank line.
     """
-    fields: dict[str, str] = {}
+    # The pieces of each field, joined once at the end: joining as each
+    # continuation line comes would copy the value again for every line.
+    fields: dict[str, list[str]] = {}
+    lengths: dict[str, int] = {}
     first: str | None = None
     last: str | None = None
     index = start
@@ -344,7 +354,9 @@ def _read_block(lines: list[str], start: int) -> _Block:
         label = _label(stripped)
         if label is None:
             if last is not None and line[:1] in (" ", "\t"):  # a wrapped To or Cc line
-                fields[last] = f"{fields[last]} {stripped}".strip()
+                if lengths[last] < _MAX_FIELD:
+                    fields[last].append(stripped)
+                    lengths[last] += len(stripped) + 1
                 index += 1
                 continue
             break
@@ -353,10 +365,12 @@ def _read_block(lines: list[str], start: int) -> _Block:
             break  # a second From: the block of an older mail further down
         first = first or kind
         last = kind
-        fields[kind] = value
+        fields[kind] = [value] if value else []
+        lengths[kind] = len(value)
         index += 1
     fields.pop("other", None)
-    return _Block(fields, first, index)
+    joined = {kind: " ".join(parts)[:_MAX_FIELD] for kind, parts in fields.items()}
+    return _Block(joined, first, index)
 
 
 # --------------------------------------------------------------------------
@@ -374,7 +388,7 @@ def _inline(msg: ParsedMessage, lines: list[str], marker: _Marker) -> ForwardedM
     return ForwardedMail(
         sender=sender,
         subject=block.fields.get("subject") or _without_prefixes(msg.subject),
-        date=_inline_date(block.fields.get("date", ""), msg),
+        date=inline_date(block.fields.get("date", ""), zone_of(msg.header("Date"))),
         text=_strip_blank_lines(lines[block.end :]),
         message_id=None,
         attachments=msg.attachments,
@@ -385,7 +399,11 @@ def _inline(msg: ParsedMessage, lines: list[str], marker: _Marker) -> ForwardedM
 
 # An address as forwards write it: "<a@b>", "[mailto:a@b]", "a@b", also
 # Outlook's "a@b<mailto:a@b>" after an HTML conversion.
-_ADDRESS_RE = re.compile(r"[^\s<>\[\]()\"',;:@*]+@[^\s<>\[\]()\"',;:@*]+")
+# Matched only where a run of address characters begins: tried at every
+# character of a long run without "@", it rescanned the rest of the run.
+_ADDRESS_RE = re.compile(
+    r"(?<![^\s<>\[\]()\"',;:@*])[^\s<>\[\]()\"',;:@*]+@[^\s<>\[\]()\"',;:@*]+"
+)
 
 
 def _sender(value: str) -> Address | None:
@@ -458,140 +476,3 @@ def _is_mail(attachment: AttachmentPart) -> bool:
     return attachment.content_type == "message/rfc822" or attachment.filename.lower().endswith(
         ".eml"
     )
-
-
-# --------------------------------------------------------------------------
-# Dates as forwards write them
-
-# Thunderbird writes RFC 5322 dates ("Tue, 3 Sep 2024 10:00:00 +0200").
-_RFC5322_DATE_RE = re.compile(
-    r"^(?:[A-Za-z]{3},\s*)?\d{1,2}\s+[A-Za-z]{3}\s+\d{2,4}\s+\d{1,2}:\d{2}"
-)
-_TIME_RE = re.compile(r"(?<!\d)(\d{1,2}):(\d{2})(?::(\d{2}))?(?!\d)")
-_MERIDIEM_RE = re.compile(r"^\s*([ap])\.?\s?m\b\.?", re.IGNORECASE)
-_NUMERIC_DATE_RE = re.compile(r"(?<!\d)(\d{1,4})([./-])(\d{1,2})\2(\d{2,4})(?!\d)")
-_YEAR_RE = re.compile(r"(?<!\d)(\d{4})(?!\d)")
-_DAY_RE = re.compile(r"(?<!\d)(\d{1,2})(?!\d)")
-_WORD_RE = re.compile(r"[^\W\d_]+")
-_OFFSET_RE = re.compile(r"(?:GMT|UTC)?\s*([+-])(\d{1,2})(?::?(\d{2}))?(?!\d)", re.IGNORECASE)
-
-_MONTH_NAMES = {
-    1: "january jan januar jänner jän janvier janv enero ene januari gennaio gen janeiro",
-    2: "february feb februar février févr fév fevr febrero februari febbraio fevereiro fev",
-    3: "march mar märz mär mrz mars marzo maart mrt março",
-    4: "april apr avril avr abril abr aprile",
-    5: "may mai mayo mei maggio mag maio",
-    6: "june jun juni juin junio giugno giu junho",
-    7: "july jul juli juillet juil julio luglio lug julho",
-    8: "august aug août aout agosto ago augustus",
-    9: "september sep sept septembre septiembre setiembre settembre set setembro",
-    10: "october oct oktober okt octobre octubre ottobre ott outubro",
-    11: "november nov novembre noviembre novembro",
-    12: "december dec dezember dez décembre déc decembre diciembre dic dicembre dezembro",
-}
-_MONTHS = {word: month for month, words in _MONTH_NAMES.items() for word in words.split()}
-# Zone abbreviations that clients print after the time (Apple Mail: "CEST").
-_ZONES = {
-    "utc": 0, "gmt": 0, "ut": 0, "z": 0, "wet": 0, "west": 60, "bst": 60, "cet": 60,
-    "mez": 60, "cest": 120, "mesz": 120, "eet": 120, "eest": 180, "est": -300,
-    "edt": -240, "cst": -360, "cdt": -300, "mst": -420, "mdt": -360, "pst": -480,
-    "pdt": -420,
-}  # fmt: skip
-
-
-def _inline_date(text: str, msg: ParsedMessage) -> datetime | None:
-    """The date of a forward's header block in UTC, or None when it cannot be read."""
-    text = text.replace("*", " ").strip()
-    if not text:
-        return None
-    if _RFC5322_DATE_RE.match(text):
-        try:
-            parsed = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            parsed = None
-        if parsed is not None:
-            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
-    return _loose_date(text, _outer_zone(msg))
-
-
-def _outer_zone(msg: ParsedMessage) -> tzinfo | None:
-    """The UTC offset of the forward's own Date header: the forwarder's time zone."""
-    raw = msg.header("Date")
-    if not raw:
-        return None
-    try:
-        return parsedate_to_datetime(raw).tzinfo
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
-def _loose_date(text: str, fallback_zone: tzinfo | None) -> datetime | None:
-    """Dates as mail clients print them in many languages, e.g.
-    "Tue, Sep 3, 2024 at 10:00 AM", "Dienstag, 3. September 2024 10:00",
-    "3 September 2024 at 10:00:00 CEST", "03.09.2024 10:00"."""
-    time_match = _TIME_RE.search(text)
-    if time_match is None:
-        return None
-    hour, minute = int(time_match.group(1)), int(time_match.group(2))
-    second = int(time_match.group(3) or 0)
-    after = text[time_match.end() :]
-    meridiem = _MERIDIEM_RE.match(after)
-    if meridiem is not None:
-        hour = hour % 12 + (12 if meridiem.group(1).lower() == "p" else 0)
-        after = after[meridiem.end() :]
-    day_month_year = _day_month_year(text[: time_match.start()] + " " + after, meridiem is not None)
-    zone = _zone(after) or fallback_zone
-    if day_month_year is None or zone is None:
-        return None
-    year, month, day = day_month_year
-    try:
-        return datetime(year, month, day, hour, minute, second, tzinfo=zone).astimezone(UTC)
-    except (ValueError, OverflowError):
-        return None
-
-
-def _day_month_year(text: str, american: bool) -> tuple[int, int, int] | None:
-    numeric = _NUMERIC_DATE_RE.search(text)
-    if numeric is not None:
-        first, separator, second, third = numeric.groups()
-        if len(first) == 4:  # ISO 8601: 2024-09-03
-            return int(first), int(second), int(third)
-        year = _full_year(third)
-        if separator == "/" and american:  # US Outlook: 9/3/2024 10:00 AM
-            return year, int(first), int(second)
-        return year, int(second), int(first)
-    months = [_MONTHS[word] for word in _words(text) if word in _MONTHS]
-    year_match = _YEAR_RE.search(text)
-    if not months or year_match is None:
-        return None
-    rest = text[: year_match.start()] + " " + text[year_match.end() :]
-    day_match = _DAY_RE.search(rest)
-    if day_match is None:
-        return None
-    # The last month word wins: French and Spanish abbreviate Tuesday as "mar".
-    return int(year_match.group(1)), months[-1], int(day_match.group(1))
-
-
-def _words(text: str) -> list[str]:
-    return [word.lower() for word in _WORD_RE.findall(text)]
-
-
-def _full_year(text: str) -> int:
-    year = int(text)
-    return year + 2000 if year < 100 else year
-
-
-def _zone(text: str) -> tzinfo | None:
-    """A zone printed after the time: "+0200", "GMT+2", "UTC-05:00" or "CEST"."""
-    offset = _OFFSET_RE.search(text)
-    if offset is not None:
-        sign = -1 if offset.group(1) == "-" else 1
-        hours = int(offset.group(2))
-        minutes = int(offset.group(3) or 0)
-        if hours > 14 or minutes > 59:
-            return None
-        return timezone(sign * timedelta(hours=hours, minutes=minutes))
-    for word in _words(text):
-        if word in _ZONES:
-            return timezone(timedelta(minutes=_ZONES[word]))
-    return None

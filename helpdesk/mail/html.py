@@ -1,11 +1,13 @@
 """Render mail HTML as readable plain text; a pure function that never raises.
 
-`html_to_text(html)` is built on the standard library's tolerant
-`html.parser`. It skips script, style and head; turns block elements into
-line breaks and paragraphs into blank-line separated blocks; writes lists as
-"- item" / "1. item", links as "text (url)" when the text is not the url, and
-table rows one per line with " | " between cells; collapses runs of
-whitespace; and keeps at most one blank line in a row.
+`html_to_text(html)` renders the tokens of `helpdesk.mail.htmltokens`
+(linear on any input, where the standard library's `html.parser` is
+quadratic on unclosed constructs; see there). It skips script, style and
+head; turns block elements into line breaks and paragraphs into blank-line
+separated blocks; writes lists as "- item" / "1. item", links as "text
+(url)" when the text is not the url, and table rows one per line with " | "
+between cells; collapses runs of whitespace; and keeps at most one blank
+line in a row.
 
 Quoted history is rendered as "> "-prefixed lines (nested quotes as "> > ")
 so that `helpdesk.mail.quoting.split_reply` can cut it like a plain-text
@@ -14,14 +16,20 @@ Gmail's `gmail_quote` container, Yahoo's `yahoo_quoted`, Thunderbird's
 `moz-cite-prefix` attribution, and Outlook's reply header (`divRplyFwdMsg`,
 or the `border-top` styled div of Outlook desktop) after which everything up
 to the end of the document is the quoted original.
+
+The output is at most a constant factor longer than the input: quote markers
+stop at `_MAX_QUOTE_DEPTH` levels ("> " ten times) and list indentation at
+`_MAX_LIST_INDENT`, so that thousands of nested blockquotes or lists cannot
+turn each line into kilobytes of markers.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
+from collections import defaultdict
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
+
+from helpdesk.mail.htmltokens import tokenize
 
 __all__ = ["html_to_text"]
 
@@ -52,9 +60,13 @@ _QUOTE_CLASSES = ("gmail_quote", "yahoo_quoted", "moz-cite-prefix")
 _OUTLOOK_IDS = frozenset(
     {"divrplyfwdmsg", "mail-editor-reference-message-container", "olk_src_body_section"}
 )
-# How far up the open-element stack an end tag looks for its start tag; the
-# bound keeps broken HTML (thousands of unclosed tags) linear.
+# How far up the open-element stack an end tag looks for its start tag: an
+# end tag closes nothing that was opened more than this many elements ago.
 _MAX_STACK_SEARCH = 200
+# Rendered nesting: deeper quotes get as many markers as this, deeper lists
+# this indentation; split_reply needs only the first level.
+_MAX_QUOTE_DEPTH = 10
+_MAX_LIST_INDENT = 10
 
 _WS_RE = re.compile(r"\s+")
 _INVISIBLE_RE = re.compile("[\u200b\ufeff\u00ad]")
@@ -91,19 +103,14 @@ def html_to_text(html: str) -> str:
     if not html:
         return ""
     renderer = _Renderer()
-    # html.parser still asserts on some malformed declarations ("<![if"):
-    # what was read up to there is the result.
-    with contextlib.suppress(Exception):
-        renderer.feed(html)
-        renderer.close()
+    tokenize(html, renderer)
     return renderer.result()
 
 
-class _Renderer(HTMLParser):
-    """Collects lines of (quote depth, text) while html.parser walks the markup."""
+class _Renderer:
+    """Collects lines of (quote depth, text) while the tokenizer walks the markup."""
 
     def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
         self._lines: list[tuple[int, str]] = []
         self._cur: list[str] = []
         self._cur_depth = 0
@@ -112,6 +119,8 @@ class _Renderer(HTMLParser):
         self._space = False
         self._marker = ""  # list item marker for the next line
         self._stack: list[_Open] = []
+        # Stack indexes of the open elements, by tag: an end tag finds its start at once.
+        self._open_at: defaultdict[str, list[int]] = defaultdict(list)
         self._skip = 0
         self._pre = 0
         self._lists: list[_List] = []
@@ -126,12 +135,13 @@ class _Renderer(HTMLParser):
         out: list[str] = []
         blank = True  # suppresses leading blank lines
         for depth, text in self._lines:
+            markers = "> " * min(depth, _MAX_QUOTE_DEPTH)
             if not text.strip():
                 if not blank:
-                    out.append(("> " * depth).rstrip())
+                    out.append(markers.rstrip())
                 blank = True
                 continue
-            out.append(("> " * depth + text).rstrip())
+            out.append((markers + text).rstrip())
             blank = False
         while out and not out[-1].strip("> "):
             out.pop()
@@ -221,6 +231,7 @@ class _Renderer(HTMLParser):
             self._skip += 1
         elif not self._skip:
             self._open_effects(entry, values)
+        self._open_at[tag].append(len(self._stack))
         self._stack.append(entry)
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -295,7 +306,7 @@ class _Renderer(HTMLParser):
             self._links.append(_Link(attrs["href"].strip()))
 
     def _list_item(self) -> None:
-        indent = "  " * max(len(self._lists) - 1, 0)
+        indent = "  " * min(max(len(self._lists) - 1, 0), _MAX_LIST_INDENT)
         if self._lists and self._lists[-1].ordered:
             self._lists[-1].counter += 1
             self._marker = f"{indent}{self._lists[-1].counter}. "
@@ -318,14 +329,21 @@ class _Renderer(HTMLParser):
         self._depth += 1
 
     def _close_named(self, tag: str) -> bool:
-        """Close the innermost open `tag` and everything opened inside it."""
-        lowest = max(len(self._stack) - _MAX_STACK_SEARCH, 0)
-        for index in range(len(self._stack) - 1, lowest - 1, -1):
-            if self._stack[index].tag == tag:
-                while len(self._stack) > index:
-                    self._undo(self._stack.pop())
-                return True
-        return False
+        """Close the innermost open `tag` and everything opened inside it.
+
+        Nothing opened more than `_MAX_STACK_SEARCH` elements ago is closed:
+        broken HTML (thousands of unclosed tags) must not make one stray end
+        tag close everything.
+        """
+        opened = self._open_at.get(tag)
+        if not opened or opened[-1] < len(self._stack) - _MAX_STACK_SEARCH:
+            return False
+        index = opened[-1]
+        while len(self._stack) > index:
+            entry = self._stack.pop()
+            self._open_at[entry.tag].pop()
+            self._undo(entry)
+        return True
 
     def _undo(self, entry: _Open) -> None:
         if entry.skip:

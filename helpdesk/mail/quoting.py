@@ -177,14 +177,18 @@ def _find_cut(lines: list[str], end: int) -> int | None:
 
     Lines from `end` on are a footer: they go with the quote, never decide.
     """
-    for index, line in enumerate(lines[:end]):
+    interleaved: list[bool] | None = None  # computed once, when a reply header needs it
+    for index in range(end):
+        line = lines[index]
         if _is_quoted(line):
             continue
         stripped = line.strip()
         if not stripped:
             continue
         if _is_reply_header(lines, index):
-            if _interleaved_after(lines[:end], index):
+            if interleaved is None:
+                interleaved = _interleaved_below(lines, end)
+            if interleaved[index + 1]:
                 # Inline answers follow the header: keep them all and only
                 # drop the quote block that ends the mail, if any.
                 continue
@@ -212,24 +216,29 @@ def _is_reply_header(lines: list[str], index: int) -> bool:
     return False
 
 
-def _interleaved_after(lines: list[str], index: int) -> bool:
-    """Whether new (unquoted) lines follow quoted lines below lines[index].
+def _interleaved_below(lines: list[str], end: int) -> list[bool]:
+    """For each index i up to `end`: whether new (unquoted) lines follow quoted
+    lines in lines[i:end]. A reply header just above i is then answered inline.
 
     A signature below the quote (Thunderbird can put it there) is not new text.
+    One pass from the end answers it for every index: scanning everything
+    below each reply header was quadratic in a mail made of reply headers.
     """
-    seen_quote = False
-    for line in lines[index + 1 :]:
-        if _is_quoted(line):
-            seen_quote = True
-            continue
+    below = [False] * (end + 1)
+    after_quote = False  # the answer for lines[i:] had a quoted line come above them
+    for index in range(end - 1, -1, -1):
+        line = lines[index]
         stripped = line.strip()
-        if not stripped:
-            continue
-        if _SIGNATURE_RE.match(line) or _is_mobile_signature(stripped):
-            return False
-        if seen_quote:
-            return True
-    return False
+        if _is_quoted(line):
+            below[index] = after_quote
+        elif not stripped:
+            below[index] = below[index + 1]
+        elif _SIGNATURE_RE.match(line) or _is_mobile_signature(stripped):
+            below[index] = after_quote = False
+        else:
+            below[index] = below[index + 1]
+            after_quote = True
+    return below
 
 
 def _next_nonblank(lines: list[str], index: int, limit: int = 3) -> str | None:

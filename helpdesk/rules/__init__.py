@@ -6,9 +6,10 @@
 `Action` values to apply, in order, and a `RuleTrace` for every rule looked
 at. Condition kinds live in `CONDITIONS`, keyed by their TOML key.
 
-The modules, in data-flow order: `conditions` (one predicate per condition
-kind), `schema` (TOML tables to `Rule` objects), `files` (the directory), and
-`engine` (the interpreter).
+The modules, in data-flow order: `regexes` (admin regexes with a time
+bound), `conditions` (one predicate per condition kind), `schema` (TOML
+tables to `Rule` objects), `files` (the directory), and `engine` (the
+interpreter).
 """
 
 from __future__ import annotations

@@ -16,30 +16,50 @@ condition's key (``""`` for the value itself, ``"days"`` for a sub-key), and the
 schema turns those into `RuleProblem` values naming file, rule and key.
 
 Everything here is pure: the clock is `Facts.now`, passed in by the caller.
+Admin-written regexes run with a time bound (`helpdesk.rules.regexes`): a
+search that runs out does not match, and its reason says so, starting with
+`REGEX_TIMED_OUT` (the trace shows it and the action layer records an event).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, time
 from fnmatch import fnmatchcase
 from typing import Any, Generic, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import regex
+
+from helpdesk.rules.regexes import (
+    REGEX_BUDGET,
+    REGEX_TIMED_OUT,
+    REGEX_TIMEOUT,
+    AdminRegex,
+    RegexBudget,
+    compile_admin_regex,
+    regex_timed_out,
+)
 from helpdesk.values import ParsedMessage, RuleInput, TicketView
 
 __all__ = [
     "CONDITIONS",
+    "REGEX_BUDGET",
+    "REGEX_TIMED_OUT",
+    "REGEX_TIMEOUT",
+    "AdminRegex",
     "ConditionKind",
     "Facts",
     "Hours",
     "Invalid",
+    "RegexBudget",
     "Result",
     "condition",
     "describe_type",
     "given",
+    "regex_timed_out",
 ]
 
 T = TypeVar("T")
@@ -78,6 +98,8 @@ class Facts:
     ticket: TicketView | None
     rule_input: RuleInput
     now: datetime
+    # Shared by the conditions of one evaluation; the engine makes one per mail.
+    regex_budget: RegexBudget = field(default_factory=RegexBudget, compare=False)
 
     @property
     def body(self) -> str:
@@ -180,29 +202,31 @@ def parse_domains(value: object) -> tuple[str, ...]:
     return domains
 
 
-def parse_regex(value: object) -> re.Pattern[str]:
+def parse_regex(value: object) -> AdminRegex:
     """A Python regular expression, searched anywhere in the text, ignoring case.
 
     Case-insensitive by default because admins write "vpn" and users write
-    "VPN"; `(?-i:...)` makes a part case-sensitive where that matters.
+    "VPN"; `(?-i:...)` makes a part case-sensitive where that matters. The
+    syntax is the standard `re` module's; matching is done with a time bound
+    (`helpdesk.rules.regexes`).
     """
     if not isinstance(value, str) or not value:
         raise Invalid.because(f"must be a non-empty regular expression string ({given(value)})")
     try:
-        return re.compile(value, re.IGNORECASE)
-    except re.error as error:
+        return compile_admin_regex(value)
+    except (re.error, regex.error) as error:
         where = f" at position {error.pos}" if error.pos is not None else ""
         raise Invalid.because(f"invalid regular expression {value!r}: {error.msg}{where}") from None
 
 
-def parse_header_patterns(value: object) -> tuple[tuple[str, re.Pattern[str]], ...]:
+def parse_header_patterns(value: object) -> tuple[tuple[str, AdminRegex], ...]:
     """A table of header name to regex, e.g. ``{ "X-Priority" = "^1" }``."""
     if not isinstance(value, dict) or not value:
         raise Invalid.because(
             f'must be a table of header name to regex, e.g. {{ "X-Priority" = "^1" }} '
             f"({given(value)})"
         )
-    patterns: list[tuple[str, re.Pattern[str]]] = []
+    patterns: list[tuple[str, AdminRegex]] = []
     problems: list[tuple[str, str]] = []
     for name, pattern in value.items():
         try:
@@ -384,13 +408,21 @@ def _quote(text: str, limit: int = _QUOTE_LIMIT) -> str:
     return repr(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
-def _pattern(pattern: re.Pattern[str]) -> str:
+def _pattern(pattern: AdminRegex) -> str:
     """A regex for a one-line reason: (?x) layout collapsed, long ones cut."""
     text = " ".join(pattern.pattern.split())
     return text if len(text) <= _PATTERN_LIMIT else text[: _PATTERN_LIMIT - 1] + "…"
 
 
-def _excerpt(text: str, match: re.Match[str]) -> str:
+def _timed_out(where: str, pattern: AdminRegex) -> str:
+    return (
+        f"{REGEX_TIMED_OUT}: {where} against {_pattern(pattern)} "
+        f"(more than {REGEX_TIMEOUT} s, or the {REGEX_BUDGET} s for this mail spent): "
+        "not matched"
+    )
+
+
+def _excerpt(text: str, match: Any) -> str:
     """The matched part of a long text with a little context, on one line."""
     start = max(0, match.start() - _EXCERPT_CONTEXT)
     end = min(len(text), match.end() + _EXCERPT_CONTEXT)
@@ -458,33 +490,43 @@ def sender_domain(domains: tuple[str, ...], facts: Facts) -> Result:
 
 
 @condition("subject", parse_regex)
-def subject(pattern: re.Pattern[str], facts: Facts) -> Result:
+def subject(pattern: AdminRegex, facts: Facts) -> Result:
     """The subject matches this regex (searched, Python syntax)."""
     text = facts.message.subject
-    if pattern.search(text):
+    try:
+        match = facts.regex_budget.search(pattern, text)
+    except TimeoutError:
+        return False, _timed_out("subject", pattern)
+    if match:
         return True, f"subject matches {_pattern(pattern)}: {_quote(text)}"
     return False, f"subject does not match {_pattern(pattern)}: {_quote(text)}"
 
 
 @condition("body", parse_regex)
-def body(pattern: re.Pattern[str], facts: Facts) -> Result:
+def body(pattern: AdminRegex, facts: Facts) -> Result:
     """The new text (quoted history cut off; the whole text if nothing is new) matches."""
     text = facts.body
-    match = pattern.search(text)
+    try:
+        match = facts.regex_budget.search(pattern, text)
+    except TimeoutError:
+        return False, _timed_out("body", pattern)
     if match:
         return True, f"body matches {_pattern(pattern)}: {_excerpt(text, match)}"
     return False, f"body does not match {_pattern(pattern)}"
 
 
 @condition("subject_or_body", parse_regex)
-def subject_or_body(pattern: re.Pattern[str], facts: Facts) -> Result:
+def subject_or_body(pattern: AdminRegex, facts: Facts) -> Result:
     """The subject or the new text matches: keyword routing written once, not twice."""
     held, reason = subject(pattern, facts)
     if held:
         return held, reason
+    timed_out = reason if REGEX_TIMED_OUT in reason else None
     held, reason = body(pattern, facts)
     if held:
         return held, reason
+    if timed_out is not None or REGEX_TIMED_OUT in reason:
+        return False, timed_out or reason
     return (
         False,
         f"neither subject nor body matches {_pattern(pattern)}: {_quote(facts.message.subject)}",
@@ -492,14 +534,19 @@ def subject_or_body(pattern: re.Pattern[str], facts: Facts) -> Result:
 
 
 @condition("header", parse_header_patterns)
-def header(patterns: tuple[tuple[str, re.Pattern[str]], ...], facts: Facts) -> Result:
+def header(patterns: tuple[tuple[str, AdminRegex], ...], facts: Facts) -> Result:
     """Each named header has a value matching its regex (names case-insensitive)."""
     reasons: list[str] = []
     for name, pattern in patterns:
         values = facts.message.header_all(name)
         if not values:
             return False, f"no {name} header"
-        hit = next((value for value in values if pattern.search(value)), None)
+        try:
+            hit = next(
+                (value for value in values if facts.regex_budget.search(pattern, value)), None
+            )
+        except TimeoutError:
+            return False, _timed_out(f"header {name}", pattern)
         if hit is None:
             return False, f"header {name} {_quote(values[0])} does not match {_pattern(pattern)}"
         reasons.append(f"header {name} {_quote(hit)} matches {_pattern(pattern)}")

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from helpdesk.mail.commands import DEFAULT_COMMANDS, Command, parse_commands
+from helpdesk.mail.commands import (
+    DEFAULT_COMMANDS,
+    MAX_ARGUMENT,
+    MAX_COMMANDS,
+    MAX_TAGS_PER_LINE,
+    Command,
+    parse_commands,
+)
 
 STATUSES = "new, open, pending, resolved, closed"
 PRIORITIES = "low, normal, high, urgent"
@@ -181,3 +188,39 @@ def test_status_resolved_quiet() -> None:
     block = parse_commands("#Status Resolved   QUIET\n\nDone.")
     assert block.commands == (Command("status", "resolved quiet", "#Status Resolved   QUIET"),)
     assert block.unknown == ()
+
+
+def test_at_most_max_commands_are_read() -> None:
+    """Lines after the first MAX_COMMANDS are counted, not read, and not left in the text."""
+    lines = "".join(f"#tag t{i}\n" for i in range(MAX_COMMANDS + 7))
+    block = parse_commands(lines + "#bogus\n\nThanks\n")
+    assert [c.argument for c in block.commands] == [f"t{i}" for i in range(MAX_COMMANDS)]
+    assert block.unknown == ()
+    assert block.skipped == 8
+    assert block.ok is False
+    assert block.remaining == "Thanks\n"
+
+
+def test_unknown_lines_count_towards_the_limit() -> None:
+    """Broken lines are commands too: 20,000 of them give 50 answers, not 20,000."""
+    block = parse_commands("#nope\n" * 20_000)
+    assert len(block.unknown) == MAX_COMMANDS
+    assert block.skipped == 20_000 - MAX_COMMANDS
+
+
+def test_note_counts_wherever_it_is_in_a_long_block() -> None:
+    """A #note after the limit still makes the mail a note: relaying it is the worse mistake."""
+    block = parse_commands("#tag x\n" * (MAX_COMMANDS + 5) + "#note\nInternal.")
+    assert block.is_note is True
+    assert block.remaining == "Internal."
+
+
+def test_overlong_arguments_and_tag_lists_are_refused() -> None:
+    """An argument over MAX_ARGUMENT characters, or more than MAX_TAGS_PER_LINE tags, is unknown."""
+    many = " ".join(f"t{i}" for i in range(MAX_TAGS_PER_LINE + 1))
+    block = parse_commands(f"#team {'x' * (MAX_ARGUMENT + 1)}\n#tag {many}\n#tag a, b")
+    assert [reason for _, reason in block.unknown] == [
+        f"#team: the argument is longer than {MAX_ARGUMENT} characters",
+        f"#tag names more than {MAX_TAGS_PER_LINE} tags; use several #tag lines",
+    ]
+    assert block.commands == (Command("tag", "a, b", "#tag a, b"),)

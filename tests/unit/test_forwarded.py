@@ -377,3 +377,31 @@ def test_hostile_text_never_raises(text: str) -> None:
     )
     result = find_forwarded(msg)
     assert result is None or result.sender.address == "a@b.example"
+
+
+def test_folded_header_lines_are_joined_and_bounded() -> None:
+    """A wrapped To line is joined with spaces; a field folded a million times keeps 4,000
+    characters (the rest of the block is still read as the block)."""
+    wrapped = GMAIL_BODY.replace(
+        "To: Max Muster <max.muster@example.com>",
+        "To: Max Muster <max.muster@example.com>,\n  Eva <eva@example.com>",
+    )
+    assert found(forward("Fwd: VPN", wrapped)).text.startswith("Hi Max,")
+    folded = GMAIL_BODY.replace(
+        "Date: Tue, Sep 3, 2024 at 10:00 AM",
+        "Date: Tue, Sep 3, 2024 at 10:00 AM\n" + " +0000 +0000\n" * 50_000,
+    )
+    result = found(forward("Fwd: VPN", folded))
+    assert result.subject == "VPN drops every 5 minutes"
+    assert result.text.startswith("Hi Max,")
+    assert result.date == datetime(2024, 9, 3, 10, 0, tzinfo=UTC)
+
+
+def test_many_subject_prefixes_are_skipped_in_one_pass() -> None:
+    """Without a Subject line in the block, the forward's own subject loses all its prefixes."""
+    body = GMAIL_BODY.replace("Subject: VPN drops every 5 minutes\n", "")
+    # Built directly: parse() keeps only the first 998 characters of a subject.
+    msg = ParsedMessage(message_id="fwd-1@example.com", message_id_synthetic=False,
+                        subject="Fwd: " * 20_000 + "AW: VPN",
+                        from_=Address("max.muster@example.com", "Max Muster"), text=body)
+    assert found(msg).subject == "VPN"

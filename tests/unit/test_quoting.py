@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
+from helpdesk.mail import quoting
 from helpdesk.mail.quoting import split_reply
 
 
@@ -282,4 +285,41 @@ def test_disclaimer_below_bottom_quote() -> None:
 def test_answer_below_quote_is_not_a_disclaimer() -> None:
     """Ordinary text written under a quote still counts as a new answer."""
     text = "On Mon, Sep 2, 2024 at 9:00 AM Dana <d@example.com> wrote:\n> Broken?\n\nNo, fixed.\n"
+    assert split_reply(text) == (text.rstrip(), "")
+
+
+def _interleaved_after_reference(lines: list[str], index: int) -> bool:
+    """The per-header scan split_reply did before (quadratic over many headers): the oracle."""
+    seen_quote = False
+    for line in lines[index + 1 :]:
+        if line.lstrip().startswith(">"):
+            seen_quote = True
+            continue
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if quoting._SIGNATURE_RE.match(line) or quoting._is_mobile_signature(stripped):
+            return False
+        if seen_quote:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_inline_answers_are_found_as_the_per_header_scan_found_them(seed: int) -> None:
+    """The one-pass table answers "is this header answered inline?" like the old scan."""
+    pieces = ["On ab wrote:", "> x", ">", "n", "", "  ", "-- ", "Sent from my iPhone", "hello",
+              "> > y", "Dana <d@x.com>:"]
+    rnd = random.Random(seed)
+    for _ in range(3000):
+        lines = [rnd.choice(pieces) for _ in range(rnd.randint(0, 14))]
+        end = rnd.randint(0, len(lines))
+        below = quoting._interleaved_below(lines, end)
+        for index in range(end):
+            assert below[index + 1] == _interleaved_after_reference(lines[:end], index), lines
+
+
+def test_many_reply_headers_each_answered_inline() -> None:
+    """Reply headers each followed by a quote and an answer: nothing is cut."""
+    text = "On ab wrote:\n>\nn\n" * 50
     assert split_reply(text) == (text.rstrip(), "")

@@ -10,7 +10,17 @@ from typing import Any
 import pytest
 
 from helpdesk.mail.parse import parse
-from helpdesk.rules import KnownNames, RuleSet, build_rule_set, evaluate, load_rules
+from helpdesk.rules import (
+    CONDITIONS,
+    Condition,
+    Facts,
+    KnownNames,
+    RuleSet,
+    build_rule_set,
+    evaluate,
+    load_rules,
+)
+from helpdesk.rules.conditions import REGEX_TIMED_OUT, RegexBudget, regex_timed_out
 from helpdesk.values import (
     Action,
     Address,
@@ -802,3 +812,61 @@ def test_long_verbose_patterns_are_shortened_in_reasons() -> None:
     assert reason == (
         "subject matches (?x) Printer | " + "s" * 44 + "…: 'Printer on 3rd floor is jammed'"
     )
+
+
+# --- admin regexes run with a time bound ------------------------------------------
+
+# Backtracks exponentially on a run of x without a y: unbounded, this search never ends.
+CATASTROPHIC = "'(x+x+)+y'"
+
+
+def test_a_regex_that_runs_out_of_time_does_not_match_and_later_rules_run() -> None:
+    """The timed-out rule fails with a reason saying so; the next rule is still evaluated."""
+    rule_set = rules(
+        f'[[rule]]\nname = "slow"\n[rule.when]\nbody = {CATASTROPHIC}\n'
+        '[rule.then]\ntags = ["slow"]\n'
+        '[[rule]]\nname = "printer"\n[rule.when]\nsubject = "printer"\n'
+        '[rule.then]\ntags = ["printer"]\n'
+    )
+    msg = message(text="x" * 3000)
+    evaluation = evaluate(rule_set, msg, None, RuleInput(), now=MONDAY_NOON)
+    slow, printer = evaluation.trace
+    assert not slow.matched
+    (reason,) = slow.reasons
+    assert reason.startswith(f"{REGEX_TIMED_OUT}: body against (x+x+)+y")
+    assert reason.endswith("not matched")
+    assert regex_timed_out(slow.reasons)
+    assert printer.matched
+    assert evaluation.actions == (AddTags(("printer",)),)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "where"),
+    [
+        ("subject", "'printer'", "subject"),
+        ("body", "'E-104'", "body"),
+        ("subject_or_body", "'printer'", "subject"),
+        ("header", "{ X-Priority = '^1' }", "header X-Priority"),
+    ],
+)
+def test_no_time_left_for_the_mail_means_no_match(key: str, value: str, where: str) -> None:
+    """Once the mail's regex budget is spent, every regex condition fails and says why."""
+    (rule,) = rules(f'[[rule]]\nname = "r"\n[rule.when]\n{key} = {value}\n'
+                    '[rule.then]\ntags = ["t"]\n')
+    (condition,) = rule.when.items
+    assert isinstance(condition, Condition)
+    msg = message(headers=(("X-Priority", "1 (Highest)"),))
+    spent = Facts(msg, None, RuleInput(), MONDAY_NOON, RegexBudget(0.0))
+    held, reason = CONDITIONS[key].check(condition.value, spent)
+    assert (held, reason.split(" against ")[0]) == (False, f"{REGEX_TIMED_OUT}: {where}")
+    fresh = Facts(msg, None, RuleInput(), MONDAY_NOON)
+    assert CONDITIONS[key].check(condition.value, fresh)[0] is True
+
+
+def test_patterns_show_as_written() -> None:
+    """A compiled admin regex prints as the pattern the admin wrote (rules list, reasons)."""
+    (rule,) = rules('[[rule]]\nname = "r"\n[rule.when]\nsubject = \'(?i)\\bvpn\\b\'\n'
+                    '[rule.then]\ntags = ["t"]\n')
+    (condition,) = rule.when.items
+    assert isinstance(condition, Condition)
+    assert str(condition.value) == r"(?i)\bvpn\b"
