@@ -430,19 +430,24 @@ class Row:
     passes: bool | None = None  # None: no target, or no figure
     unit: str = ""
     digits: int = 0
+    na: str = ""  # why the baseline has no figure ("n/a" in its column)
 
 
 def row(figure: str, now: float | None, before: float | None, *, unit: str = "",
-        at_least: float | None = None, below: float | None = None, digits: int = 0) -> Row:
-    """A row whose verdict is `now >= at_least` or `now < below`."""
+        at_least: float | None = None, below: float | None = None, zero: bool = False,
+        digits: int = 0, na: str = "") -> Row:
+    """A row whose verdict is `now >= at_least`, `now < below` or (`zero`) `now == 0`."""
     target, passes = "", None
-    if at_least is not None:
+    if zero:
+        target = "= 0"
+        passes = None if now is None else now == 0
+    elif at_least is not None:
         target = f">= {at_least:,.{digits if at_least < 10 else 0}f}"
         passes = None if now is None else now >= at_least
     elif below is not None:
         target = f"< {below:,.{digits if below < 10 else 0}f}"
         passes = None if now is None else now < below
-    return Row(figure, target, now, before, passes, unit, digits)
+    return Row(figure, target, now, before, passes, unit, digits, na if before is None else "")
 
 
 def _value(value: float | None, digits: int) -> str:
@@ -453,14 +458,17 @@ def print_table(title: str, rows: Sequence[Row]) -> None:
     """figure, target, PASS/MISS, now, before, now/before: the same columns in every bench."""
     header = ("figure", "target", "verdict", "now", "before", "now/before")
     cells = []
+    notes: dict[str, int] = {}
     for r in rows:
         verdict = {True: "PASS", False: "MISS", None: "-"}[r.passes]
         unit = f" {r.unit}" if r.unit else ""
         ratio = "-"
         if r.now is not None and r.before:
             ratio = f"{r.now / r.before:.2f}x"
+        before = f"n/a [{notes.setdefault(r.na, len(notes) + 1)}]" if r.na else _value(
+            r.before, r.digits)
         cells.append((r.figure, (r.target + unit) if r.target else "-", verdict,
-                       _value(r.now, r.digits), _value(r.before, r.digits), ratio))
+                       _value(r.now, r.digits), before, ratio))
     widths = [max(len(str(c[i])) for c in [header, *cells]) for i in range(len(header))]
     print()
     print(title)
@@ -471,6 +479,8 @@ def print_table(title: str, rows: Sequence[Row]) -> None:
     for c in cells:
         print("  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w)
                         for i, (v, w) in enumerate(zip(c, widths, strict=True))))
+    for reason, number in notes.items():
+        print(f"[{number}] n/a: {reason}")
 
 
 def header(title: str, sides_: Sequence[Side], extra: Sequence[str] = ()) -> None:

@@ -1,121 +1,107 @@
-"""In-process intake throughput; bench/ingest.py runs it under each side's own interpreter.
+"""`helpdesk ingest --maildir` in one process, timed; bench/ingest.py runs it under each side.
 
 Self-contained on purpose: it imports the standard library and the `helpdesk`
 package of the interpreter that runs it, never this checkout's bench/, so the
-old code is measured with the old code. It prints one JSON object.
+old code is measured with the old code. It prints one JSON object on stdout.
 
-Both passes read the same mail files into memory first (untimed):
+1. parse only: `helpdesk.mail.parse.parse(raw)` over every mail of the
+   Maildir, read into memory first (untimed), one process;
+2. the CLI in this process: the `helpdesk` Click group's own `main()` with
+   `--config C ingest --maildir D --json`, the very code the console script
+   runs, minus the interpreter's start-up and the imports (both measured by
+   bench/ingest.py's whole-process figure). Before it, untimed, the same
+   command on an empty Maildir: it imports what the command imports lazily
+   and mirrors the teams into the store, as any earlier command would have;
+   then once more, timed: the command's set-up without mail. The timed
+   invocation builds its context as the CLI does (settings, schema check,
+   the rules and templates of the configuration's directories, the ingest
+   context), then ingests: with the new code through its forked parsing
+   workers and group commits, with the old one a transaction a mail.
 
-1. parse only: `helpdesk.mail.parse.parse(raw)` over every mail, one process;
-2. intake, without rules, built the way the CLI builds it (settings from the
-   given file, whose rules directory is empty; teams mirrored; the ingest
-   context of `helpdesk.context.ingest_context` with the loaded, empty rule
-   set): with `helpdesk.intake`, as `helpdesk/cli/ingest.py` does it — a fork
-   `PreparePool` of `[intake] workers` (0: one per core) and
-   `store_in_batches(..., batch_max=[intake] batch_max)`; without it (the old
-   code), as its CLI did: one transaction per mail around `ingest()`.
-
-    python bench/_inproc.py --config helpdesk.toml --files DIR [--count N]
+    python bench/_inproc.py --config helpdesk.toml --maildir DIR --empty DIR [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import cProfile
 import gc
+import importlib.util
+import io
 import json
-import logging
-import os
+import pstats
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-
-def _context(config: Path) -> tuple[Any, Any, Any]:
-    from helpdesk import context, directory
-    from helpdesk.settings import load_settings
-    from helpdesk.store.db import make_engine, make_session_factory
-
-    settings = load_settings(config, {})
-    sessions = make_session_factory(make_engine(settings.database.url))
-    with sessions.begin() as session:
-        directory.sync(session, settings.teams, settings.agents)
-    with sessions.begin() as session:
-        configured = context.load_configured(session, settings)
-        ctx = context.ingest_context(session, settings, configured)
-    return settings, sessions, ctx
+PROFILE_LINES = 30
 
 
-def _intake(raws: list[bytes], settings: Any, sessions: Any, ctx: Any) -> tuple[str, Counter[str]]:
-    from helpdesk.intake import PreparePool, store_in_batches
-    from helpdesk.values import Incoming, Origin
+def _cli(config: Path, maildir: Path) -> dict[str, Any]:
+    """`helpdesk --config C ingest --maildir D --json` in this process; its JSON counts."""
+    from helpdesk.cli import cli
 
-    intake = settings.intake
-    workers = max(1, min(intake.workers or os.cpu_count() or 1, len(raws)))
-    incoming = [Incoming(raw, Origin(source="file", path=f"{i}.eml")) for i, raw in
-                enumerate(raws)]
-    kinds: Counter[str] = Counter()
-    with PreparePool(workers, time_limit=intake.message_time_limit,
-                     start_method="fork").start_all() as pool:
-        for _batch, outcomes in store_in_batches(sessions, ctx, incoming, pool,
-                                                 batch_max=intake.batch_max):
-            kinds.update(outcome.kind.value for outcome in outcomes)
-    path = (f"store_in_batches, fork PreparePool of {workers} workers, "
-            f"batch_max {intake.batch_max}")
-    return path, kinds
-
-
-def _one_by_one(raws: list[bytes], sessions: Any, ctx: Any) -> tuple[str, Counter[str]]:
-    from helpdesk.ingest import ingest
-    from helpdesk.values import Origin
-
-    kinds: Counter[str] = Counter()
-    for i, raw in enumerate(raws):
-        with sessions.begin() as session:
-            outcome = ingest(session, raw, Origin(source="file", path=f"{i}.eml"), ctx)
-        kinds[outcome.kind.value] += 1
-    return "ingest() one transaction per mail (no helpdesk.intake)", kinds
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        cli.main(["--config", str(config), "ingest", "--maildir", str(maildir), "--json"],
+                 prog_name="helpdesk", standalone_mode=False)
+    found: dict[str, Any] = json.loads(out.getvalue())
+    return found
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--files", type=Path, required=True)
-    parser.add_argument("--count", type=int, default=0)
+    parser.add_argument("--maildir", type=Path, required=True)
+    parser.add_argument("--empty", type=Path, required=True, help="an empty Maildir")
+    parser.add_argument("--profile", action="store_true", help="cProfile the timed run")
     args = parser.parse_args()
 
     import helpdesk
-    from helpdesk.logs import configure_logging
     from helpdesk.mail.parse import parse
 
-    configure_logging("json", logging.WARNING, sys.stderr)  # as the CLI: warnings only
-    paths = sorted(args.files.glob("*.eml"))
-    raws = [p.read_bytes() for p in (paths[:args.count] if args.count else paths)]
-
+    paths = sorted(p for sub in ("cur", "new") for p in (args.maildir / sub).iterdir())
+    raws = [p.read_bytes() for p in paths]
     gc.collect()
     started = time.perf_counter()
     for raw in raws:
         parse(raw)
     parse_seconds = time.perf_counter() - started
+    del raws
 
-    settings, sessions, ctx = _context(args.config)
+    _cli(args.config, args.empty)
+    warm = time.perf_counter()
+    _cli(args.config, args.empty)
+    setup_seconds = time.perf_counter() - warm
+    profiler = cProfile.Profile() if args.profile else None
     gc.collect()
     started = time.perf_counter()
-    try:
-        import helpdesk.intake
-    except ImportError:
-        path, kinds = _one_by_one(raws, sessions, ctx)
+    if profiler is not None:
+        profiler.enable()
+    counts = _cli(args.config, args.maildir)
+    if profiler is not None:
+        profiler.disable()
+    seconds = time.perf_counter() - started
+    if importlib.util.find_spec("helpdesk.intake") is None:
+        path = "one transaction per mail around ingest() (no helpdesk.intake)"
     else:
-        path, kinds = _intake(raws, settings, sessions, ctx)
-    intake_seconds = time.perf_counter() - started
+        path = "forked parsing workers ([intake] workers) and group commits ([intake] batch_max)"
+    profile = ""
+    if profiler is not None:
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(PROFILE_LINES)
+        profile = text.getvalue()
     print(json.dumps({
         "package": str(Path(helpdesk.__file__).parent),
-        "messages": len(raws),
+        "messages": len(paths),
         "parse_seconds": parse_seconds,
-        "intake_seconds": intake_seconds,
+        "cli_seconds": seconds,
+        "setup_seconds": setup_seconds,
         "path": path,
-        "outcomes": dict(kinds),
+        "counts": counts,
+        "profile": profile,
     }))
     return 0
 

@@ -11,6 +11,7 @@ import collections
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -18,14 +19,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench._common import ROOT, Side, clean_env
+from bench._common import ROOT, Side, clean_env, upgrade, write_config
+from bench.scale_fill import Cluster
 from tests.servers import free_port
 from tests.servers.dovecot import DovecotServer
-from tests.servers.postgres import PgServer, find_bindir
 
 APPEND_CHUNK = 100  # messages per MULTIAPPEND
 STAGING = "Backlog"  # the folder a backlog waits in until it is released into INBOX
@@ -116,17 +117,32 @@ class DaemonProcess:
                                        f"for {what} ({self.log_path}):\n{tail}")
                 self._changed.wait(min(left, 0.5))
 
-    def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM, as systemd stops it; then make sure nothing of its session is left."""
+    def terminate(self) -> None:
+        """SIGTERM, as systemd stops it."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        deadline = time.monotonic() + 3.0  # its forkserver and workers end on their own
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, then wait for the daemon's own process (SIGKILL to its session after
+        `timeout`); what it left behind is checked later by `reap()`."""
+        self.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        return self.proc.returncode
+
+    def reap(self, grace: float = 3.0) -> list[str]:
+        """Processes of its session still there `grace` seconds after it exited: noted, killed.
+
+        The daemon's forkserver and parsing workers end on their own a moment
+        after it; waiting for them here, not in `stop()`, lets the next run
+        start meanwhile.
+        """
+        assert self.proc.poll() is not None, "stop() first"
+        deadline = time.monotonic() + grace
         while (left := _session_members(self.proc.pid)) and time.monotonic() < deadline:
             time.sleep(0.1)
         self.leftovers = [_command(pid) for pid in left]
@@ -135,7 +151,7 @@ class DaemonProcess:
                 os.kill(pid, signal.SIGKILL)
         self._reader.join(5)
         self._log.close()
-        return self.proc.returncode
+        return self.leftovers
 
 
 def _command(pid: int) -> str:
@@ -169,6 +185,7 @@ class Accepted:
     t: float
     sender: str
     rcpt: tuple[str, ...]
+    message_id: str
 
 
 class Relay:
@@ -197,7 +214,8 @@ class Relay:
         for line in self.proc.stdout:
             entry = json.loads(line)
             with self._changed:
-                self.accepted.append(Accepted(entry["t"], entry["from"], tuple(entry["rcpt"])))
+                self.accepted.append(Accepted(entry["t"], entry["from"], tuple(entry["rcpt"]),
+                                              entry.get("message_id", "")))
                 self._changed.notify_all()
 
     def count(self) -> int:
@@ -207,6 +225,11 @@ class Relay:
     def wait(self, ready: Callable[[], bool], timeout: float) -> bool:
         with self._changed:
             return self._changed.wait_for(ready, timeout)
+
+    def since(self, index: int) -> list[Accepted]:
+        """What the relay accepted after its first `index` mails."""
+        with self._changed:
+            return self.accepted[index:]
 
     def first_to(self, address: str, after: float) -> float | None:
         with self._changed:
@@ -292,59 +315,132 @@ class Imap:
 # -- PostgreSQL --------------------------------------------------------------------------------
 
 
-@dataclass
 class Postgres:
-    """A throwaway cluster (tests/servers/postgres.py: fsync off); a database per run."""
+    """A throwaway cluster on disk with the default durability (fsync on), as production runs
+    it (bench/scale_fill.py's Cluster); a database per run."""
 
-    server: PgServer | None = None
-    created: int = 0
-    note: str = field(default="tests/servers/postgres.py cluster: fsync, synchronous_commit "
-                      "and full_page_writes off (commits cost no disk flush)")
+    note = ("a throwaway cluster on disk (bench/scale_fill.py), default settings: fsync and "
+            "synchronous_commit on, every commit waits for its flush")
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.cluster: Cluster | None = None
+        self.created = 0
 
     def start(self) -> Postgres:
-        bindir = find_bindir()
-        if bindir is None:
+        if not sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
             raise RuntimeError("PostgreSQL not found (apt-get install postgresql)")
-        self.server = PgServer(bindir)
-        self.server.start()
+        self.cluster = Cluster(self.workdir)
+        self.cluster.start()
         return self
 
-    def new_database(self) -> str:
+    def new_database(self, template: str | None = None) -> str:
+        """An empty database, or a copy of `template` (a database nobody is connected to)."""
         import psycopg
 
-        assert self.server is not None
+        assert self.cluster is not None
         self.created += 1
         name = f"bench_{self.created}"
-        with psycopg.connect(_libpq(self.server.url()), autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
-        return self.server.url(name)
+        copy = f" TEMPLATE {template}" if template else ""
+        with psycopg.connect(_libpq(self.cluster.url("postgres")), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}{copy}")
+        return self.cluster.url(name)
 
     def pids(self) -> list[int]:
-        assert self.server is not None
+        assert self.cluster is not None
         with contextlib.suppress(OSError, ValueError):
-            return [int((self.server.data / "postmaster.pid").read_text().split()[0])]
+            pid_file = self.cluster.dir / "data" / "postmaster.pid"
+            return [int(pid_file.read_text().split()[0])]
         return []
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-            self.server.cleanup()
+        if self.cluster is not None:
+            self.cluster.stop()
+
+
+class Stores:
+    """Fresh stores, each a copy of one migrated once per side by its `helpdesk db upgrade`
+    (a copied file for SQLite, CREATE DATABASE ... TEMPLATE for PostgreSQL)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.pg: Postgres | None = None
+        self._templates: dict[tuple[str, str], str] = {}
+
+    def postgres(self) -> Postgres:
+        """The cluster, started on first use; RuntimeError when PostgreSQL is missing."""
+        if self.pg is None:
+            self.pg = Postgres(self.workdir).start()
+        return self.pg
+
+    def fresh(self, side: Side, where: str, home: Path) -> str:
+        """The URL of a new, migrated store of `side`'s schema; a SQLite file goes in `home`."""
+        key = (side.label, where)
+        if key not in self._templates:
+            template_home = self.workdir / f"template-{side.label}-{where}"
+            template_home.mkdir()
+            url = (self.postgres().new_database() if where == "postgres"
+                   else f"sqlite:///{template_home / 'helpdesk.db'}")
+            upgrade(side, write_config(template_home / "helpdesk.toml", side, db_url=url,
+                                       rules=False))
+            self._templates[key] = url
+        template = self._templates[key]
+        home.mkdir(parents=True, exist_ok=True)
+        if where == "postgres":
+            return self.postgres().new_database(template=template.rsplit("/", 1)[1])
+        shutil.copyfile(template[len("sqlite:///"):], home / "helpdesk.db")
+        return f"sqlite:///{home / 'helpdesk.db'}"
+
+    def close(self) -> None:
+        if self.pg is not None:
+            self.pg.close()
 
 
 def _libpq(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
-def outbox_counts(url: str) -> tuple[int, int]:
-    """(rows in the outbox, rows still pending) read straight from the store."""
-    query = "SELECT count(*), sum(CASE WHEN state = 'pending' THEN 1 ELSE 0 END) FROM outbox"
+def _rows(url: str, query: str) -> list[tuple[Any, ...]]:
+    """Rows of one read-only query, straight from the store (no helpdesk code involved)."""
     if url.startswith("sqlite:///"):
         with contextlib.closing(sqlite3.connect(f"file:{url[len('sqlite:///'):]}?mode=ro",
                                                 uri=True, timeout=30)) as conn:
-            total, pending = conn.execute(query).fetchone()
-    else:
-        import psycopg
+            return list(conn.execute(query).fetchall())
+    import psycopg
 
-        with psycopg.connect(_libpq(url)) as conn:
-            total, pending = conn.execute(query).fetchone()  # type: ignore[misc]
-    return int(total or 0), int(pending or 0)
+    with psycopg.connect(_libpq(url)) as conn:
+        return list(conn.execute(query).fetchall())  # type: ignore[arg-type]
+
+
+def outbox_ids(url: str) -> list[str]:
+    """The Message-ID of every outbox row."""
+    return [str(r[0]).strip("<>") for r in _rows(url, "SELECT message_id FROM outbox")]
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What the store holds of a run's mail: the zero-loss, zero-duplicate check."""
+
+    expected: int  # distinct Message-IDs handed to the daemon
+    rows: int  # incoming message rows carrying one of them
+    distinct: int  # ... distinct ids among those rows
+    tickets: int  # every ticket in the store
+    quarantined: int  # every quarantined mail in the store
+
+    @property
+    def lost(self) -> int:
+        return max(0, self.expected - self.distinct - self.quarantined)
+
+    @property
+    def duplicates(self) -> int:
+        return self.rows - self.distinct
+
+
+def stored(url: str, message_ids: set[str]) -> Stored:
+    """Count the incoming messages of `message_ids` in the store, tickets and quarantine."""
+    ids = [str(r[0]).strip("<>") for r in
+           _rows(url, "SELECT message_id FROM messages WHERE direction = 'in'")]
+    mine = [i for i in ids if i in message_ids]
+    tickets = int(_rows(url, "SELECT count(*) FROM tickets")[0][0])
+    quarantined = int(_rows(url, "SELECT count(*) FROM quarantine")[0][0])
+    return Stored(len(message_ids), len(mine), len(set(mine)), tickets, quarantined)
