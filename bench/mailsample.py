@@ -23,7 +23,7 @@ and measures it:
     .venv/bin/python bench/mailsample.py rate /tmp/sample/mail [--list]
 
 `rate` runs every mail through parse() and classify() and applies ingest's
-own rule (`helpdesk.ingest._unusable`, after its bounce fallback) with the
+own rule (`helpdesk.mail.prepare.unusable`, after its bounce fallback) with the
 previous parse() from git ("before") and today's ("now"), and prints both
 rates beside the 1% target; `--list` names what is still quarantined.
 """
@@ -45,9 +45,9 @@ if __package__ in (None, ""):  # run as `python bench/mailsample.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.parse import before_revision, load_before
-from helpdesk.ingest import BOUNCE_SENDER, _unusable
 from helpdesk.mail.classify import classify
 from helpdesk.mail.parse import parse
+from helpdesk.mail.prepare import BOUNCE_SENDER, unusable
 from helpdesk.values import MailClass, ParsedMessage
 
 TARGET_SHARE = 0.01
@@ -116,7 +116,7 @@ def problem(parsed: ParsedMessage, raw: bytes) -> str | None:
     verdict = classify(parsed, raw, own_addresses=frozenset(), loop_id="")
     if parsed.from_ is None and parsed.headers and verdict.mail_class is MailClass.BOUNCE:
         parsed = dataclasses.replace(parsed, from_=BOUNCE_SENDER)
-    return _unusable(parsed)
+    return unusable(parsed)
 
 
 def rate(directory: Path, parsers: dict[str, Callable[[bytes], ParsedMessage]], show: bool) -> None:

@@ -112,7 +112,8 @@ HEAD_REVISION = "from helpdesk.store.db import head_revision; import json; " \
 
 TIMER_PASSES = """
 import json, sys, time
-from helpdesk import context, timers
+from helpdesk import context
+from helpdesk.desk import timers
 from helpdesk.settings import load_settings
 from helpdesk.store.db import make_engine, make_session_factory
 from helpdesk.store.models import utcnow

@@ -47,7 +47,7 @@ import aiosmtplib
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from helpdesk import outbox
+from helpdesk.delivery import outbox
 from helpdesk.settings import SmtpSettings
 from helpdesk.smtp import Sender
 from helpdesk.store.db import make_engine, make_session_factory, upgrade

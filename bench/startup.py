@@ -97,11 +97,11 @@ def export_ref(ref: str, into: Path) -> Path | None:
 
 
 def prepare(side: Side, mails: list[bytes]) -> None:
-    """The shipped example config, rules and templates; a migrated store with some tickets."""
+    """The side's own shipped config, rules and templates; a migrated store with some tickets."""
     side.home.mkdir(parents=True)
-    shutil.copy(ROOT / "config.example.toml", side.config)
-    shutil.copytree(ROOT / "rules", side.home / "rules")
-    shutil.copytree(ROOT / "templates", side.home / "templates")
+    shutil.copy(side.code / "config.example.toml", side.config)
+    shutil.copytree(side.code / "rules", side.home / "rules")
+    shutil.copytree(side.code / "templates", side.home / "templates")
     side.run("db", "upgrade")
     paths = []
     for index, raw in enumerate(mails):

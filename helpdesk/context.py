@@ -14,13 +14,13 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from helpdesk import signing
-from helpdesk.actions import ActionContext
-from helpdesk.ingest import IngestContext
+from helpdesk.delivery import signing
+from helpdesk.delivery.outbox import OutboxPolicy, Signer
+from helpdesk.desk.actions import ActionContext
+from helpdesk.flow.ingest import IngestContext
 from helpdesk.mail.compose import ticket_from_message_id
 from helpdesk.mail.prepare import PrepareConfig
 from helpdesk.mail.trust import TrustPolicy
-from helpdesk.outbox import OutboxPolicy, Signer
 from helpdesk.rules import RuleSet, load_rules
 from helpdesk.settings import Settings
 from helpdesk.store.models import AgentAddress, Team, utcnow

@@ -60,8 +60,31 @@ class Address:
 
 
 @dataclass(frozen=True, slots=True)
+class PayloadSpan:
+    """Where an attachment lies in the raw mail it was parsed from, still encoded.
+
+    `encoding` is its Content-Transfer-Encoding ("" when none), `message` says
+    that it is a message/* part (kept with CRLF line ends), `size` is the
+    size of the decoded bytes. See `AttachmentPart.detached`.
+    """
+
+    start: int
+    end: int
+    encoding: str
+    message: bool
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class AttachmentPart:
-    """A decoded attachment with a file name that is safe to write anywhere."""
+    """A decoded attachment with a file name that is safe to write anywhere.
+
+    `span` says where it lies in the raw mail (parse sets it; not for the
+    attachments of a mail found inside another). A `detached` part carries
+    no `content`: its bytes are decoded from the raw mail where they are
+    stored (`helpdesk.mail.parse.attach`), so that a worker process does not
+    send a copy of a large attachment back with its result (issue 12 item 10).
+    """
 
     filename: str
     content_type: str
@@ -69,10 +92,12 @@ class AttachmentPart:
     sha256: str
     inline: bool = False
     content_id: str | None = None
+    span: PayloadSpan | None = field(default=None, compare=False, repr=False)
+    detached: bool = False
 
     @property
     def size(self) -> int:
-        return len(self.content)
+        return self.span.size if self.detached and self.span is not None else len(self.content)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +195,9 @@ class Incoming:
     problem: str | None = None
     # The SMTP MAIL FROM, where the source knows it (LMTP, the MTA pipe).
     envelope_sender: str | None = None
+    # When the mail reached the server we read it from (IMAP INTERNALDATE), where the
+    # source knows it: the start of the arrival-to-commit latency the daemon measures.
+    arrived_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

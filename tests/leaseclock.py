@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from sqlalchemy import text
 
-from helpdesk import mailboxes
+from helpdesk.flow import mailboxes
 from tests.conftest import Clock, Store
 
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from helpdesk import context
-    from helpdesk.ingest import IngestContext
+    from helpdesk.flow.ingest import IngestContext
     from helpdesk.settings import Settings
 
 EX_TEMPFAIL = 75
@@ -113,7 +113,7 @@ class AppContext:
         """The session factory; verifies the schema and syncs the directory first (only when
         the configuration's teams or agents changed since the last sync)."""
         if self._factory is None:
-            from helpdesk import directory
+            from helpdesk.desk import directory
             from helpdesk.store.db import StoreAccessDenied, check_schema, make_session_factory
 
             if check:
@@ -123,7 +123,7 @@ class AppContext:
                     raise self.access_denied(exc) from exc
             self._factory = make_session_factory(self.engine)
             # Commits that queue mail NOTIFY the daemons' senders (PostgreSQL).
-            from helpdesk.wakeup import install_commit_hooks
+            from helpdesk.delivery.wakeup import install_commit_hooks
 
             install_commit_hooks(self._factory)
             if check:
@@ -145,7 +145,6 @@ class AppContext:
         """Rules and templates; a broken file is an error naming it."""
         if self._configured is None:
             from helpdesk import context
-
             with self.transaction() as session:
                 self._configured = context.load_configured(session, self.settings)
         return self._configured
@@ -153,7 +152,6 @@ class AppContext:
     def ingest_context(self, *, with_rules: bool = True) -> IngestContext:
         """What ingest needs; rules and their mail only when `with_rules`."""
         from helpdesk import context
-
         configured = self.configured() if with_rules else None
         with self.transaction() as session:
             return context.ingest_context(session, self.settings, configured)

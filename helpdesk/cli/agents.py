@@ -6,9 +6,9 @@ from typing import Any
 
 import click
 
-from helpdesk import staff
 from helpdesk.cli import AppContext, Failure, pass_app
 from helpdesk.cli.output import emit_json, table
+from helpdesk.desk import staff
 
 
 @click.group()

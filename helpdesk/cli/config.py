@@ -47,6 +47,7 @@ SECTIONS: tuple[tuple[str, str, bool], ...] = (
     ("lmtp", "lmtp", False),
     ("intake", "intake", False),
     ("daemon", "daemon", False),
+    ("metrics", "metrics", False),
     ("smtp", "smtp", False),
     ("threading", "threading", False),
     ("security", "security", False),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from helpdesk.cli import AppContext, pass_app
@@ -18,12 +20,22 @@ def db() -> None:
 @pass_app
 def upgrade(app: AppContext) -> None:
     """Create the schema or bring it up to the newest revision."""
-    before, after = store_db.upgrade(app.engine)
+    steps = store_db.pending_revisions(app.engine)
+    # On a big store one migration can take minutes: show which one runs, on a
+    # terminal only (never in a pipe or a log).
+    with click.progressbar(length=len(steps), label="Migrating", file=sys.stderr,
+                           hidden=len(steps) < 2 or not sys.stderr.isatty(),
+                           item_show_func=_revision) as bar:
+        before, after = store_db.upgrade(app.engine, on_step=lambda rev: bar.update(1, rev))
     where = store_db.describe_url(app.settings.database.url)
     if before == after:
         click.echo(f"{where}: already at revision {after}")
     else:
         click.echo(f"{where}: upgraded from {before or 'empty'} to revision {after}")
+
+
+def _revision(rev: str | None) -> str | None:
+    return f"revision {rev}" if rev else None
 
 
 @db.command("status")

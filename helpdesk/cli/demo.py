@@ -9,10 +9,10 @@ from pathlib import Path
 
 import click
 
-from helpdesk import outbox as outbox_service
 from helpdesk.cli import AppContext, pass_app
 from helpdesk.cli.output import table
-from helpdesk.ingest import ingest
+from helpdesk.delivery import outbox as outbox_service
+from helpdesk.flow.ingest import ingest
 from helpdesk.settings import load_settings
 from helpdesk.store import db as store_db
 from helpdesk.store import queries

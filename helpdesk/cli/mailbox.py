@@ -7,10 +7,10 @@ from typing import Any
 
 import click
 
-from helpdesk import mailboxes as mailbox_service
 from helpdesk.cli import AppContext, Failure, pass_app
 from helpdesk.cli.output import emit_json, fields, table, when
 from helpdesk.errors import NotFound
+from helpdesk.flow import mailboxes as mailbox_service
 from helpdesk.sources.imap import ImapSource
 from helpdesk.store.models import utcnow
 from helpdesk.values import Incoming, IngestOutcome
@@ -26,7 +26,7 @@ def mailbox() -> None:
 @pass_app
 def list_(app: AppContext, as_json: bool) -> None:
     """Each mailbox and Maildir: its state, last error, last successful poll and counters."""
-    from helpdesk import health  # the store's view; no mail server is contacted
+    from helpdesk.desk import health  # the store's view; no mail server is contacted
 
     with app.transaction() as session:
         found = health.sources(session, app.settings, utcnow())

@@ -15,9 +15,9 @@ from typing import Any
 import click
 
 from helpdesk import context
-from helpdesk import outbox as outbox_service
 from helpdesk.cli import EX_TEMPFAIL, AppContext, pass_app
 from helpdesk.cli.output import emit_json, fields, table, when
+from helpdesk.delivery import outbox as outbox_service
 from helpdesk.smtp import Sender
 from helpdesk.store.models import OutboxAttempt, OutboxItem, utcnow
 

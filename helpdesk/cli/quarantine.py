@@ -12,9 +12,9 @@ from typing import Any
 
 import click
 
-from helpdesk import quarantine as quarantine_service
 from helpdesk.cli import AppContext, Failure, pass_app
 from helpdesk.cli.output import emit_json, fields, table, when
+from helpdesk.flow import quarantine as quarantine_service
 from helpdesk.store.models import QuarantineItem
 from helpdesk.values import OutcomeKind
 
@@ -158,7 +158,7 @@ def _decision(data: dict[str, Any]) -> list[tuple[str, Any]]:
 @pass_app
 def retry(app: AppContext, item_id: int, as_json: bool) -> None:
     """Ingest a quarantined message again (after a fix); exit 1 if it still fails."""
-    from helpdesk.ingest import ingest_batch
+    from helpdesk.flow.ingest import ingest_batch
     from helpdesk.intake import prepare_once
 
     ctx = app.ingest_context()
@@ -200,7 +200,7 @@ def release(app: AppContext, item_id: int, fixed: Path, by: str | None, as_json:
     message the copy became; the ticket gets a `quarantine.released` event.
     If the copy cannot be ingested either, nothing changes and the exit is 1.
     """
-    from helpdesk.ingest import ingest_batch
+    from helpdesk.flow.ingest import ingest_batch
     from helpdesk.intake import prepare_once
 
     raw = sys.stdin.buffer.read() if str(fixed) == "-" else fixed.read_bytes()

@@ -221,7 +221,7 @@ def test(
     sequences are made transactional for the dry run (store.db.isolate_sequences).
     """
 
-    from helpdesk.ingest import ingest
+    from helpdesk.flow.ingest import ingest
 
     raw = sys.stdin.buffer.read() if str(message) == "-" else message.read_bytes()
     ctx = app.ingest_context()

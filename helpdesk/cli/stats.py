@@ -12,10 +12,10 @@ from pathlib import Path
 
 import click
 
-from helpdesk import stats as stats_service
 from helpdesk.cli import AppContext, pass_app
 from helpdesk.cli.filters import ticket_filter_options
 from helpdesk.cli.output import emit_json, fields, table, when
+from helpdesk.desk import stats as stats_service
 from helpdesk.report import html as report_html
 from helpdesk.report.data import Report, Series
 from helpdesk.report.spark import fold, sparkline

@@ -6,9 +6,9 @@ from typing import Any
 
 import click
 
-from helpdesk import health
 from helpdesk.cli import AppContext, pass_app
 from helpdesk.cli.output import emit_json, fields, table, when
+from helpdesk.desk import health
 from helpdesk.settings.security import security_warnings
 from helpdesk.store.models import utcnow
 

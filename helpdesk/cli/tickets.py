@@ -7,18 +7,18 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
-from helpdesk import staff
-from helpdesk import tickets as ticket_service
 from helpdesk.cli import AppContext, Failure, pass_app
 from helpdesk.cli.filters import ticket_filter_options
 from helpdesk.cli.output import emit_json, fields, table, when
+from helpdesk.desk import staff
+from helpdesk.desk import tickets as ticket_service
 from helpdesk.store import queries
 from helpdesk.store.models import Event, Message, Ticket, utcnow
 from helpdesk.thread import format_tag
 from helpdesk.values import Address, Priority, TicketStatus
 
 if TYPE_CHECKING:
-    from helpdesk.actions import ActionContext
+    from helpdesk.desk.actions import ActionContext
 
 STATUSES = [s.value for s in TicketStatus]
 PRIORITIES = [p.value for p in Priority]
@@ -309,7 +309,7 @@ def assign(
 @pass_app
 def status(app: AppContext, ticket_id: int, status: str, quiet: bool, as_json: bool) -> None:
     """Change a ticket's status; resolving it mails the requester the resolution notice."""
-    from helpdesk.notices import Notice  # mail composition: only status changes need it
+    from helpdesk.desk.notices import Notice  # mail composition: only status changes need it
 
     notice = None
     if status == TicketStatus.RESOLVED and not quiet:
@@ -480,7 +480,7 @@ def reply(
     the requester's thread, and goes through the outbox. Without -m or --file,
     $EDITOR opens with the requester's last mail quoted below a marker line.
     """
-    from helpdesk import relay  # templates and mail composition: only replies need them
+    from helpdesk.flow import relay  # templates and mail composition: only replies need them
 
     _check_text_options(message, file)
     template = None

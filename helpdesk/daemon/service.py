@@ -23,6 +23,9 @@ systemd restarts us (`daemon/workers.py`).
 systemd: READY=1 once everything runs, STATUS= with the counters, WATCHDOG=1
 at half the watchdog interval, STOPPING=1 on the way out. Without
 $NOTIFY_SOCKET all of that is a no-op.
+
+`[metrics] listen` adds an HTTP server for Prometheus (/metrics) and probes
+(/healthz): `daemon/metrics.py` (imported only then), `daemon/health.py`.
 """
 
 from __future__ import annotations
@@ -40,19 +43,24 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from helpdesk import context, directory, mailboxes, timers, wakeup
+from helpdesk import context
+from helpdesk.daemon import health, reload
 from helpdesk.daemon.systemd import Notifier
-from helpdesk.daemon.workers import Runnable, Worker
+from helpdesk.daemon.workers import Polling, Runnable, Worker, join_all
+from helpdesk.delivery import wakeup
+from helpdesk.desk import directory, timers
 from helpdesk.errors import ConfigError, HelpdeskError
-from helpdesk.ingest import IngestContext
+from helpdesk.flow import mailboxes
+from helpdesk.flow.ingest import IngestContext
 from helpdesk.intake import Committer, Intake, PreparePool
+from helpdesk.observe import NULL_OBSERVER, Observer
 from helpdesk.rules import RuleError
 from helpdesk.settings import MailboxSettings, MaildirSettings, Settings, load_settings
 from helpdesk.settings.security import security_warnings
@@ -64,6 +72,9 @@ from helpdesk.store.db import check_schema, make_engine, make_session_factory
 from helpdesk.store.models import utcnow
 from helpdesk.templates import TemplateError
 from helpdesk.values import Incoming, IngestOutcome
+
+if TYPE_CHECKING:
+    from helpdesk.daemon.metrics import Metrics
 
 log = structlog.get_logger()
 
@@ -140,6 +151,10 @@ class Daemon:
         self._exit_deadline: threading.Timer | None = None
         self._stuck_reported: set[str] = set()
         self.started_at = time.monotonic()
+        # [metrics]: None when off. `serving` is True from READY until the stop.
+        self.metrics: Metrics | None = None
+        self.serving = False
+        self._sender_task: asyncio.Task[None] | None = None
 
     # -- start-up --------------------------------------------------------------
 
@@ -156,6 +171,8 @@ class Daemon:
         check_schema(self.engine)
         self.sessions = make_session_factory(self.engine)
         self.ctx = self._build_context(s)
+        if s.metrics.listen:
+            self.metrics = self._build_metrics(s)
         self.intake = self._build_intake(s)
         for mailbox in s.mailboxes:
             self._add_worker(self._imap_worker(mailbox, s))
@@ -164,12 +181,14 @@ class Daemon:
         claim, batch = outbox_claim(s.daemon.lease_seconds, s.smtp.timeout)
         self.sender = Sender(self.sessions, s.smtp, context.outbox_policy(s),
                              holder=self.holder, interval=s.daemon.send_interval,
-                             clock=self.clock, lease=claim, batch=batch)
+                             clock=self.clock, lease=claim, batch=batch,
+                             observer=self.observer)
         # A commit that queued mail (a group commit of ingest, timers) wakes the sender at once.
         wakeup.install_commit_hooks(self.sessions, on_commit=self.sender.wake)
         warnings = security_warnings(s)
         if warnings:  # once per start, not per message (issue 12)
             log.warning("security.warned", warnings=warnings)
+        self._start_metrics(s)
 
     def _build_context(self, settings: Settings) -> IngestContext:
         assert self.sessions is not None
@@ -187,7 +206,8 @@ class Daemon:
         pool = PreparePool(workers, time_limit=intake.message_time_limit,
                            start_method="forkserver")
         committer = Committer(self.sessions, self._context, batch_max=intake.batch_max,
-                              batch_ms=intake.batch_ms, on_commit=self._committed).start()
+                              batch_ms=intake.batch_ms, on_commit=self._committed,
+                              observer=self.observer).start()
         return Intake(pool, committer, self._context)
 
     def _context(self) -> IngestContext:
@@ -197,10 +217,45 @@ class Daemon:
 
     def _sink(self, incoming: Sequence[Incoming]) -> list[IngestOutcome]:
         assert self.intake is not None
-        return self.intake(incoming)
+        outcomes = self.intake(incoming)
+        if self.metrics is not None:
+            # Committed: the moment that ends the arrival-to-commit latency.
+            with contextlib.suppress(Exception):
+                self.metrics.observer.committed(incoming, outcomes, self.clock())
+        return outcomes
 
     def _committed(self, outcomes: list[IngestOutcome]) -> None:
         """After each group commit (in the writer thread)."""
+
+    # -- metrics and health (`[metrics]`) ------------------------------------------
+
+    @property
+    def observer(self) -> Observer:
+        """Who the committer and the sender report to: the metrics, or nobody."""
+        return self.metrics.observer if self.metrics is not None else NULL_OBSERVER
+
+    def _build_metrics(self, settings: Settings) -> Metrics:
+        # Imported here: without [metrics] the daemon never loads prometheus_client.
+        from helpdesk.daemon.metrics import for_daemon
+
+        return for_daemon(self, settings, reload.source_names(settings))
+
+    def _start_metrics(self, settings: Settings) -> None:
+        address = settings.metrics.address
+        if self.metrics is None or address is None:
+            return
+        try:
+            self.metrics.start(*address)
+        except OSError as exc:
+            raise StartupError(f"metrics.listen: cannot listen on {settings.metrics.listen}: "
+                               f"{exc.strerror or exc}") from exc
+        log.info("metrics.listening", listen=settings.metrics.listen)
+
+    def liveness(self) -> list[str]:
+        """What keeps this daemon from being healthy, besides the store (for /healthz)."""
+        if not self.serving:
+            return ["daemon: stopping" if self._stop.is_set() else "daemon: starting"]
+        return health.liveness(self.workers.values(), self.intake, self._sender_task)
 
     # -- workers -------------------------------------------------------------------
 
@@ -229,7 +284,7 @@ class Daemon:
                                    sessions=sessions, clock=self.clock,
                                    max_message_bytes=s.intake.max_message_bytes,
                                    batch_max=s.intake.batch_max)
-            return _Polling(source, maildir.poll_interval)
+            return Polling(source, maildir.poll_interval)
 
         return Worker(f"maildir:{maildir.name}", make, stuck_after=stuck_after(s),
                       on_problem=self._worker_problem(maildir.name))
@@ -255,6 +310,7 @@ class Daemon:
         except (StartupError, ConfigError, RuleError, TemplateError, HelpdeskError) as exc:
             log.error("daemon.startup_failed", error=str(exc))
             self._close_intake()
+            self._close_metrics()
             return STARTUP_FAILURE
         except ArgumentError as exc:
             # A database URL SQLAlchemy cannot use (unknown dialect or driver).
@@ -281,6 +337,7 @@ class Daemon:
             worker.start()
         assert self.sender is not None
         sender = asyncio.create_task(self.sender.run(self._stop), name="sender")
+        self._sender_task = sender
         if self.settings.lmtp is not None:
             handler = LmtpHandler(self._sink, accept=self.settings.is_own_address)
             self.lmtp = start_lmtp(handler, self.settings.lmtp.host, self.settings.lmtp.port,
@@ -291,6 +348,7 @@ class Daemon:
         log.info("daemon.started", holder=self.holder, workers=list(self.workers),
                  lmtp=self.settings.lmtp is not None)
         self.notifier.send(ready="1", status=self.status())
+        self.serving = True
         await self._stop.wait()
         beating.cancel()
         await self._shutdown(sender, exit_deadline)
@@ -300,6 +358,7 @@ class Daemon:
 
     async def _shutdown(self, sender: asyncio.Task[None], exit_deadline: float | None) -> None:
         log.info("daemon.stopping")
+        self.serving = False  # /healthz says so at once: a load balancer drains us
         self.notifier.send(stopping="1", status="stopping")
         started = time.monotonic()
         if exit_deadline is not None:
@@ -313,11 +372,11 @@ class Daemon:
         workers = list(self.workers.values())
         # The batch in hand may still commit and be acknowledged; after a short
         # grace whatever is still being parsed is killed and comes again later.
-        await asyncio.to_thread(_join_all, workers, SOURCE_GRACE_SECONDS)
+        await asyncio.to_thread(join_all, workers, SOURCE_GRACE_SECONDS)
         if self.intake is not None:
             self.intake.pool.close()
         left = max(0.1, GRACE_SECONDS - (time.monotonic() - started))
-        await asyncio.to_thread(_join_all, workers, left)
+        await asyncio.to_thread(join_all, workers, left)
         for worker in workers:
             if worker.alive:
                 log.warning("daemon.task_did_not_stop", task=worker.name)
@@ -333,11 +392,16 @@ class Daemon:
             log.error("daemon.task_failed", task="sender", error=repr(sender.exception()))
         if self.engine is not None:
             self.engine.dispose()
+        self._close_metrics()
         log.info("daemon.stopped")
 
     def _close_intake(self) -> None:
         if self.intake is not None:
             self.intake.close()
+
+    def _close_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
 
     # -- heartbeat: several daemons share the mailboxes (mailboxes.py) -------------
 
@@ -382,7 +446,7 @@ class Daemon:
     def run_timers(self) -> int:
         """One pass of the time-driven rules; returns how many fired.
 
-        The pass reads only tickets whose stored deadline has passed (helpdesk.timers),
+        The pass reads only tickets whose stored deadline has passed (helpdesk.desk.timers),
         in chunks, one transaction each: a long first pass (after an upgrade or a
         change of the timers) does not hold row locks that ingest waits for. Each
         chunk re-takes the lease, so a daemon that lost it stops.
@@ -433,8 +497,7 @@ class Daemon:
         """False when a worker is stuck: then systemd's watchdog is no longer fed."""
         now = time.monotonic()
         progress = self.intake.last_progress if self.intake is not None else 0.0
-        stuck = [w for w in self.workers.values()
-                 if w.stuck(now) and now - progress > w.stuck_after]
+        stuck = health.stuck(self.workers.values(), now, progress)
         for worker in stuck:
             if worker.name not in self._stuck_reported:
                 self._stuck_reported.add(worker.name)
@@ -454,8 +517,12 @@ class Daemon:
         except (ConfigError, RuleError, TemplateError, HelpdeskError) as exc:
             log.error("config.reload_failed", error=str(exc), kept="the running configuration")
             return False
-        kept = self._needs_restart(settings)
+        kept = reload.needs_restart(self.settings, settings)
+        for key in kept:
+            log.warning("config.needs_restart", key=key)
         self.ctx = ctx
+        if self.metrics is not None:
+            self.metrics.observer.known_mailboxes(reload.source_names(settings))
         changed = self._reload_workers(settings)
         if self.sender is not None:
             self.sender.settings = settings.smtp
@@ -469,43 +536,22 @@ class Daemon:
                  workers_changed=changed, needs_restart=kept)
         return True
 
-    def _needs_restart(self, new: Settings) -> list[str]:
-        """What changed but only a restart applies; logged, the running value is kept."""
-        old = self.settings
-        kept = []
-        if new.database.url != old.database.url:
-            kept.append("database.url")
-        if new.lmtp != old.lmtp:
-            kept.append("lmtp")
-        if new.intake.workers != old.intake.workers:
-            kept.append("intake.workers")
-        for key in kept:
-            log.warning("config.needs_restart", key=key)
-        return kept
-
     def _reload_workers(self, settings: Settings) -> list[str]:
         """Restart the workers whose settings changed, start new ones, stop removed ones."""
-        wanted: dict[str, tuple[object, Callable[[], Worker]]] = {}
+        plan = reload.plan_workers(self.settings, settings, list(self.workers))
+        builders: dict[str, Callable[[], Worker]] = {}
         for mailbox in settings.mailboxes:
-            wanted[f"imap:{mailbox.name}"] = (
-                mailbox, functools.partial(self._imap_worker, mailbox, settings))
+            builders[f"imap:{mailbox.name}"] = functools.partial(
+                self._imap_worker, mailbox, settings)
         for maildir in settings.maildirs:
-            wanted[f"maildir:{maildir.name}"] = (
-                maildir, functools.partial(self._maildir_worker, maildir, settings))
-        old = {**{f"imap:{m.name}": m for m in self.settings.mailboxes},
-               **{f"maildir:{m.name}": m for m in self.settings.maildirs}}
-        changed = []
-        for name in [n for n in self.workers if n not in wanted]:
+            builders[f"maildir:{maildir.name}"] = functools.partial(
+                self._maildir_worker, maildir, settings)
+        for name in plan.retire:
             self._retire(name)
-            changed.append(f"-{name}")
-        for name, (config, build) in wanted.items():
-            if name in self.workers and old.get(name) == config:
-                continue
-            if name in self.workers:
-                self._retire(name)
-            self.workers[name] = build().start()
-            changed.append(name)
-        return changed
+        for name in plan.start:
+            self.workers[name] = builders[name]().start()
+        restarted = set(plan.start)
+        return [f"-{n}" for n in plan.retire if n not in restarted] + list(plan.start)
 
     def _retire(self, name: str) -> None:
         worker = self.workers.pop(name)
@@ -532,12 +578,6 @@ class Daemon:
         return "; ".join([*parts, f"{sent} mails sent"])
 
 
-def _join_all(workers: list[Worker], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    for worker in workers:
-        worker.join(max(0.0, deadline - time.monotonic()))
-
-
 def _exit_now() -> None:
     """End the process at once: the grace period is over and a thread still hangs.
 
@@ -550,22 +590,3 @@ def _exit_now() -> None:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(0)
-
-
-class _Polling:
-    """Adapts a source whose `run` takes a poll interval to the worker signature."""
-
-    def __init__(self, source: MaildirSource, interval: float) -> None:
-        self.source = source
-        self.interval = interval
-
-    @property
-    def stats(self) -> Any:
-        return self.source.stats
-
-    @property
-    def last_beat(self) -> float:
-        return self.source.last_beat
-
-    def run(self, stop: threading.Event) -> None:
-        self.source.run(stop, self.interval)

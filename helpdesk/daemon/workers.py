@@ -14,6 +14,7 @@ restarts the whole process.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -52,6 +53,8 @@ class Worker:
         self.stop = threading.Event()
         self.restarts = 0
         self.last_error: str | None = None
+        # True from a death until a fresh source is built (/healthz reports it).
+        self.crashed = False
         self.ended = threading.Event()
         self._on_problem = on_problem
         self._backoff = backoff or Backoff(base=1.0, cap=300.0)
@@ -95,11 +98,13 @@ class Worker:
                 except Exception as exc:  # noqa: BLE001 - building it again failed: retry later
                     self._died(exc)
                     continue
+                self.crashed = False
                 log.info("worker.restarted", worker=self.name, restarts=self.restarts)
         finally:
             self.ended.set()
 
     def _died(self, exc: BaseException) -> None:
+        self.crashed = True
         self.restarts += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
         log.error("worker.died", worker=self.name, error=self.last_error,
@@ -109,3 +114,39 @@ class Worker:
                 self._on_problem(self.name, f"worker died: {self.last_error}")
             except Exception:  # noqa: BLE001 - reporting must not kill the supervisor
                 log.warning("worker.report_failed", worker=self.name)
+
+
+def join_all(workers: list[Worker], timeout: float) -> None:
+    """Join every worker, all within one `timeout`."""
+    deadline = time.monotonic() + timeout
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+
+
+class PollingSource(Protocol):
+    """A source whose `run` takes its poll interval (the Maildir source)."""
+
+    stats: Any
+    last_beat: float
+
+    def run(self, stop: threading.Event, interval: float) -> None:
+        """Poll until `stop` is set."""
+
+
+class Polling:
+    """Adapts a source whose `run` takes a poll interval to the worker signature."""
+
+    def __init__(self, source: PollingSource, interval: float) -> None:
+        self.source = source
+        self.interval = interval
+
+    @property
+    def stats(self) -> Any:
+        return self.source.stats
+
+    @property
+    def last_beat(self) -> float:
+        return self.source.last_beat
+
+    def run(self, stop: threading.Event) -> None:
+        self.source.run(stop, self.interval)

@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from helpdesk.ingest import IngestContext
+from helpdesk.flow.ingest import IngestContext
 from helpdesk.intake.committer import Committer, Item, store_now
 from helpdesk.intake.pool import PoolClosed, PreparePool
 from helpdesk.mail.prepare import Prepared, prepare_with

@@ -5,7 +5,7 @@ PostgreSQL, a WAL write on SQLite), so the committer takes what every source
 has handed it — all of one IMAP fetch batch, several LMTP deliveries at once,
 a Maildir's new files — up to `batch_max` mails, waits up to `batch_ms` for
 more when fewer are there, and stores them in ONE transaction, each mail in a
-savepoint of its own (`helpdesk.ingest.ingest_batch`): one mail's failure
+savepoint of its own (`helpdesk.flow.ingest.ingest_batch`): one mail's failure
 quarantines that mail alone.
 
 Only after the commit are the callers' futures resolved, so a source
@@ -13,7 +13,8 @@ acknowledges a mail (IMAP move, Maildir rename, LMTP 250) only once it is
 durable. When the store fails (at BEGIN, inside, or at COMMIT) every request of
 the batch gets `StoreUnavailable`: nothing is acknowledged, everything comes
 again. The `message.ingested` lines are written after the commit, and
-`on_commit` runs then (the daemon wakes its sender there when mail was queued).
+`on_commit` runs then (the daemon wakes its sender there when mail was queued);
+so does the `observer` (metrics), once per mail.
 
 One writer also means SQLite's write lock is never contended between the
 daemon's own sources.
@@ -34,8 +35,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from helpdesk.errors import StoreUnavailable
-from helpdesk.ingest import IngestContext, ingest_batch, log_ingested
+from helpdesk.flow.ingest import IngestContext, ingest_batch, log_ingested
 from helpdesk.mail.prepare import Prepared
+from helpdesk.observe import NULL_OBSERVER, Observer
 from helpdesk.values import IngestOutcome, Origin
 
 log = structlog.get_logger()
@@ -52,9 +54,11 @@ class _Request:
 
 
 def store_now(
-    sessions: sessionmaker[Session], items: Sequence[Item], ctx: IngestContext
+    sessions: sessionmaker[Session], items: Sequence[Item], ctx: IngestContext,
+    observer: Observer = NULL_OBSERVER,
 ) -> list[IngestOutcome]:
-    """Store `items` in one transaction in the calling thread; logs after the commit.
+    """Store `items` in one transaction in the calling thread; logs (and tells `observer`)
+    after the commit.
 
     Raises `StoreUnavailable` when the store fails, at BEGIN and COMMIT too.
     """
@@ -68,6 +72,9 @@ def store_now(
     seconds = (time.perf_counter() - started) / max(1, len(items))
     for (raw, origin, prepared), outcome in zip(items, outcomes, strict=True):
         log_ingested(outcome, origin, size=len(raw), seconds=seconds + prepared.seconds)
+        # Committed is committed: a failing observer must not make the batch look failed.
+        with contextlib.suppress(Exception):
+            observer.ingested(origin, outcome, seconds + prepared.seconds)
     return outcomes
 
 
@@ -82,8 +89,10 @@ class Committer:
         batch_max: int = 200,
         batch_ms: float = 0.0,
         on_commit: Callable[[list[IngestOutcome]], None] | None = None,
+        observer: Observer = NULL_OBSERVER,
     ) -> None:
         self.sessions = sessions
+        self.observer = observer
         self.context = context
         self.batch_max = batch_max
         self.batch_ms = batch_ms
@@ -114,6 +123,11 @@ class Committer:
         self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
         self._thread.start()
         return self
+
+    @property
+    def running(self) -> bool:
+        """Whether the writer thread is alive (the daemon's /healthz asks)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Finish what is queued, then end the thread."""
@@ -154,7 +168,7 @@ class Committer:
     def _commit(self, batch: list[_Request]) -> None:
         items = [item for request in batch for item in request.items]
         try:
-            outcomes = store_now(self.sessions, items, self.context())
+            outcomes = store_now(self.sessions, items, self.context(), self.observer)
         except StoreUnavailable as exc:
             for request in batch:
                 request.future.set_exception(exc)

@@ -5,7 +5,8 @@ GIL, so a thread with a time limit can neither stop it nor keep the daemon's
 other threads (mailboxes, the sender, signal handling) running beside it. A
 worker process can be killed. The daemon and `helpdesk ingest` send each mail's
 bytes to a worker, which runs `helpdesk.mail.prepare.prepare` and sends the
-`Prepared` result back.
+`Prepared` result back, its large attachments without their bytes (the store
+decodes them from the raw mail it holds: `prepare.detach_payloads`).
 
 * A mail that takes longer than `time_limit` seconds: its worker is killed and
   replaced, and the mail comes back as `Prepared.failed(...)`, to be
@@ -45,7 +46,7 @@ from typing import Any
 
 import structlog
 
-from helpdesk.mail.prepare import PrepareConfig, Prepared, prepare
+from helpdesk.mail.prepare import PrepareConfig, Prepared, detach_payloads, prepare
 
 log = structlog.get_logger()
 
@@ -87,7 +88,8 @@ def _serve(conn: Connection, function: PrepareFunction) -> None:
         except Exception as exc:  # noqa: BLE001 - prepare promises not to raise; report, don't die
             result = Prepared.failed(f"internal error while parsing: {exc!r}",
                                      traceback.format_exc(limit=8))
-        result = _with_seconds(result, time.perf_counter() - started)
+        # Large attachments stay behind: the store decodes them from the raw mail.
+        result = _with_seconds(detach_payloads(result), time.perf_counter() - started)
         try:
             conn.send(result)
         except (BrokenPipeError, OSError):

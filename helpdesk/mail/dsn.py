@@ -26,10 +26,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from email import message_from_bytes
-from email.message import Message
-from email.policy import compat32
 
+from helpdesk.mail.parse.charsets import Defects
+from helpdesk.mail.parse.mime import (
+    Part,
+    decode_payload,
+    line_ends,
+    parse_tree,
+    transfer_encoding,
+)
 from helpdesk.values import BounceRecipient, BounceReport
 
 __all__ = [
@@ -42,8 +47,6 @@ __all__ = [
     "shorten",
 ]
 
-# Deeper MIME nesting than this is an attack, not a bounce.
-_MAX_DEPTH = 40
 # Reasons quote header values; a reason is a line in an audit trail, not a copy.
 _MAX_REASON_VALUE = 80
 _MAX_DIAGNOSTIC = 500
@@ -120,6 +123,8 @@ _TYPED_VALUE_RE = re.compile(r"^\s*[A-Za-z][\w-]*\s*;\s*(.*)$", re.S)
 _ID_RE = re.compile(r"<([^<>\s]+)>")
 _SURROGATES_RE = re.compile("[\udc80-\udcff]")
 _BLANK_LINE_RE = re.compile(r"\r?\n[ \t]*\r?\n")
+# Where the header section of a returned mail ends (RFC 5322 section 2.1).
+_HEADER_END_RE = re.compile(rb"^\r?\n", re.M)
 # A line and its break, as str.splitlines has them (CRLF is one break).
 _BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 _LINE_RE = re.compile(f"([^{_BREAKS}]*)(\r\n|[{_BREAKS}])?")
@@ -143,35 +148,41 @@ def parse_dsn(raw: bytes) -> BounceReport | None:
     the original message id comes from the returned `message/rfc822` or
     `text/rfc822-headers` part, else from the report's In-Reply-To or
     References. Never raises.
+
+    The structure comes from the MIME reader `parse()` uses (a part is a pair
+    of offsets into the raw mail), and only the report's own parts are
+    decoded: the status part, and the header section of the returned mail.
+    The standard library's parser, used before, held every line of the whole
+    mail as a string (26 times the size of a DSN of a million short lines).
     """
     try:
-        top = message_from_bytes(bytes(raw), policy=compat32)
+        buf = line_ends(bytes(raw))
+        top = parse_tree(buf)
         findings = _Findings()
-        _scan(top, 0, findings)
+        _scan(buf, top, findings)
         if not findings.recipients:
             return None
-        original = findings.original_id or _replied_id(_message_fields(top))
+        original = findings.original_id or _replied_id(_first_values(top.fields))
         return BounceReport(tuple(findings.recipients), original)
-    except Exception:  # noqa: BLE001 - the contract is to never raise; e.g. RecursionError
+    except Exception:  # noqa: BLE001 - the contract is to never raise; e.g. MemoryError
         return None
 
 
-def _scan(part: Message, depth: int, findings: _Findings) -> None:
-    """Walk multiparts for the status and the returned mail; never into the returned mail."""
-    if depth > _MAX_DEPTH:
-        return
-    ctype = part.get_content_type()
+def _scan(buf: bytes, part: Part, findings: _Findings) -> None:
+    """Walk multiparts for the status and the returned mail; never into the returned mail.
+
+    parse_tree bounds the depth (MAX_DEPTH) and the number of parts.
+    """
+    ctype = part.content_type
     if ctype in _STATUS_TYPES:
         if not findings.recipients:
-            findings.recipients = _recipients(_status_blocks(part))
+            findings.recipients = _recipients(_text_blocks(_body_text(buf, part)))
     elif ctype in _ORIGINAL_TYPES:
         if findings.original_id is None:
-            findings.original_id = _first_id(_original_fields(part).get("message-id", ""))
-    elif part.is_multipart():
-        payload = part.get_payload()
-        for child in payload if isinstance(payload, list) else ():
-            if isinstance(child, Message):
-                _scan(child, depth + 1, findings)
+            findings.original_id = _first_id(_returned_fields(buf, part).get("message-id", ""))
+    elif part.children is not None:
+        for child in part.children:
+            _scan(buf, child, findings)
 
 
 def _recover(value: object) -> str:
@@ -182,47 +193,71 @@ def _recover(value: object) -> str:
     return " ".join(text.split())
 
 
-def _message_fields(msg: Message) -> _Fields:
+def _first_values(fields: list[tuple[str, str]]) -> _Fields:
     """The first value of each header field, by lower-cased name."""
-    fields: _Fields = {}
-    for name, value in msg.raw_items():
-        fields.setdefault(str(name).strip().lower(), _recover(value))
-    return fields
+    found: _Fields = {}
+    for name, value in fields:
+        found.setdefault(name.strip().lower(), _recover(value))
+    return found
+
+
+def _body_text(buf: bytes, part: Part) -> str:
+    """A leaf's body, transfer encoding undone, as text (RFC 6533 allows UTF-8)."""
+    return decode_payload(buf, part, Defects()).decode("utf-8", "replace")
+
+
+def _returned_fields(buf: bytes, part: Part) -> _Fields:
+    """The header fields of the returned mail (or of its returned headers).
+
+    Only its header section is read: the mail a bounce returns may be large.
+    """
+    if transfer_encoding(part) in ("", "7bit", "8bit", "binary"):
+        found = _HEADER_END_RE.search(buf, part.start, part.end)
+        section = buf[part.start : found.start() if found else part.end]
+    else:  # RFC 2046 section 5.2.1 forbids it for message/rfc822, but mailers do it
+        data = decode_payload(buf, part, Defects())
+        found = _HEADER_END_RE.search(data)
+        section = data[: found.start() if found else len(data)]
+    return _block(section.decode("utf-8", "replace"))
 
 
 def _text_blocks(text: str) -> list[_Fields]:
-    """RFC 3464 section 2.1: blocks of header-style fields separated by blank lines.
+    """RFC 3464 section 2.1: blocks of header-style fields separated by blank lines."""
+    blocks: list[_Fields] = []
+    for chunk in _BLANK_LINE_RE.split(text):
+        fields = _block(chunk)
+        if fields:
+            blocks.append(fields)
+    return blocks
+
+
+def _block(text: str) -> _Fields:
+    """The header-style fields of one block, the first of each name.
 
     A field keeps its first `_MAX_FIELD` characters however often it is
     folded, and the lines are read one at a time: a million continuation
     lines cost time in proportion, and little memory.
     """
-    blocks: list[_Fields] = []
-    for chunk in _BLANK_LINE_RE.split(text):
-        # The pieces of each field, joined once at the end: joining as each
-        # folded line comes would copy the value again for every line.
-        fields: dict[str, list[str]] = {}
-        room: dict[str, int] = {}
-        name = ""
-        for line in _lines(chunk):
-            if line[:1] in (" ", "\t") and name:
-                if room[name] > 0:  # a folded continuation
-                    piece = line.strip()
-                    fields[name].append(piece)
-                    room[name] -= len(piece) + 1
-                continue
-            key, colon, value = line.partition(":")
-            name = key.strip().lower() if colon else ""
-            if name and name not in fields:
-                fields[name] = [value.strip()]
-                room[name] = _MAX_FIELD - len(fields[name][0])
-            elif name:
-                name = ""  # a repeated field: the first one counts
-        if fields:
-            blocks.append(
-                {key: _recover(" ".join(parts)[:_MAX_FIELD]) for key, parts in fields.items()}
-            )
-    return blocks
+    # The pieces of each field, joined once at the end: joining as each
+    # folded line comes would copy the value again for every line.
+    fields: dict[str, list[str]] = {}
+    room: dict[str, int] = {}
+    name = ""
+    for line in _lines(text):
+        if line[:1] in (" ", "\t") and name:
+            if room[name] > 0:  # a folded continuation
+                piece = line.strip()
+                fields[name].append(piece)
+                room[name] -= len(piece) + 1
+            continue
+        key, colon, value = line.partition(":")
+        name = key.strip().lower() if colon else ""
+        if name and name not in fields:
+            fields[name] = [value.strip()]
+            room[name] = _MAX_FIELD - len(fields[name][0])
+        elif name:
+            name = ""  # a repeated field: the first one counts
+    return {key: _recover(" ".join(parts)[:_MAX_FIELD]) for key, parts in fields.items()}
 
 
 def _lines(text: str) -> Iterator[str]:
@@ -234,44 +269,6 @@ def _lines(text: str) -> Iterator[str]:
                 yield line
             return
         yield line
-
-
-def _decoded_text(part: Message) -> str:
-    data = part.get_payload(decode=True)
-    if isinstance(data, bytes):
-        return data.decode("utf-8", "replace")
-    payload = part.get_payload()
-    return payload if isinstance(payload, str) else ""
-
-
-def _status_blocks(part: Message) -> list[_Fields]:
-    """The field blocks of a status part.
-
-    compat32 parses message/delivery-status into one Message per block; a
-    message/global-delivery-status (RFC 6533) comes as one Message whose body
-    holds the remaining blocks, or as text when it has a transfer encoding.
-    """
-    payload = part.get_payload()
-    if not isinstance(payload, list):
-        return _text_blocks(_decoded_text(part))
-    blocks: list[_Fields] = []
-    for block in payload:
-        if not isinstance(block, Message):
-            continue
-        blocks.append(_message_fields(block))
-        if isinstance(block.get_payload(), str):
-            # decode=True: compat32 would turn 8-bit bytes (RFC 6533 allows UTF-8) into U+FFFD.
-            blocks.extend(_text_blocks(_decoded_text(block)))
-    return blocks
-
-
-def _original_fields(part: Message) -> _Fields:
-    payload = part.get_payload()
-    if isinstance(payload, list):
-        inner = next((p for p in payload if isinstance(p, Message)), None)
-        return _message_fields(inner) if inner is not None else {}
-    blocks = _text_blocks(_decoded_text(part))
-    return blocks[0] if blocks else {}
 
 
 def _typed_value(value: str) -> str:
@@ -337,6 +334,12 @@ def _replied_id(fields: _Fields) -> str | None:
 # --------------------------------------------------------------------------
 # Bounces without a machine-readable part
 
+# Repeated groups here are possessive (`*+`, `++`) or character classes: the
+# regex engine keeps a backtracking frame for every repetition of a plain
+# repeated group, ~100 bytes for each character of a run of blanks or each
+# label of a domain (a 2 MB run cost 284 MB), and nothing after these runs
+# could match if they gave some of it back.
+#
 # Where an old-style bounce starts quoting the returned mail: addresses below
 # that line are the original's headers, not failed recipients. The phrase may
 # follow white space, ">" and "-" on its own line; the run before it may not
@@ -344,11 +347,11 @@ def _replied_id(fields: _Fields) -> str | None:
 # them started a scan over all the blank lines after it), `_returned_copy`
 # takes in the blank or ">"/"-" lines above instead.
 _RETURNED_COPY_RE = re.compile(
-    r"^(?:[>-]|[^\S\n])*(?:this is a copy of|below this line is a copy of"
+    r"^(?:[>-]|[^\S\n])*+(?:this is a copy of|below this line is a copy of"
     r"|original message|unsent message below|returned message|message headers follow)",
     re.I | re.M,
 )
-_RUN_ABOVE_RE = re.compile(r"(?:[>-]|\s)*")
+_RUN_ABOVE_RE = re.compile(r"[>\s-]*")
 _PARAGRAPH_RE = re.compile(r"\n[ \t]*\n")
 
 # An address in running text: a local part of RFC 5322 atext and dots, "@",
@@ -362,7 +365,7 @@ _ATEXT = r"[\w!#$%&'*+/=?^`{|}~.-]"
 _LOCAL_RUN_RE = re.compile(rf"(?<!{_ATEXT}){_ATEXT}+@", re.I)
 _ADDRESS_START_RE = re.compile(r"(?<![\w.+-]).", re.S)
 _DOMAIN_RE = re.compile(
-    r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+", re.I
+    r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)++", re.I
 )
 
 

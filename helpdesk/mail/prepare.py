@@ -25,13 +25,25 @@ from dataclasses import dataclass, field
 from helpdesk.mail.classify import classify
 from helpdesk.mail.commands import CommandBlock, parse_commands
 from helpdesk.mail.forwarded import ForwardedMail, find_forwarded
+from helpdesk.mail.parse import detach
 from helpdesk.mail.parse import parse as parse_message
 from helpdesk.mail.trust import TrustPolicy, TrustVerdict, agent_trust
 from helpdesk.settings.fields import without_subaddress
-from helpdesk.values import Address, MailClass, ParsedMessage, Verdict
+from helpdesk.values import Address, AttachmentPart, MailClass, ParsedMessage, Verdict
 
-__all__ = ["BOUNCE_SENDER", "PrepareConfig", "Prepared", "prepare", "prepare_with"]
+__all__ = [
+    "BOUNCE_SENDER",
+    "DETACH_AT",
+    "PrepareConfig",
+    "Prepared",
+    "detach_payloads",
+    "prepare",
+    "prepare_with",
+]
 
+# Attachments from this size on are not sent back from a worker (`detach_payloads`):
+# below it, decoding them again would cost more than the copy.
+DETACH_AT = 64 * 1024
 # Stands in for the sender of a bounce that names none (a bare `MAILER-DAEMON`).
 BOUNCE_SENDER = Address("mailer-daemon@unknown.invalid", "Mail Delivery System")
 
@@ -126,6 +138,30 @@ def prepare_with(
     if not verdict.automated and msg.sender_source == "from":
         trusted = agent_trust(msg, trust)
     return Prepared(msg, verdict, commands=commands, forwarded=forwarded, trust=trusted)
+
+
+def detach_payloads(prepared: Prepared, min_size: int = DETACH_AT) -> Prepared:
+    """`prepared` with its mail's attachments of at least `min_size` bytes `detach`ed.
+
+    A worker process sends this back instead: the store decodes those bytes
+    again from the raw mail it holds anyway (`helpdesk.mail.parse.attach`),
+    so a large attachment is never pickled, piped and unpickled as well
+    (issue 12 item 10). The attachments of a mail attached to a forward were
+    parsed from that mail, not from the raw one: they keep their bytes.
+    """
+    msg = prepared.msg
+    if msg is None or not any(part.size >= min_size for part in msg.attachments):
+        return prepared
+    swapped = {id(part): detach(part) for part in msg.attachments if part.size >= min_size}
+
+    def thin(parts: tuple[AttachmentPart, ...]) -> tuple[AttachmentPart, ...]:
+        return tuple(swapped.get(id(part), part) for part in parts)
+
+    forwarded = prepared.forwarded
+    if forwarded is not None:
+        forwarded = dataclasses.replace(forwarded, attachments=thin(forwarded.attachments))
+    return dataclasses.replace(prepared, msg=dataclasses.replace(msg, attachments=thin(
+        msg.attachments)), forwarded=forwarded)
 
 
 def unusable(msg: ParsedMessage) -> str | None:

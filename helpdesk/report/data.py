@@ -1,4 +1,4 @@
-"""The figures a report shows: plain frozen values, computed by `helpdesk.stats`.
+"""The figures a report shows: plain frozen values, computed by `helpdesk.desk.stats`.
 
 The same values feed `helpdesk stats --json` and the HTML report, so the two
 cannot disagree. Durations are whole seconds (None: no ticket to measure),

@@ -4,7 +4,7 @@ Pure: the schema of a timer table; `deadline` (when a timer fires for a
 ticket as it is), `next_deadline` (the earliest of them, which the store keeps
 so that a timer pass reads only the tickets that are due) and `due` (which
 timers fire at `now`). The daemon's periodic job applies them
-(`helpdesk.timers`).
+(`helpdesk.desk.timers`).
 
 A timer fires at most once per ticket state (`state_key`): an idle timer once
 per quiet period (the status and the time of the last change), a timer on

@@ -203,6 +203,43 @@ class DaemonSettings(_Section):
     send_interval: Seconds = 2.0
 
 
+def _listen(value: str) -> str:
+    host, port = split_listen(value)
+    if not host:
+        raise ValueError(f'must be "host:port", like "127.0.0.1:9308" or "[::1]:9308" '
+                         f"(got {value!r})")
+    if not 1 <= port <= 65535:
+        raise ValueError(f"must end in a port number from 1 to 65535 (got {value!r})")
+    return value
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """("host", port) of a ``host:port`` or ``[v6]:port`` listen address; ("", 0) if malformed."""
+    host, colon, port = value.strip().rpartition(":")
+    if not colon or not port.isdigit():
+        return "", 0
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        return "", 0  # an IPv6 address needs its brackets, or the port is ambiguous
+    return host, int(port)
+
+
+class MetricsSettings(_Section):
+    """``[metrics]``: the daemon's Prometheus endpoint (/metrics, /healthz); off unless set."""
+
+    # host:port to serve /metrics and /healthz on, e.g. "127.0.0.1:9308"; unset: off.
+    listen: Annotated[str, AfterValidator(_listen)] | None = None
+    # Store-wide figures (outbox, open tickets, quarantine) are read from the
+    # database at most this often, however many scrapers ask.
+    store_cache_seconds: Seconds = 5.0
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to listen on, or None when metrics are off."""
+        return split_listen(self.listen) if self.listen else None
+
+
 class SmtpSettings(_Section):
     """``[smtp]``: where outgoing mail is handed over.
 
@@ -375,6 +412,7 @@ class Settings(_Section):
     lmtp: LmtpSettings | None = None
     intake: IntakeSettings = Field(default_factory=IntakeSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     threading: ThreadingPolicy = Field(default_factory=ThreadingPolicy)
     security: SecuritySettings = Field(default_factory=SecuritySettings)

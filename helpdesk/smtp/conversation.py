@@ -23,7 +23,7 @@ from enum import StrEnum
 
 import aiosmtplib
 
-from helpdesk.delivery import RecipientReply
+from helpdesk.delivery.claims import RecipientReply
 from helpdesk.settings import SmtpSettings, Tls
 
 # RFC 5321 §3.8: 421 means the relay is closing the connection; no recipient's fault.

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from sqlalchemy import exc as sa_exc
 
-from helpdesk.delivery import DeliveryReport, Recorded
+from helpdesk.delivery.claims import DeliveryReport, Recorded
 from helpdesk.errors import StoreUnavailable
 
 log = structlog.get_logger()

@@ -44,7 +44,8 @@ import structlog
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from helpdesk import delivery, outbox
+from helpdesk.delivery import claims, outbox
+from helpdesk.observe import NULL_OBSERVER, Observer
 from helpdesk.settings import SmtpSettings
 from helpdesk.smtp.conversation import Envelope, Problem, Relay, RelayProblem
 from helpdesk.smtp.recorder import STORE_ERRORS, Backoff, Recorder, StoreHealth
@@ -86,8 +87,11 @@ class Sender:
         relay_backoff: Backoff | None = None,
         reuse_connection: bool = True,
         watch: bool = True,
+        observer: Observer = NULL_OBSERVER,
     ) -> None:
         self.sessions = sessions
+        # Told the relay's answer about each recipient of each attempt (metrics).
+        self.observer = observer
         self.settings = settings
         self.policy = policy
         self.holder = holder
@@ -174,20 +178,25 @@ class Sender:
             try:
                 replies = await self._deliver_one(row)
             except RelayProblem as problem:
+                # The relay's own refusal has a code (MAIL FROM, AUTH); a lost
+                # connection or a timeout has none.
+                self.observer.send_attempted(problem.code, len(row.envelope.recipients))
                 if problem.problem is not Problem.TIMEOUT or self._stop_at is None:
                     await self._relay_failed(problem)
                 break
             except _ClaimRunningOut:
-                break
+                break  # given back before its dot: not an attempt the relay answered
+            for reply in replies:
+                self.observer.send_attempted(reply.code)
             await self._relay_ok()
             given.add(row.item_id)
-            self.recorder.add(delivery.DeliveryReport(row.item_id, replies), row)
+            self.recorder.add(claims.DeliveryReport(row.item_id, replies), row)
             self.handled += 1
             if any(r.accepted for r in replies):
                 accepted += 1
         return accepted
 
-    async def _deliver_one(self, row: Claimed) -> tuple[delivery.RecipientReply, ...]:
+    async def _deliver_one(self, row: Claimed) -> tuple[claims.RecipientReply, ...]:
         """One mail under one deadline; its final dot only once the previous result is in."""
         budget = self.settings.timeout * (1 if self.relay.connected else 2)
         self._row_deadline = time.monotonic() + budget
@@ -397,7 +406,7 @@ class Sender:
 
     def _claim(self) -> list[Claimed]:
         with self.sessions.begin() as session:
-            items = delivery.claim_due(
+            items = claims.claim_due(
                 session, holder=self.holder, limit=self.batch, now=self.clock(), lease=self.lease
             )
             return [
@@ -408,18 +417,18 @@ class Sender:
 
     def _renew(self) -> None:
         with self.sessions.begin() as session:
-            delivery.renew_claims(session, holder=self.holder, lease=self.lease, now=self.clock())
+            claims.renew_claims(session, holder=self.holder, lease=self.lease, now=self.clock())
 
     def _release(self, item_ids: list[int] | None) -> None:
         with self.sessions.begin() as session:
-            delivery.release_claims(session, self.holder, item_ids)
+            claims.release_claims(session, self.holder, item_ids)
 
-    def _write(self, reports: list[delivery.DeliveryReport]) -> list[delivery.Recorded]:
+    def _write(self, reports: list[claims.DeliveryReport]) -> list[claims.Recorded]:
         with self.sessions.begin() as session:
-            return delivery.record(session, reports, holder=self.holder, now=self.clock(),
+            return claims.record(session, reports, holder=self.holder, now=self.clock(),
                                  policy=self.policy, rng=self.rng)
 
-    def _log_recorded(self, recorded: Sequence[delivery.Recorded], rows: Sequence[Claimed]) -> None:
+    def _log_recorded(self, recorded: Sequence[claims.Recorded], rows: Sequence[Claimed]) -> None:
         by_id = {row.item_id: row for row in rows}
         for done in recorded:
             row = by_id.get(done.item_id)

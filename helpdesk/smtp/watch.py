@@ -1,7 +1,7 @@
 """Hearing about mail queued by other processes (issue 14 item 2).
 
 In the daemon, a commit that queued mail calls `Sender.wake` directly
-(`helpdesk.wakeup`). Mail queued elsewhere needs a signal across processes:
+(`helpdesk.delivery.wakeup`). Mail queued elsewhere needs a signal across processes:
 
 * PostgreSQL: every commit that queued mail sends `NOTIFY helpdesk_outbox`
   (the CLI's too); each daemon's sender LISTENs on a connection of its own,
@@ -30,8 +30,8 @@ from typing import Any, Protocol
 import structlog
 from sqlalchemy import Engine
 
+from helpdesk.delivery.wakeup import CHANNEL
 from helpdesk.smtp.recorder import Backoff
-from helpdesk.wakeup import CHANNEL
 
 log = structlog.get_logger()
 

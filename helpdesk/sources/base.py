@@ -26,7 +26,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from helpdesk.ingest import IngestContext
+from helpdesk.flow.ingest import IngestContext
 from helpdesk.intake import BatchSink, in_process_sink
 from helpdesk.values import IngestOutcome, OutcomeKind
 
@@ -93,6 +93,10 @@ class SourceStats:
     last_poll_at: datetime | None = field(default=None)
     # Automatic replies not sent, by reason (automated, rate_limit, bounced, ...).
     suppressed: dict[str, int] = field(default_factory=dict)
+    # For the daemon's metrics: whether the source's last attempt worked (False
+    # until the first one did), and when it last completed a pass over its mail.
+    up: bool = False
+    last_success_at: datetime | None = field(default=None)
 
     def count(self, outcome: IngestOutcome) -> dict[str, int]:
         """Add one message's outcome; returns the deltas, for `mailboxes.add_counters`."""

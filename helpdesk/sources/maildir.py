@@ -36,8 +36,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.contextvars import bound_contextvars
 
-from helpdesk import mailboxes
 from helpdesk.errors import StoreUnavailable
+from helpdesk.flow import mailboxes
 from helpdesk.intake import PoolClosed, header_of, too_large
 from helpdesk.sources.base import Backoff, Sink, SourceStats
 from helpdesk.store.models import utcnow
@@ -233,6 +233,8 @@ class MaildirSource:
                     self._log.info("maildir.recovered", mailbox=self.name, after=self._outage)
                     self._outage = None
                     self._set_health("ok", None)
+                self.stats.up = True
+                self.stats.last_success_at = self._clock()
                 self.backoff.reset()
                 stop.wait(poll_interval)
         finally:
@@ -245,6 +247,7 @@ class MaildirSource:
             event, health = "maildir.unavailable", "unreadable directory"
         else:
             event, health = "maildir.unexpected_error", "internal error"
+        self.stats.up = False
         delay = self.backoff.next_delay()
         if event != self._outage:  # once per outage, not once per retry
             self._outage = event

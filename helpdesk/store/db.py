@@ -13,7 +13,7 @@ head and fails when `HEAD_REVISION` is not kept in step with the migrations.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +33,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 # The newest revision in migrations/versions; keep it in step when adding one
 # (tests/service/test_store.py asks Alembic and fails otherwise).
-HEAD_REVISION = "0009"
+HEAD_REVISION = "0010"
 
 # How long a writer waits for another writer's lock before SQLite reports busy.
 SQLITE_BUSY_TIMEOUT_MS = 15_000
@@ -218,13 +218,39 @@ def check_schema(engine: Engine) -> None:
         raise SchemaOutdated(current, HEAD_REVISION)
 
 
-def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
-    """Run migrations up to `revision`; returns (before, after)."""
+def upgrade(engine: Engine, revision: str = "head",
+            on_step: Callable[[str], None] | None = None) -> tuple[str | None, str]:
+    """Run migrations up to `revision`; returns (before, after).
+
+    `on_step` is called with each revision's id once it is applied (a progress bar).
+    """
     from alembic import command
 
     before = current_revision(engine)
-    command.upgrade(alembic_config(engine), revision)
+    config = alembic_config(engine)
+    if on_step is not None:
+        report = on_step
+
+        def applied(*, step: Any, **_: Any) -> None:  # Alembic passes keywords
+            report(str(step.up_revision_id))
+
+        config.attributes["on_version_apply"] = applied
+    command.upgrade(config, revision)
     return before, current_revision(engine) or ""
+
+
+def pending_revisions(engine: Engine, revision: str = "head") -> list[str]:
+    """The revisions `upgrade` would apply, oldest first (none when the schema is current)."""
+    from alembic.script import ScriptDirectory
+    from alembic.script.revision import RevisionError
+
+    script = ScriptDirectory(str(MIGRATIONS))
+    current = current_revision(engine)
+    try:
+        steps = list(script.iterate_revisions(revision, current or "base"))
+    except RevisionError:
+        return []  # a revision this package does not know: `upgrade` says so itself
+    return [r.revision for r in reversed(steps) if r.revision != current]
 
 
 def isolate_sequences(conn: Connection, *, lock_timeout_ms: int = 2000) -> bool:

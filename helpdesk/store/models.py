@@ -196,7 +196,7 @@ class Ticket(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     first_response_at: Mapped[datetime | None]
     resolved_at: Mapped[datetime | None]
-    # When the timer pass must look at this ticket next (helpdesk.timers): the earliest
+    # When the timer pass must look at this ticket next (helpdesk.desk.timers): the earliest
     # time one of the `[[timer]]` rules could fire, NULL when none can, TIMER_STALE
     # after a change. Written by the timer pass and the triggers only.
     timer_due_at: Mapped[datetime | None] = mapped_column(default=TIMER_STALE)
@@ -269,7 +269,6 @@ class Message(Base):
     text: Mapped[str] = mapped_column(Text, default="")
     new_text: Mapped[str] = mapped_column(Text, default="")
     html: Mapped[str | None] = mapped_column(Text)
-    raw: Mapped[bytes | None] = mapped_column(Blob)
     size: Mapped[int] = mapped_column(Integer, default=0)
     defects: Mapped[str] = mapped_column(Text, default="")
     # The Thread-Index header as received (Outlook's conversation index, MS-OXOMSG);
@@ -282,6 +281,10 @@ class Message(Base):
     origin_uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
     origin_uid: Mapped[int | None] = mapped_column(BigInteger)
     origin_path: Mapped[str | None] = mapped_column(Text)
+    # Last, also in the table (migration 0010): SQLite streams a large mail into a
+    # trailing zeroblob without building the row in memory (helpdesk.store.blobs).
+    # A migration that adds a column to messages must move raw last again.
+    raw: Mapped[bytes | None] = mapped_column(Blob)
 
     ticket: Mapped[Ticket] = relationship(back_populates="messages")
     attachments: Mapped[list[Attachment]] = relationship(
@@ -479,7 +482,7 @@ class DaemonBeat(Base):
     __tablename__ = "daemons"
 
     holder: Mapped[str] = mapped_column(String(200), primary_key=True)
-    # Which mailboxes it works (helpdesk.mailboxes.pool_key): daemons share leases
+    # Which mailboxes it works (helpdesk.flow.mailboxes.pool_key): daemons share leases
     # with the daemons configured with the same mailboxes only.
     pool: Mapped[str] = mapped_column(String(64), default="")
     started_at: Mapped[datetime]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, String, bindparam, func, insert, literal, or_, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer, joinedload, selectinload
 
@@ -27,6 +27,7 @@ from helpdesk.store.models import (
     TicketTag,
     table,
 )
+from helpdesk.store.upsert import dialect_insert
 from helpdesk.values import Direction, Origin, Priority, TicketStatus, TicketView
 
 
@@ -247,10 +248,9 @@ def contact_id(session: Session, address: str, name: str, now: datetime) -> int:
     return int(new_id)
 
 
-_ADD_PARTICIPANT = {
-    "postgresql": pg_insert(table(Participant)).on_conflict_do_nothing(),
-    "sqlite": sqlite_insert(table(Participant)).on_conflict_do_nothing(),
-}
+@functools.cache
+def _add_participant(dialect: str) -> Any:
+    return dialect_insert(dialect)(table(Participant)).on_conflict_do_nothing()
 
 
 def add_participants(session: Session, ticket_id: int, people: Sequence[tuple[str, str]]) -> None:
@@ -266,7 +266,7 @@ def add_participants(session: Session, ticket_id: int, people: Sequence[tuple[st
         return
     conn = session.connection()
     rows = [{"ticket_id": ticket_id, "address": a, "role": r} for a, r in roles.items()]
-    conn.execute(_ADD_PARTICIPANT[conn.dialect.name], rows)
+    conn.execute(_add_participant(conn.dialect.name), rows)
 
 
 @dataclass(frozen=True)

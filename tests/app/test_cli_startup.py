@@ -45,7 +45,8 @@ def imported(args: list[str], watched: list[str], cwd: Path,
     return report["code"], report["loaded"], result.stdout
 
 
-HEAVY = ["sqlalchemy", "jinja2", "aiosmtplib", "imapclient", "alembic", "aiosmtpd"]
+HEAVY = ["sqlalchemy", "jinja2", "aiosmtplib", "imapclient", "alembic", "aiosmtpd",
+         "prometheus_client"]
 
 
 def test_version_imports_no_heavy_library(tmp_path: Path) -> None:
@@ -75,8 +76,9 @@ def test_tickets_list_imports_no_alembic_templates_or_mail_transport(
     config = tmp_path / "helpdesk.toml"
     config.write_text(f'[database]\nurl = "{store.url}"\n')
     # Nor our own mail composition and rule actions: listing tickets sends nothing.
-    watched = ["alembic", "jinja2", "aiosmtplib", "imapclient", "aiosmtpd",
-               "helpdesk.relay", "helpdesk.actions", "helpdesk.outbox", "helpdesk.mail.compose"]
+    watched = ["alembic", "jinja2", "aiosmtplib", "imapclient", "aiosmtpd", "prometheus_client",
+               "helpdesk.flow.relay", "helpdesk.desk.actions", "helpdesk.delivery.outbox",
+               "helpdesk.mail.compose", "helpdesk.daemon"]
     code, loaded, out = imported(["--config", str(config), "tickets", "list"], watched,
                                  tmp_path)
     assert code == 0, out
@@ -118,3 +120,19 @@ def test_every_command_help_still_works(name: str) -> None:
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 0, result.stderr
     assert f"Usage: helpdesk {name}" in result.stdout
+
+
+def test_only_the_daemon_module_for_metrics_imports_prometheus_client() -> None:
+    """The layering of issue 11: intake, sources, SMTP and the services report to
+    `helpdesk.observe` and never import prometheus_client; `helpdesk.daemon.metrics` does."""
+    probe = ("import sys, helpdesk.daemon.service, helpdesk.desk.gauges, helpdesk.intake, "
+             "helpdesk.sources.imap, helpdesk.sources.maildir, helpdesk.smtp, "
+             "helpdesk.sources.lmtp\n"
+             "print(sorted(m for m in sys.modules if m.startswith('prometheus_client')))\n"
+             "import helpdesk.daemon.metrics\n"
+             "print('prometheus_client' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            cwd=ROOT, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[]", "True"]

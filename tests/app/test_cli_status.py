@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from helpdesk import mailboxes
 from helpdesk.cli import cli
-from helpdesk.ingest import IngestContext, ingest
+from helpdesk.flow import mailboxes
+from helpdesk.flow.ingest import IngestContext, ingest
 from helpdesk.store.models import QuarantineItem, utcnow
 from helpdesk.values import Origin
 from tests.conftest import Store

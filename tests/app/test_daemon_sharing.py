@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from helpdesk.mailboxes import list_states
+from helpdesk.flow.mailboxes import list_states
 from tests.app.daemon_helpers import (
     append_all,
     connect,

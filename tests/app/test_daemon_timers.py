@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from helpdesk.daemon import Daemon
-from helpdesk.ingest import IngestContext, ingest
+from helpdesk.flow.ingest import IngestContext, ingest
 from helpdesk.settings import load_settings
 from helpdesk.store.models import Ticket
 from helpdesk.values import Origin

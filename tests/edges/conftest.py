@@ -13,7 +13,7 @@ import pytest
 from imapclient import IMAPClient
 from sqlalchemy import func, select
 
-from helpdesk.ingest import IngestContext
+from helpdesk.flow.ingest import IngestContext
 from helpdesk.settings import MailboxSettings
 from helpdesk.sources.base import Backoff, Sink, ingest_sink
 from helpdesk.sources.imap import ImapSource

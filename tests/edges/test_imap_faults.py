@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from helpdesk.mailboxes import LeaseLost
+from helpdesk.flow.mailboxes import LeaseLost
 from helpdesk.sources.base import Sink
 from helpdesk.sources.imap import FAILED_KEYWORD
 from helpdesk.sources.imap.fetching import plan_batches

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from helpdesk import mailboxes
 from helpdesk.errors import StoreUnavailable
+from helpdesk.flow import mailboxes
 from helpdesk.sources.base import Sink
 from helpdesk.sources.imap import PROCESSED_KEYWORD
 from helpdesk.store.models import MailboxState

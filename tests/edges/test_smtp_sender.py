@@ -21,7 +21,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from pydantic import SecretStr
 from sqlalchemy import select, text
 
-from helpdesk import delivery, outbox
+from helpdesk.delivery import claims, outbox
 from helpdesk.settings import SmtpSettings
 from helpdesk.smtp import Sender
 from helpdesk.store.models import OutboxItem
@@ -160,7 +160,7 @@ def test_expired_claim_is_taken_over(store: Store, relay: ScriptedRelay, clock: 
     """A sender that died holding a claim does not block the row past the claim."""
     queue(store, now=clock.now)
     with store.sessions.begin() as session:
-        claimed = delivery.claim_due(session, holder="dead", limit=10, now=clock.now,
+        claimed = claims.claim_due(session, holder="dead", limit=10, now=clock.now,
                                    lease=timedelta(seconds=1))
         assert len(claimed) == 1
     s = sender(store, relay, clock, holder="alive")
@@ -178,16 +178,16 @@ def test_claims_expire_on_the_database_clock(store: Store, clock: Clock) -> None
     queue(store, now=clock.now)
     with store.sessions.begin() as session:
         db_now = session.execute(text("SELECT now()")).scalar_one()
-        [item] = delivery.claim_due(session, holder="a", limit=10, now=clock.now,
+        [item] = claims.claim_due(session, holder="a", limit=10, now=clock.now,
                                   lease=timedelta(minutes=5))
         assert item.claimed_until is not None
         assert abs((item.claimed_until - db_now) - timedelta(minutes=5)) < timedelta(seconds=1)
     ahead = clock.now + timedelta(hours=1)
     with store.sessions.begin() as session:
-        assert delivery.claim_due(session, holder="b", limit=10, now=ahead,
+        assert claims.claim_due(session, holder="b", limit=10, now=ahead,
                                 lease=timedelta(minutes=5)) == []
     with store.sessions.begin() as session:
-        assert delivery.renew_claims(session, holder="a", lease=timedelta(minutes=5),
+        assert claims.renew_claims(session, holder="a", lease=timedelta(minutes=5),
                                    now=clock.now - timedelta(hours=3)) == 1
         until = session.scalars(select(OutboxItem.claimed_until)).one()
         assert until is not None

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from helpdesk import outbox
+from helpdesk.delivery import outbox
 from helpdesk.settings import SmtpSettings
 from helpdesk.smtp import Backoff, Sender
 from helpdesk.store.models import OutboxItem, Ticket, utcnow

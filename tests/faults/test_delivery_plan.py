@@ -6,8 +6,8 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from helpdesk.delivery import DeliveryReport, RecipientReply, RecipientState, RowState, plan
-from helpdesk.outbox import OutboxPolicy
+from helpdesk.delivery.claims import DeliveryReport, RecipientReply, RecipientState, RowState, plan
+from helpdesk.delivery.outbox import OutboxPolicy
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 POLICY = OutboxPolicy(max_permanent_failures=2, retry_base=timedelta(seconds=30))

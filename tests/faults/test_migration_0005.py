@@ -11,7 +11,7 @@ import pytest
 from alembic import command
 from sqlalchemy import text
 
-from helpdesk import outbox
+from helpdesk.delivery import outbox
 from helpdesk.store.db import alembic_config, head_revision, upgrade
 from tests.conftest import Store
 from tests.faults.helpers import assert_exactly_once, items, make_sender

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import create_engine, select
 from structlog.testing import capture_logs
 
-from helpdesk import outbox
+from helpdesk.delivery import outbox
 from helpdesk.store import db
 from helpdesk.store.models import Event
 from tests.conftest import Clock, Store

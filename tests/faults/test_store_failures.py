@@ -27,7 +27,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from helpdesk.errors import StoreUnavailable
-from helpdesk.ingest import IngestContext
+from helpdesk.flow.ingest import IngestContext
 from helpdesk.sources.base import ingest_sink
 from helpdesk.sources.maildir import MaildirSource
 from helpdesk.store.db import make_engine, make_session_factory

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from helpdesk.delivery.wakeup import CHANNEL, install_commit_hooks
 from helpdesk.store.db import make_engine, make_session_factory
-from helpdesk.wakeup import CHANNEL, install_commit_hooks
 from tests.conftest import Store
 from tests.faults.helpers import async_wait_until, make_sender, queue, running
 from tests.faults.relay import ScriptedRelay

@@ -43,7 +43,7 @@ def main(argv: list[str]) -> None:
 
     import helpdesk.cli.ingest
     import helpdesk.context
-    import helpdesk.ingest
+    import helpdesk.flow.ingest
     import helpdesk.intake
     import helpdesk.mail.prepare
     import helpdesk.templates  # noqa: F401

@@ -35,6 +35,11 @@ HTML_OPEN_COMMENTS = "<!--" * 80_000
 # stray end tags under thousands of unclosed elements.
 HTML_NESTED_QUOTES = "<blockquote>" * 20_000 + "x<br>" * 20_000
 HTML_STRAY_END_TAGS = "<div>" * 100_000 + "</span>" * 100_000
+# A run of blanks on the line above where the returned copy starts, and an
+# address whose domain has a million labels: each cost a regex frame per
+# character or label (issue 12 item 10).
+BLANK_RUN = "Delivery failed.\n" + " " * 2_000_000 + "original message follows\n"
+MANY_LABELS = "550 5.1.1 unknown: x@" + "a." * 1_000_000 + "com\n"
 TAG_LINES = "".join(f"#tag t{i}\n" for i in range(20_000)) + "\nThanks.\n"
 FOLDED_LINES = 1_000_000
 SENT_CONTINUATIONS = 10_000
@@ -95,6 +100,31 @@ def dsn(lines: int = FOLDED_LINES) -> bytes:
         "--b\nContent-Type: message/global-delivery-status\n\n"
     )
     return (head + folded_status(lines) + "--b--\n").encode()
+
+
+def folded_header(lines: int = FOLDED_LINES, *, junk: bool = False) -> bytes:
+    """A Subject folded over `lines` continuation lines; with `junk`, a line that is no
+    field ends the header block (the reader's line-by-line path)."""
+    return (
+        f"From: {CUSTOMER}\nTo: {SUPPORT}\nMessage-ID: <folded@example.com>\n"
+        "Subject: Help\n" + " x\n" * lines + ("junk\n" if junk else "") + "\nHello.\n"
+    ).encode()
+
+
+def long_parameter(size: int = 1_000_000) -> bytes:
+    """A Content-Type parameter of `size` characters (read by the MIME reader)."""
+    return (
+        f"From: {CUSTOMER}\nTo: {SUPPORT}\nMessage-ID: <param@example.com>\n"
+        "Content-Type: text/plain; x=" + "a" * size + "\n\nHello.\n"
+    ).encode()
+
+
+def many_fields(count: int = FOLDED_LINES) -> bytes:
+    """`count` short header fields (a part keeps the first 1,000)."""
+    return (
+        f"From: {CUSTOMER}\nTo: {SUPPORT}\nMessage-ID: <fields@example.com>\n"
+        + "X-A: b\n" * count + "\nHello.\n"
+    ).encode()
 
 
 def customer(body: str, message_id: str, *, subject: str = "Help") -> bytes:

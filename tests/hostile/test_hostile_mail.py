@@ -17,8 +17,7 @@ linear in the mail. Each shape of the issue is built here and run twice:
 These are the only timed assertions of the suite (the brief allows them
 here): the bounds are generous on purpose, an order of magnitude above what
 the linear code needs on a loaded machine and far below what the quadratic
-code took. Shapes owned by other helpers are marked xfail(strict=True) until
-their fixes land: the lead flips them.
+code took.
 """
 
 from __future__ import annotations
@@ -92,6 +91,8 @@ def peak_bytes(step: Pure) -> int:
 
 def _pure_steps() -> list[Pure]:
     dsn = shapes.dsn()
+    folded, folded_junk = shapes.folded_header(), shapes.folded_header(junk=True)
+    fields, parameter = shapes.many_fields(), shapes.long_parameter()
     forward = parse(shapes.agent_forward())
     slow_rules = build_rule_set(
         [(Path("rules/10-slow.toml"), {"rule": [
@@ -111,10 +112,20 @@ def _pure_steps() -> list[Pure]:
              len(shapes.BLANK_LINES)),
         Pure('bounce text: "!"*30000 + "@" + "a"*30000',
              lambda: parse_bounce_text(shapes.BANG_AT), len(shapes.BANG_AT)),
-        # parse_dsn reads the mail with the stdlib's compat32 parser, which holds each line
-        # as a str: ~50 bytes for each 3-byte line here (the parser's memory is item 10's).
-        Pure("DSN: a million folded continuation lines", lambda: parse_dsn(dsn), len(dsn),
-             memory=30),
+        Pure("DSN: a million folded continuation lines", lambda: parse_dsn(dsn), len(dsn)),
+        # Issue 12 item 10: the MIME reader on a million short lines (it kept a piece of the
+        # status part per line, and the regex engine a frame per folded header line).
+        Pure("parse: a DSN of a million folded continuation lines", lambda: parse(dsn),
+             len(dsn)),
+        Pure("parse: a Subject folded over a million lines", lambda: parse(folded), len(folded)),
+        Pure("parse: a folded Subject, then a line that is no field",
+             lambda: parse(folded_junk), len(folded_junk)),
+        Pure("parse: a million header fields", lambda: parse(fields), len(fields)),
+        Pure("parse: a 1 MB Content-Type parameter", lambda: parse(parameter), len(parameter)),
+        Pure("bounce text: a 2 MB run of blanks above the returned copy",
+             lambda: parse_bounce_text(shapes.BLANK_RUN), len(shapes.BLANK_RUN)),
+        Pure("bounce text: an address with a million domain labels",
+             lambda: parse_bounce_text(shapes.MANY_LABELS), len(shapes.MANY_LABELS)),
         Pure("split_reply: 70,000 reply headers", lambda: split_reply(shapes.REPLY_HEADERS),
              len(shapes.REPLY_HEADERS)),
         Pure('html: "<a " * 25000', lambda: html_to_text(shapes.HTML_OPEN_TAGS),
@@ -344,10 +355,6 @@ def test_ingest_batch_is_bounded_and_the_next_mail_is_stored(desk: Desk, batch: 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "helpdesk.mail.parse (the MIME reader) peaks at about 70x a mail of a million 3-byte "
-    "lines (209 MB for 2.9 MB; classify's parse_dsn, compat32, about 26x); owned by "
-    "helper `parse` (issue 12 item 10)"))
 def test_parse_memory_on_a_million_short_lines(desk: Desk) -> None:
     """The DSN of a million folded lines: its memory, apart from its time (checked above)."""
     hostile = shapes.dsn()
@@ -387,8 +394,7 @@ def test_a_runaway_admin_regex_costs_its_budget_and_is_reported(
 
 # --------------------------------------------------------------------------
 # Shapes whose fixes are in other modules (issue 12 items 8-10): compose's own
-# folding (`outgoing`) and chunked id lookups hold; the memory of a 34 MB mail
-# is still over its target (xfail until `parse` brings it down).
+# folding (`outgoing`), chunked id lookups, and the memory of a 34 MB mail.
 
 
 @pytest.mark.slow
@@ -398,11 +404,7 @@ def test_a_runaway_admin_regex_costs_its_budget_and_is_reported(
         pytest.param(shapes.huge_subject, id="1 MB Subject into the acknowledgement"),
         pytest.param(shapes.huge_display_name, id="1 MB display name into the acknowledgement"),
         pytest.param(shapes.many_references, id="260,000 References ids"),
-        pytest.param(shapes.big_attachment, id="34 MB mail with a 25 MB attachment",
-                     marks=pytest.mark.xfail(strict=True, reason=(
-                         "peak RSS grows by about 152 MB (4.3x the mail) in the ingest "
-                         "process or its parse worker, target under 3x; owned by helper "
-                         "`parse` (issue 12 item 10)"))),
+        pytest.param(shapes.big_attachment, id="34 MB mail with a 25 MB attachment"),
     ],
 )
 def test_shapes_fixed_in_other_modules(desk: Desk, make: Callable[[], bytes]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import tempfile
 import threading
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpdesk.intake import PoolClosed, PreparePool
+from helpdesk.mail.parse import attach
 from helpdesk.mail.prepare import PrepareConfig, prepare
 from tests.intake.workloads import crash_on_marker, runaway_on_marker
 from tests.mailfactory import make_mail
@@ -140,3 +142,19 @@ def test_workers_are_replaced_after_max_tasks() -> None:
             pool.prepare(mail(f"m{i}"), CONFIG)
             pids |= {w.process.pid for w in pool._all}
     assert len(pids) == 3
+
+
+def test_large_attachments_come_back_without_their_bytes() -> None:
+    """Issue 12 item 10: a worker sends a large attachment back detached, so its bytes are
+    not pickled and piped; decoded again from the raw mail they are exactly prepare's."""
+    blob = bytes(range(256)) * 1024
+    raw = make_mail(attachment=("disk.bin", blob))
+    with PreparePool(1, time_limit=30, start_method="fork") as pool:
+        result = pool.prepare(raw, CONFIG)
+    assert result.msg is not None
+    (part,) = result.msg.attachments
+    assert (part.detached, part.content, part.size) == (True, b"", len(blob))
+    assert len(pickle.dumps(result)) < len(blob) // 10
+    expected = prepare(raw, CONFIG).msg
+    assert expected is not None
+    assert attach(part, raw) == expected.attachments[0]

@@ -15,13 +15,13 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from helpdesk import directory
-from helpdesk.actions import ActionContext
 from helpdesk.context import BUILTIN_TEMPLATES
-from helpdesk.ingest import IngestContext
+from helpdesk.delivery.outbox import OutboxPolicy, Signer
+from helpdesk.desk import directory
+from helpdesk.desk.actions import ActionContext
+from helpdesk.flow.ingest import IngestContext
 from helpdesk.mail.compose import ticket_from_message_id
 from helpdesk.mail.trust import TrustPolicy
-from helpdesk.outbox import OutboxPolicy, Signer
 from helpdesk.rules import RuleSet, load_rules
 from helpdesk.settings import SmtpSettings
 from helpdesk.smtp import Sender

@@ -28,10 +28,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from helpdesk import context, relay, timers
+from helpdesk import context
 from helpdesk.context import Configured
+from helpdesk.desk import timers
 from helpdesk.errors import ConfigError
-from helpdesk.ingest import ingest
+from helpdesk.flow import relay
+from helpdesk.flow.ingest import ingest
 from helpdesk.mail.conversation import parse_index, reply_index, root_index, thread_guid
 from helpdesk.rules import RuleSet
 from helpdesk.settings import load_settings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,8 @@ class Received:
     sender: str
     recipients: list[str]
     data: bytes
+    # When the 250 was given (time.monotonic, the test process's clock).
+    accepted_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass

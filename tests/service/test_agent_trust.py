@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from helpdesk import context, directory, tickets
-from helpdesk.actions import ActionContext
+from helpdesk import context
 from helpdesk.context import BUILTIN_TEMPLATES
-from helpdesk.ingest import IngestContext, ingest
+from helpdesk.delivery.outbox import Signer
+from helpdesk.desk import directory, tickets
+from helpdesk.desk.actions import ActionContext
+from helpdesk.flow.ingest import IngestContext, ingest
 from helpdesk.mail.trust import NOT_CONFIGURED, TrustPolicy
-from helpdesk.outbox import Signer
 from helpdesk.rules import load_rules
 from helpdesk.settings import load_settings
 from helpdesk.store.models import Message, OutboxItem, Ticket

@@ -8,13 +8,13 @@ import email.policy
 import pytest
 from sqlalchemy import select
 
-from helpdesk import directory, tickets
-from helpdesk.actions import ActionContext
+from helpdesk.delivery.outbox import Signer
+from helpdesk.desk import directory, tickets
+from helpdesk.desk.actions import ActionContext
 from helpdesk.errors import InvalidInput
-from helpdesk.ingest import IngestContext, ingest
+from helpdesk.flow.ingest import IngestContext, ingest
 from helpdesk.mail.commands import MAX_COMMANDS
 from helpdesk.mail.trust import TrustPolicy
-from helpdesk.outbox import Signer
 from helpdesk.store.models import Message, OutboxItem, Ticket
 from helpdesk.values import Origin
 from tests.conftest import Clock, Store

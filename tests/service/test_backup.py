@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, select, text
 
-from helpdesk import tickets
-from helpdesk.ingest import IngestContext, ingest
+from helpdesk.desk import tickets
+from helpdesk.flow.ingest import IngestContext, ingest
 from helpdesk.store.db import check_schema, make_engine, make_session_factory, upgrade
 from helpdesk.store.models import Message
 from helpdesk.values import Origin, OutcomeKind

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from helpdesk import directory, tickets
-from helpdesk.actions import ActionContext
 from helpdesk.context import BUILTIN_TEMPLATES
-from helpdesk.ingest import IngestContext, ingest
+from helpdesk.delivery.outbox import OutboxPolicy, Signer
+from helpdesk.desk import directory, tickets
+from helpdesk.desk.actions import ActionContext
+from helpdesk.flow.ingest import IngestContext, ingest
 from helpdesk.mail.trust import TrustPolicy
-from helpdesk.outbox import OutboxPolicy, Signer
 from helpdesk.rules import load_rules
 from helpdesk.settings import SmtpSettings
 from helpdesk.smtp import Sender

@@ -8,8 +8,8 @@ import time
 
 from sqlalchemy import func, select
 
-from helpdesk import directory, tickets
-from helpdesk.ingest import IngestContext, ingest
+from helpdesk.desk import directory, tickets
+from helpdesk.flow.ingest import IngestContext, ingest
 from helpdesk.mail.trust import TrustPolicy
 from helpdesk.store.models import Attachment, Contact, Event, Message, QuarantineItem, Ticket
 from helpdesk.thread import ThreadPolicy

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from helpdesk import mailboxes
+from helpdesk.flow import mailboxes
 from tests.conftest import Clock, Store
 from tests.leaseclock import elapse
 

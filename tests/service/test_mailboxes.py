@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from helpdesk import mailboxes
-from helpdesk.mailboxes import LeaseLost
+from helpdesk.flow import mailboxes
+from helpdesk.flow.mailboxes import LeaseLost
 from helpdesk.store.models import MailboxState
 from tests.conftest import Clock, Store
 from tests.leaseclock import elapse, remaining

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, select
 
-from helpdesk import directory, tickets
-from helpdesk.actions import LIMIT_NOTICE, ActionContext
 from helpdesk.context import BUILTIN_TEMPLATES
-from helpdesk.ingest import IngestContext, ingest
+from helpdesk.delivery.outbox import Signer
+from helpdesk.desk import directory, tickets
+from helpdesk.desk.actions import LIMIT_NOTICE, ActionContext
+from helpdesk.flow.ingest import IngestContext, ingest
 from helpdesk.mail.compose import make_message_id, ticket_from_message_id
-from helpdesk.outbox import Signer
 from helpdesk.rules import load_rules
 from helpdesk.store.models import Message, OutboxItem, Suppression, Ticket
 from helpdesk.templates import load_templates

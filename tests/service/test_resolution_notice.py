@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from helpdesk import directory, tickets, timers
-from helpdesk.actions import ActionContext
 from helpdesk.context import BUILTIN_TEMPLATES
-from helpdesk.ingest import IngestContext, ingest
+from helpdesk.delivery.outbox import Signer
+from helpdesk.desk import directory, tickets, timers
+from helpdesk.desk.actions import ActionContext
+from helpdesk.desk.notices import Notice
+from helpdesk.flow.ingest import IngestContext, ingest
 from helpdesk.mail.trust import TrustPolicy
-from helpdesk.notices import Notice
-from helpdesk.outbox import Signer
 from helpdesk.rules import load_rules
 from helpdesk.store.models import AutoReplyLog, Event, OutboxItem, Suppression, Ticket
 from helpdesk.templates import TemplateSet, load_templates

@@ -12,9 +12,10 @@ import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.exc import OperationalError
 
-from helpdesk import outbox, tickets
+from helpdesk.delivery import outbox
+from helpdesk.desk import tickets
 from helpdesk.errors import HelpdeskError, InvalidInput
-from helpdesk.ingest import IngestContext, ingest
+from helpdesk.flow.ingest import IngestContext, ingest
 from helpdesk.store import search
 from helpdesk.store.db import head_revision, upgrade
 from helpdesk.store.models import Message, Ticket, table

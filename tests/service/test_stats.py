@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from helpdesk import stats
+from helpdesk.desk import stats
 from helpdesk.store.models import Agent, AgentAddress, Contact, Team, Ticket, TicketTag
 from helpdesk.store.queries import TicketFilter
 from tests.conftest import Store

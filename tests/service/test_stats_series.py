@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from helpdesk import stats
+from helpdesk.desk import stats
 from helpdesk.report.data import Durations, Series, Spread, TeamDays, TeamWeeks
 from helpdesk.store.models import Event, Ticket
 from tests.conftest import Store

@@ -149,3 +149,61 @@ def test_a_snapshot_sees_one_moment_and_blocks_no_writer(store: Store) -> None:
     with store.sessions() as session:
         assert session.scalar(select(func.count(Contact.id))) == (
             2 if store.backend == "sqlite" else 1)
+
+
+def test_raw_is_the_last_column_of_messages_on_sqlite(tmp_path: Path) -> None:
+    """SQLite streams a large mail only into a trailing column (migration 0010, store.blobs)."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    upgrade(engine)
+    with engine.connect() as conn:
+        columns = [row[1] for row in conn.execute(text("PRAGMA table_info(messages)"))]
+    engine.dispose()
+    assert columns[-1] == "raw"
+    assert columns.count("raw") == 1
+    assert "raw_last" not in columns
+
+
+def test_moving_raw_last_keeps_every_mail_and_what_refers_to_it(store: Store) -> None:
+    """Upgrading from 0009: the raw bytes, attachments, events and search are all still there."""
+    from alembic import command
+
+    from helpdesk.store.db import alembic_config
+
+    command.downgrade(alembic_config(store.engine), "0009")
+    store.engine.dispose()
+    raw = b"Subject: Beamer\r\n\r\n" + bytes(range(256)) * 4000
+    now = "2026-12-01 10:00:00"
+    with store.engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO tickets (id, subject, status, priority, created_at, updated_at) "
+            "VALUES (1, 'Beamer', 'new', 'normal', :t, :t)"), {"t": now})
+        conn.execute(text(
+            "INSERT INTO messages (id, ticket_id, direction, kind, message_id,"
+            " message_id_synthetic, content_hash, in_reply_to, \"references\", from_address,"
+            " from_name, to_addresses, cc_addresses, subject, received_at, text, new_text, raw,"
+            " size, defects, mail_class, origin_source, thread_index) VALUES (7, 1, 'in',"
+            " 'customer', 'old@x', false, 'x', '', '', 'dana@example.com', '', '', '', 'Beamer',"
+            " :t, 'Der Beamer geht nicht.', '', :raw, :size, '', 'human', 'file', '')"),
+            {"t": now, "raw": raw, "size": len(raw)})
+        conn.execute(text(
+            "INSERT INTO attachments (message_id, filename, content_type, size, sha256, inline,"
+            " content) VALUES (7, 'a.pdf', 'application/pdf', 3, 'h', false, :c)"),
+            {"c": b"pdf"})
+        conn.execute(text(
+            "INSERT INTO events (ticket_id, message_row_id, created_at, actor, kind, detail)"
+            " VALUES (1, 7, :t, 'dana@example.com', 'ticket.created', '{}')"), {"t": now})
+    assert upgrade(store.engine) == ("0009", head_revision())
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT raw FROM messages WHERE id = 7")).scalar_one() == raw
+        assert conn.execute(text("SELECT content FROM attachments WHERE message_id = 7")
+                            ).scalar_one() == b"pdf"
+        assert conn.execute(text("SELECT message_row_id FROM events")).scalar_one() == 7
+        if store.backend == "sqlite":
+            assert list(conn.execute(text("PRAGMA foreign_key_check"))) == []
+            conn.execute(text("INSERT INTO messages_fts(messages_fts, rank) "
+                              "VALUES('integrity-check', 1)"))
+    with store.sessions() as session:
+        from helpdesk.store import search
+
+        (hit,) = search.search(session, search.parse_query("beamer"))
+        assert hit.ticket_id == 1

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from helpdesk.ingest import IngestContext, ingest
+from helpdesk.flow.ingest import IngestContext, ingest
 from helpdesk.store.failures import is_outage
 from helpdesk.values import Origin, OutcomeKind
 from tests.conftest import Store

@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from helpdesk import directory, staff, tickets
+from helpdesk.desk import directory, staff, tickets
 from helpdesk.errors import InvalidInput, NotFound
-from helpdesk.ingest import IngestContext, ingest
+from helpdesk.flow.ingest import IngestContext, ingest
 from helpdesk.store.models import (
     Contact,
     Event,

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, func, select, text
 
-from helpdesk import directory, tickets, timers
-from helpdesk.actions import ActionContext
-from helpdesk.ingest import IngestContext, ingest
-from helpdesk.outbox import Signer
+from helpdesk.delivery.outbox import Signer
+from helpdesk.desk import directory, tickets, timers
+from helpdesk.desk.actions import ActionContext
+from helpdesk.flow.ingest import IngestContext, ingest
 from helpdesk.rules.timers import Firing, Timer
 from helpdesk.store.models import Event, OutboxItem, Ticket, TicketTag, TimerFiring
 from helpdesk.templates import load_templates

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from helpdesk import directory, tickets, timers
-from helpdesk.actions import ActionContext
 from helpdesk.context import BUILTIN_TEMPLATES
-from helpdesk.ingest import IngestContext, ingest
-from helpdesk.outbox import Signer
+from helpdesk.delivery.outbox import Signer
+from helpdesk.desk import directory, tickets, timers
+from helpdesk.desk.actions import ActionContext
+from helpdesk.flow.ingest import IngestContext, ingest
 from helpdesk.rules import load_rules
 from helpdesk.rules.timers import Firing, TimerTicket, due, raise_priority
 from helpdesk.store.models import OutboxItem, Ticket

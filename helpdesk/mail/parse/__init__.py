@@ -28,12 +28,13 @@ turns bytes into text, `filenames` makes attachment names safe.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 
 from helpdesk.mail.html import html_to_text
 from helpdesk.mail.parse.addresses import addresses, find_sender
-from helpdesk.mail.parse.body import Content, Walker
+from helpdesk.mail.parse.body import Content, Walker, decode_span
 from helpdesk.mail.parse.charsets import Defects
 from helpdesk.mail.parse.filenames import safe_filename
 from helpdesk.mail.parse.headers import (
@@ -48,11 +49,11 @@ from helpdesk.mail.parse.headers import (
     parse_date,
     read_fields,
 )
-from helpdesk.mail.parse.mime import envelope_line, parse_tree, read_headers
+from helpdesk.mail.parse.mime import envelope_line, line_ends, lone_cr, parse_tree, read_headers
 from helpdesk.mail.quoting import split_reply
 from helpdesk.values import AttachmentPart, ParsedMessage
 
-__all__ = ["SYNTHETIC_ID_DOMAIN", "parse", "safe_filename"]
+__all__ = ["SYNTHETIC_ID_DOMAIN", "attach", "detach", "parse", "safe_filename"]
 
 SYNTHETIC_ID_DOMAIN = "synthetic.helpdesk.invalid"
 
@@ -74,7 +75,7 @@ def parse(raw: bytes, *, envelope_sender: str | None = None) -> ParsedMessage:
         return _hopeless(b"", exc)
     try:
         defects = Defects()
-        buf = _line_ends(data)
+        buf = line_ends(data)
         root = parse_tree(buf)
         fields = read_fields(root.fields, defects)
         content = Content()
@@ -84,13 +85,36 @@ def parse(raw: bytes, *, envelope_sender: str | None = None) -> ParsedMessage:
         return _headers_only(data, exc, envelope_sender)
 
 
-def _line_ends(data: bytes) -> bytes:
-    """Old Mac mail ends lines with a lone CR: read it as LF (body bytes of other mail are
-    left alone, a CR inside a binary part is data)."""
-    head = data[:4096]
-    if b"\r" in head and b"\n" not in head:
-        return data.replace(b"\r", b"\n")
-    return data
+def detach(part: AttachmentPart) -> AttachmentPart:
+    """`part` without its bytes, which `attach` decodes again from the raw mail.
+
+    For a worker process: the result it sends back then carries no copy of a
+    large attachment (issue 12 item 10). A part that does not know where it
+    lies in the raw mail (one of a mail found inside another) keeps its bytes.
+    """
+    if part.span is None or part.detached:
+        return part
+    return dataclasses.replace(part, content=b"", detached=True)
+
+
+def attach(part: AttachmentPart, raw: bytes) -> AttachmentPart:
+    """A `detach`ed part with its bytes again, decoded from `raw`, the mail it was parsed from.
+
+    Raises ValueError when they do not come out as long as parse found them
+    (`raw` is not that mail).
+    """
+    span = part.span
+    if not part.detached or span is None:
+        return part
+    if lone_cr(raw):  # as parse read it (line_ends), for this part's bytes only
+        region = raw[span.start : span.end].replace(b"\r", b"\n")
+        data = decode_span(region, dataclasses.replace(span, start=0, end=len(region)))
+    else:
+        data = decode_span(raw, span)
+    if len(data) != span.size:
+        raise ValueError(f"attachment {part.filename!r} decoded to {len(data)} bytes from the "
+                         f"raw mail, {span.size} when it was parsed")
+    return dataclasses.replace(part, content=data, detached=False)
 
 
 def _envelope(buf: bytes, fields: Fields, given: str | None) -> tuple[str | None, ...]:

@@ -29,7 +29,17 @@ from dataclasses import dataclass, field
 
 from helpdesk.mail.parse.charsets import Defects, b64_lenient, decode_bytes, from_8bit
 
-__all__ = ["MAX_DEPTH", "MAX_PARTS", "Part", "decode_payload", "parse_tree", "read_headers"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_PARTS",
+    "Part",
+    "decode_payload",
+    "decode_region",
+    "line_ends",
+    "lone_cr",
+    "parse_tree",
+    "read_headers",
+]
 
 # Deeper MIME nesting than this is an attack, not a mail.
 MAX_DEPTH = 40
@@ -42,14 +52,18 @@ MAX_FIELDS = 1_000
 # section 4.5.3 (obs-optional) allows white space before the colon.
 _FIELD_RE = re.compile(r"([\x21-\x39\x3b-\x7e]*)[ \t]*:")
 _OBS_FROM_RE = re.compile(r"From[ \t]+:")
-# One whole field: name, colon, first line, continuation lines.
+# One whole field: name, colon, first line, continuation lines. The repeats
+# are possessive (nothing after them could match if they gave a line back):
+# for a plain repeated group the regex engine keeps a backtracking frame per
+# repetition, and a field folded over a million lines cost 190 MB.
 _WHOLE_FIELD_RE = re.compile(
-    r"([\x21-\x39\x3b-\x7e]+)[ \t]*:[ \t]*([^\n]*(?:\n[ \t][^\n]*)*)(?:\n|\Z)"
+    r"([\x21-\x39\x3b-\x7e]+)[ \t]*:[ \t]*([^\n]*+(?:\n[ \t][^\n]*+)*+)(?:\n|\Z)"
 )
 _BLANK_LINE_RE = re.compile(rb"\n\r?\n")
 _CTYPE_RE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
 # One parameter: up to the next ";" that is not inside a quoted string.
-_SEGMENT_RE = re.compile(r'(?:[^;"\\]|\\.?|"(?:[^"\\]|\\.?)*"?)*', re.S)
+# Possessive, for the reason given at _WHOLE_FIELD_RE (a 1 MB parameter cost 117 MB).
+_SEGMENT_RE = re.compile(r'(?:[^;"\\]++|\\.?|"(?:[^"\\]++|\\.?)*+"?)*+', re.S)
 _CONTINUATION_RE = re.compile(r"^(.*?)\*(\d{1,3})$")
 
 
@@ -94,50 +108,104 @@ def read_headers(
     fast = _well_formed(text)
     if fast is not None:
         return _bounded(fast, defects), body_start
-    lines = text.split("\n")
+    fields, stop = _read_lines(text, defects)
+    return _bounded(fields, defects), body_start if stop is None else start + stop
+
+
+def _read_lines(text: str, defects: list[str]) -> tuple[list[tuple[str, str]], int | None]:
+    """A header block that needs reading line by line: its fields, and where the body
+    begins when a line that is no field ends the block early (else None).
+
+    The lines are visited one at a time and a field's continuation lines are
+    kept as a range of `text`, unfolded once: a block of a million short lines
+    costs no list of a million strings.
+    """
     fields: list[tuple[str, str]] = []
-    name = ""
-    value: list[str] = []
-    offset = start
-    index = 0
-    while index < len(lines):
-        line_start = offset
-        line = _strip_cr(lines[index])
-        offset += len(lines[index]) + 1
-        index += 1
+    field: _Field | None = None
+    position, length = 0, len(text)
+    while position < length:
+        line_start = position
+        newline = text.find("\n", position)
+        position = newline + 1 if newline >= 0 else length
+        line = _strip_cr(text[line_start : position - 1 if newline >= 0 else length])
         if not line:
             break  # the end of a block cut off by the end of the part
         if line[0] in " \t":
-            if name:
-                value.append(line)
-            else:
+            if field is not None and field.name:
+                field.extend(line_start, position)
+            elif "FirstHeaderLineIsContinuationDefect" not in defects[-1:]:
                 defects.append("FirstHeaderLineIsContinuationDefect")
             continue
         if line.startswith("From ") and not _OBS_FROM_RE.match(line):
-            if index > 1:
+            if line_start > 0:
                 defects.append("MisplacedEnvelopeHeaderDefect")
+                if field is not None:
+                    field.close(text)  # continuation lines may follow it: not one range
             continue  # at the top: the mbox envelope line (see envelope_line)
         field_match = _FIELD_RE.match(line)
         if field_match is None:
             # RFC 5322 section 2.2.3: unfolding comes first, so "From\r\n : x"
             # is a field whose name was folded away from its colon.
-            following = index
-            while following < len(lines) and lines[following][:1] in (" ", "\t"):
-                following += 1
-            joined = line + "".join(_strip_cr(more) for more in lines[index:following])
-            field_match = _FIELD_RE.match(joined) if following > index else None
+            following = _after_continuations(text, position)
+            if following > position:
+                line += _unfold(text[position : following - 1])
+                field_match = _FIELD_RE.match(line)
             if field_match is None:
                 defects.append("MissingHeaderBodySeparatorDefect")
-                _flush(fields, name, value)
-                return _bounded(fields, defects), line_start
-            offset += sum(len(more) + 1 for more in lines[index:following])
-            index, line = following, joined
-        _flush(fields, name, value)
-        name, value = field_match.group(1), [line[field_match.end() :].lstrip(" \t")]
-        if not name:
+                _flush(fields, field, text)
+                return fields, line_start
+            position = following
+        _flush(fields, field, text)
+        field = _Field(field_match.group(1), line[field_match.end() :].lstrip(" \t"))
+        if not field.name:
             defects.append("InvalidHeaderDefect")  # ": value" has no name
-    _flush(fields, name, value)
-    return _bounded(fields, defects), body_start
+    _flush(fields, field, text)
+    return fields, None
+
+
+@dataclass(slots=True)
+class _Field:
+    """A field being read: its name, the rest of its first line, and the range of
+    `text` its continuation lines take (they follow the first line, one after another)."""
+
+    name: str
+    first: str
+    more_start: int = -1
+    more_end: int = -1
+
+    def extend(self, start: int, end: int) -> None:
+        if self.more_start < 0:
+            self.more_start = start
+        self.more_end = end
+
+    def close(self, text: str) -> None:
+        """Take the continuation lines so far into `first`."""
+        if self.more_start >= 0:
+            self.first += _unfold(text[self.more_start : self.more_end])
+            self.more_start = self.more_end = -1
+
+    def value(self, text: str) -> str:
+        self.close(text)
+        return self.first
+
+
+def _after_continuations(text: str, position: int) -> int:
+    """The offset after the run of continuation lines that starts at `position`."""
+    length = len(text)
+    while position < length and text[position] in " \t":
+        newline = text.find("\n", position)
+        position = newline + 1 if newline >= 0 else length + 1
+    return position
+
+
+def _unfold(text: str) -> str:
+    """RFC 5322 section 2.2.3: the line breaks removed, and one CR before each, as
+    at the end of a last line that has no line break."""
+    if text.endswith("\r"):
+        text = text[:-1]
+    if "\n" in text:
+        text = text.replace("\r\n", "\n").replace("\n", "")
+    return text
 
 
 def _well_formed(text: str) -> list[tuple[str, str]] | None:
@@ -151,6 +219,8 @@ def _well_formed(text: str) -> list[tuple[str, str]] | None:
         if match.start() != position:
             return None
         position = match.end()
+        if len(fields) > MAX_FIELDS:
+            continue  # one more than kept: _bounded names the defect
         value = match.group(2)
         if "\n" in value:  # RFC 5322 section 2.2.3: unfold
             value = value.replace("\r\n", "\n").replace("\n", "")
@@ -169,9 +239,24 @@ def _bounded(fields: list[tuple[str, str]], defects: list[str]) -> list[tuple[st
     return fields
 
 
-def _flush(fields: list[tuple[str, str]], name: str, value: list[str]) -> None:
-    if name:
-        fields.append((name, value[0] if len(value) == 1 else "".join(value)))
+def _flush(fields: list[tuple[str, str]], field: _Field | None, text: str) -> None:
+    if field is None or not field.name or len(fields) > MAX_FIELDS:
+        return  # one more than kept: _bounded names the defect
+    fields.append((field.name, field.value(text)))
+
+
+def line_ends(data: bytes) -> bytes:
+    """Old Mac mail ends lines with a lone CR: read it as LF (body bytes of other mail are
+    left alone, a CR inside a binary part is data)."""
+    if lone_cr(data):
+        return data.replace(b"\r", b"\n")
+    return data
+
+
+def lone_cr(data: bytes) -> bool:
+    """Whether `data` is old Mac mail, whose lines end with a lone CR (see `line_ends`)."""
+    head = data[:4096]
+    return b"\r" in head and b"\n" not in head
 
 
 def envelope_line(buf: bytes) -> str | None:
@@ -384,8 +469,12 @@ _UU_BEGIN_RE = re.compile(rb"^begin [0-7]+ ", re.M)
 
 def decode_payload(buf: bytes, part: Part, defects: Defects) -> bytes:
     """The decoded bytes of a leaf: base64 and quoted-printable leniently, uuencode too."""
-    view = memoryview(buf)[part.start : part.end]
-    encoding = transfer_encoding(part)
+    return decode_region(buf, part.start, part.end, transfer_encoding(part), defects)
+
+
+def decode_region(buf: bytes, start: int, end: int, encoding: str, defects: Defects) -> bytes:
+    """`decode_payload` of the leaf body at buf[start:end] with this transfer encoding."""
+    view = memoryview(buf)[start:end]
     if encoding == "base64":
         return b64_lenient(view, defects)
     if encoding == "quoted-printable":

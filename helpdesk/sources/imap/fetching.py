@@ -3,8 +3,10 @@
 Issue 9 §1 and §3: one message the server cannot FETCH must not stop the
 mailbox, and a batch must not hold several huge messages in memory at once:
 
-* sizes come first (``RFC822.SIZE``, from the server's index, cheap), and
-  bodies are fetched in batches bounded by count *and* total size;
+* sizes come first (``RFC822.SIZE``, from the server's index, cheap, with
+  ``INTERNALDATE``: when the mail reached the server, the start of the
+  arrival-to-commit latency in the daemon's metrics), and bodies are fetched
+  in batches bounded by count *and* total size;
 * a failed batch FETCH falls back to one UID at a time, so the failure is
   pinned on the one message that causes it. A server may refuse with NO, or
   — having already announced the message's size — end the whole session
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
@@ -31,6 +34,7 @@ from helpdesk.sources.imap.protocol import is_network_fault, reason
 BODY = b"BODY[]"
 HEADER = b"BODY[HEADER]"
 SIZE = b"RFC822.SIZE"
+INTERNALDATE = b"INTERNALDATE"
 
 
 @dataclass
@@ -71,15 +75,42 @@ def plan_batches(
     return batches
 
 
-def fetch_sizes(link: Link, uids: Sequence[int]) -> dict[int, int]:
-    """RFC822.SIZE of each UID; a UID the server did not answer for gets 0 (unknown)."""
-    answer = _ask(link, uids, "RFC822.SIZE") or {}  # sizes only help: the body fetch tells
-    return {uid: _size(answer.get(uid)) for uid in uids}
+@dataclass
+class Index:
+    """What the server's index says about each UID: its size (0: unknown) and, where
+    given, when it arrived (INTERNALDATE, RFC 3501 §2.3.3; whole seconds)."""
+
+    sizes: dict[int, int] = field(default_factory=dict)
+    arrived: dict[int, datetime] = field(default_factory=dict)
 
 
-def _size(item: Mapping[bytes, Any] | None) -> int:
-    value = (item or {}).get(SIZE)
+def fetch_index(link: Link, uids: Sequence[int]) -> Index:
+    """RFC822.SIZE and INTERNALDATE of each UID; a UID the server did not answer for gets
+    size 0 (unknown) and no arrival time."""
+    # Both only help (the body fetch tells the size, the arrival time is for metrics).
+    answer = _ask(link, uids, "RFC822.SIZE", "INTERNALDATE") or {}
+    index = Index()
+    for uid in uids:
+        item = answer.get(uid) or {}
+        index.sizes[uid] = _size(item)
+        arrived = _arrival(item)
+        if arrived is not None:
+            index.arrived[uid] = arrived
+    return index
+
+
+def _size(item: Mapping[bytes, Any]) -> int:
+    value = item.get(SIZE)
     return int(value) if isinstance(value, int) else 0
+
+
+def _arrival(item: Mapping[bytes, Any]) -> datetime | None:
+    value = item.get(INTERNALDATE)
+    if not isinstance(value, datetime):
+        return None
+    # imapclient gives local time without a zone (its normalise_times default);
+    # astimezone() reads a naive datetime as local time.
+    return value.astimezone(UTC)
 
 
 def fetch_bodies(link: Link, uids: Sequence[int]) -> Fetched:
@@ -122,10 +153,10 @@ def fetch_headers(link: Link, uids: Sequence[int]) -> dict[int, bytes]:
     return {uid: _body(answer.get(uid), HEADER) or b"" for uid in uids}
 
 
-def _ask(link: Link, uids: Sequence[int], item: str) -> dict[int, Any] | None:
-    """FETCH `item` for `uids`; None when the server refused (the session reopened if it ended)."""
+def _ask(link: Link, uids: Sequence[int], *items: str) -> dict[int, Any] | None:
+    """FETCH `items` for `uids`; None when the server refused (the session reopened if it ended)."""
     try:
-        answer: dict[int, Any] = link.current().fetch(list(uids), [item])
+        answer: dict[int, Any] = link.current().fetch(list(uids), list(items))
     except IMAPClientError as exc:
         if is_network_fault(exc):
             raise

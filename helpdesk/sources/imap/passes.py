@@ -18,18 +18,20 @@ early, and the source retries it with backoff.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 from sqlalchemy.orm import Session
 
-from helpdesk import mailboxes
 from helpdesk.errors import StoreUnavailable
+from helpdesk.flow import mailboxes
+from helpdesk.flow.mailboxes import LeaseLost
 from helpdesk.intake import header_of, too_large
-from helpdesk.mailboxes import LeaseLost
 from helpdesk.settings import AfterProcessing, MailboxSettings
 from helpdesk.sources.base import Sink, SourceStats
 from helpdesk.sources.imap.fetching import (
@@ -37,7 +39,7 @@ from helpdesk.sources.imap.fetching import (
     Link,
     fetch_bodies,
     fetch_headers,
-    fetch_sizes,
+    fetch_index,
     plan_batches,
 )
 from helpdesk.sources.imap.protocol import (
@@ -143,15 +145,16 @@ class FolderPass:
         processed = 0
         try:
             for chunk in chunks(uids, SIZE_CHUNK):
-                sizes = fetch_sizes(link, chunk)
-                planned = plan_batches(((uid, sizes[uid]) for uid in chunk),
+                index = fetch_index(link, chunk)
+                planned = plan_batches(((uid, index.sizes[uid]) for uid in chunk),
                                        count=self.settings.batch_size,
                                        total_bytes=self.settings.fetch_batch_bytes)
                 for batch in planned:
                     if progress.interrupted or not self.may_go_on():
                         progress.interrupted = True
                         return processed
-                    processed += self._batch(link, uidvalidity, batch, progress)
+                    processed += self._batch(link, uidvalidity, batch, progress,
+                                             index.arrived)
                     self.flush(progress)
         except BaseException:
             # Keep what was acknowledged so far; the original error matters more.
@@ -163,7 +166,7 @@ class FolderPass:
     # -- one batch -------------------------------------------------------------------
 
     def _batch(self, link: Link, uidvalidity: int, batch: list[tuple[int, int]],
-               progress: Progress) -> int:
+               progress: Progress, arrived: dict[int, datetime]) -> int:
         """Fetch, store (one commit) and acknowledge one batch."""
         limit = self.max_message_bytes
         large = [uid for uid, size in batch if size > limit]
@@ -179,7 +182,7 @@ class FolderPass:
             if item is None:
                 acks.targets[uid] = GONE if uid in fetched.gone else None
             else:
-                incoming.append((uid, item))
+                incoming.append((uid, dataclasses.replace(item, arrived_at=arrived.get(uid))))
         # The one commit of this batch; StoreUnavailable leaves all of it unacknowledged.
         outcomes = self.sink([item for _, item in incoming]) if incoming else []
         for (uid, _item), outcome in zip(incoming, outcomes, strict=True):

@@ -25,7 +25,7 @@ Contract (design.md §1, style.md §7.6):
   reason, retried with capped exponential backoff and jitter, and
   ``imap.recovered`` is logged when the source works again. Only `stop` ends it.
 * Several daemons may watch the same mailbox; a lease row in the store lets one
-  of them work it at a time (`helpdesk.mailboxes`). The others stand by without
+  of them work it at a time (`helpdesk.flow.mailboxes`). The others stand by without
   an IMAP connection and take over when the lease is released or expires.
 
 Blocking, like imapclient: the daemon runs `run()` in a worker thread, and
@@ -49,9 +49,9 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.contextvars import bound_contextvars
 
-from helpdesk import mailboxes
 from helpdesk.errors import StoreUnavailable
-from helpdesk.mailboxes import LeaseLost
+from helpdesk.flow import mailboxes
+from helpdesk.flow.mailboxes import LeaseLost
 from helpdesk.settings import AfterProcessing, MailboxSettings, Tls
 from helpdesk.sources.base import Backoff, Sink, SourceStats
 from helpdesk.sources.imap.fetching import Link
@@ -163,6 +163,7 @@ class ImapSource:
             # (moved, expunged) or carries our keyword: done, as far as we care.
             progress.done(uidnext - 1)
             self._pass.flush(progress)
+        self.stats.last_success_at = self._clock()
         return processed
 
     def _begin_pass(self, uidvalidity: int) -> int:
@@ -316,6 +317,11 @@ class ImapSource:
             close(client)
 
     # -- lease -----------------------------------------------------------------
+
+    @property
+    def holds_lease(self) -> bool:
+        """Whether this source holds the mailbox's lease (works it) right now."""
+        return bool(self._holding)
 
     def _take_lease(self) -> bool:
         with self._lease_lock:
@@ -481,6 +487,7 @@ class ImapSource:
             self._disconnect()
         if event == "daemon.stopping":
             return 0.0  # the pool closed under a batch: nothing was acknowledged
+        self.stats.up = False
         delay = self.backoff.next_delay()
         if event != self._outage:
             if self._outage is None:
@@ -512,6 +519,7 @@ class ImapSource:
             )
             self._outage = None
         self.backoff.reset()
+        self.stats.up = True
         if self._health != "ok":
             self._record_health("ok", None)
 

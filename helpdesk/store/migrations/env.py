@@ -23,6 +23,8 @@ def run_migrations_online() -> None:
             compare_type=True,
             # The full-text index is engine-specific and lives outside the models.
             include_object=include_object,
+            # `helpdesk db upgrade` moves its progress bar after each migration.
+            on_version_apply=config.attributes.get("on_version_apply"),
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -7,7 +7,7 @@ Create Date: 2026-12-06
 Rows that are still to be sent (pending) or failed get one recipient row per
 envelope address in the row's state, so the sender and `outbox retry` work on
 them as on new rows. Sent rows of the past keep no recipient rows: they are
-shown from `envelope_to` (`helpdesk.outbox.recipient_views`).
+shown from `envelope_to` (`helpdesk.delivery.outbox.recipient_views`).
 """
 
 from alembic import op

@@ -24,7 +24,7 @@ from helpdesk.store.models import Event, Message, Participant, Ticket, TicketTag
 from helpdesk.values import Address, Direction, MessageKind, Priority, TicketStatus
 
 if TYPE_CHECKING:
-    from helpdesk.notices import Notice
+    from helpdesk.desk.notices import Notice
 
 # Tickets someone still has to work on; `helpdesk stats` and `teams list` count these.
 OPEN_STATUSES: tuple[TicketStatus, ...] = (
@@ -222,7 +222,7 @@ def change_status(
     if status is TicketStatus.RESOLVED and notice is not None:
         # Imported here: mail composition is only needed when a ticket is resolved,
         # and `helpdesk tickets list` should not pay for loading it.
-        from helpdesk.notices import resolution_notice
+        from helpdesk.desk.notices import resolution_notice
 
         resolution_notice(session, ticket, notice, actor=actor, now=now,
                           message_row_id=message_row_id)

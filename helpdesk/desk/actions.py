@@ -19,8 +19,9 @@ import structlog
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from helpdesk import anchors, notices, outbox, tickets
-from helpdesk.notices import AUTO_GENERATED, AUTO_REPLIED, AutomaticFields
+from helpdesk.delivery import anchors, outbox
+from helpdesk.desk import notices, tickets
+from helpdesk.desk.notices import AUTO_GENERATED, AUTO_REPLIED, AutomaticFields
 from helpdesk.rules.regexes import regex_timed_out
 from helpdesk.store import queries
 from helpdesk.store.models import AutoReplyLog, Event, Ticket, table

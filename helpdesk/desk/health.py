@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from helpdesk import mailboxes
-from helpdesk import outbox as outbox_service
+from helpdesk.delivery import outbox as outbox_service
+from helpdesk.flow import mailboxes
 from helpdesk.settings import Settings
 from helpdesk.store.models import MailboxState, QuarantineItem, Ticket
 from helpdesk.values import TicketStatus

@@ -4,7 +4,7 @@ Used for replies that arrive by e-mail (ingest) and for `helpdesk tickets
 reply`. The relayed mail continues the requester's own thread: In-Reply-To is
 the requester's latest mail on the ticket, References its References (or
 In-Reply-To) plus that mail (RFC 5322 section 3.6.4), Thread-Index a child
-of its Thread-Index (`helpdesk.anchors`), so Gmail and Outlook show it in
+of its Thread-Index (`helpdesk.delivery.anchors`), so Gmail and Outlook show it in
 the same conversation; the ticket tag is in the subject. People copied keep
 their display names. Agents and our own addresses never receive the relay.
 
@@ -25,8 +25,8 @@ from email.utils import getaddresses
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from helpdesk import anchors, outbox
-from helpdesk.actions import ActionContext
+from helpdesk.delivery import anchors, outbox
+from helpdesk.desk.actions import ActionContext
 from helpdesk.store import queries
 from helpdesk.store.models import (
     AgentAddress,

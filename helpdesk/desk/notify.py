@@ -6,7 +6,7 @@
   goes back into the ticket and is relayed. Agents who opted out (`helpdesk
   agents notify EMAIL off`) get none.
 * `timer_notice` and `escalation`: the mail of time-driven rules
-  (`helpdesk.timers`), threaded with the conversation the recipient already
+  (`helpdesk.desk.timers`), threaded with the conversation the recipient already
   has: the notice answers the requester's latest mail, the escalation our
   forward of the ticket to the team.
 
@@ -21,9 +21,9 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from helpdesk import anchors, outbox
-from helpdesk.actions import ActionContext
-from helpdesk.notices import AUTO_GENERATED
+from helpdesk.delivery import anchors, outbox
+from helpdesk.desk.actions import ActionContext
+from helpdesk.desk.notices import AUTO_GENERATED
 from helpdesk.store.models import Event, Ticket
 from helpdesk.templates import RenderedTemplate
 from helpdesk.thread import format_tag, with_tag

@@ -1,10 +1,10 @@
 """Automatic notices to a ticket's requester, and the guards every automatic mail passes.
 
 `resolution_notice` mails the requester that a ticket is resolved
-(`templates/resolved.txt`); `helpdesk.tickets.change_status` calls it for
+(`templates/resolved.txt`); `helpdesk.desk.tickets.change_status` calls it for
 every resolution, whichever path resolved the ticket (CLI, `#status`, a
 rule, a timer). `why_no_automatic_mail` is the loop guard shared with rule
-auto-replies (`helpdesk.actions`): RFC 3834 section 2, our own addresses,
+auto-replies (`helpdesk.desk.actions`): RFC 3834 section 2, our own addresses,
 no-reply senders, permanent bounces and the per-address rate limit.
 """
 
@@ -18,7 +18,7 @@ from typing import Protocol, TypedDict
 from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session
 
-from helpdesk import anchors, outbox
+from helpdesk.delivery import anchors, outbox
 from helpdesk.mail.classify import is_noreply_address
 from helpdesk.store import queries
 from helpdesk.store.models import AutoReplyLog, Event, Message, Suppression, Ticket, table
@@ -34,7 +34,7 @@ from helpdesk.values import Address, Direction, MailClass, MessageKind, Outgoing
 
 
 class MailContext(Protocol):
-    """What queuing an automatic mail needs (`helpdesk.actions.ActionContext` is one)."""
+    """What queuing an automatic mail needs (`helpdesk.desk.actions.ActionContext` is one)."""
 
     @property
     def helpdesk_name(self) -> str: ...

@@ -40,7 +40,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, selectinload
 
-from helpdesk.outbox import FAILED, PENDING, SENT, OutboxPolicy, recipient_row
+from helpdesk.delivery.outbox import FAILED, PENDING, SENT, OutboxPolicy, recipient_row
 from helpdesk.store.models import (
     Event,
     OutboxAttempt,

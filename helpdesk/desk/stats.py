@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, case, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from helpdesk.desk.tickets import OPEN_STATUSES
 from helpdesk.report.data import (
     Durations,
     MedianSeconds,
@@ -41,7 +42,6 @@ from helpdesk.report.data import (
 from helpdesk.report.fmt import format_duration as format_duration  # re-exported
 from helpdesk.store.models import Contact, Event, Team, Ticket, TicketTag
 from helpdesk.store.queries import TicketFilter, ticket_conditions
-from helpdesk.tickets import OPEN_STATUSES
 
 OPEN_STATUS_NAMES: tuple[str, ...] = tuple(s.value for s in OPEN_STATUSES)
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 import secrets
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from helpdesk.store.models import StoreValue, table
+from helpdesk.store.upsert import dialect_insert
 
 KEY_NAME = "message_id_signing_key"
 
@@ -24,7 +23,7 @@ def signing_key(session: Session, configured: str | None = None) -> bytes:
     if configured:
         return configured.encode("utf-8")
     conn = session.connection()
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    insert = dialect_insert(conn.dialect.name)
     # Two processes starting at once both try; ON CONFLICT keeps the first key.
     conn.execute(
         insert(table(StoreValue))

@@ -6,7 +6,7 @@ that threads onto a ticket. Commands at the top of the mail (`#assign`,
 the text; an unknown command is answered to the agent with a short error mail
 and nothing is relayed; a note (`#note` as the first line, or mail to the note
 address) is stored and never relayed; otherwise the new text is relayed to
-the requester and the people copied (`helpdesk.relay`).
+the requester and the people copied (`helpdesk.flow.relay`).
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from helpdesk import anchors, outbox, relay, tickets
-from helpdesk.actions import ActionContext
+from helpdesk.delivery import anchors, outbox
+from helpdesk.desk import tickets
+from helpdesk.desk.actions import ActionContext
+from helpdesk.desk.notices import AUTO_REPLIED, Notice, resolution_notice
 from helpdesk.errors import HelpdeskError
+from helpdesk.flow import relay
 from helpdesk.mail.commands import MAX_COMMANDS, RESOLVED_QUIET, Command, CommandBlock
-from helpdesk.notices import AUTO_REPLIED, Notice, resolution_notice
 from helpdesk.store.models import Event, Ticket
 from helpdesk.thread import format_tag
 from helpdesk.values import (

@@ -41,12 +41,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from helpdesk.errors import HelpdeskError
 from helpdesk.store.models import DaemonBeat, ImapFetchFailure, MailboxState, table, utcnow
+from helpdesk.store.upsert import dialect_insert
 
 COUNTERS = ("fetched", "ingested", "duplicates", "quarantined", "errors")
 
@@ -321,7 +320,7 @@ def heartbeat(session: Session, holder: str, ttl: timedelta, now: datetime, *,
     values = {"holder": holder, "started_at": clock, "seen_at": clock,
               "expires_at": clock + ttl, "pool": pool_key(pool)}
     dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    insert = dialect_insert(dialect)
     statement = insert(table(DaemonBeat)).values(**values)
     session.execute(statement.on_conflict_do_update(
         index_elements=["holder"],
@@ -391,10 +390,9 @@ def _ensure_row(session: Session, name: str) -> None:
     """Insert the row unless it exists, without failing when another daemon races us."""
     values = {"name": name, "last_uid": 0, "counters": {}}
     dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        session.execute(pg_insert(MailboxState).values(**values).on_conflict_do_nothing())
-    elif dialect == "sqlite":
-        session.execute(sqlite_insert(MailboxState).values(**values).on_conflict_do_nothing())
+    if dialect in ("postgresql", "sqlite"):
+        session.execute(dialect_insert(dialect)(MailboxState).values(**values)
+                        .on_conflict_do_nothing())
     elif session.get(MailboxState, name) is None:
         session.add(MailboxState(**values))
         session.flush()

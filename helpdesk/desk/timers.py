@@ -16,18 +16,18 @@ the pass: the caller also holds a lease so that only one does at a time.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import structlog
 from sqlalchemy import bindparam, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, selectinload
 
-from helpdesk import notices, notify, tickets
-from helpdesk.actions import ActionContext
+from helpdesk.desk import notices, notify, tickets
+from helpdesk.desk.actions import ActionContext
 from helpdesk.rules.timers import (
     ESCALATED_TAG,
     FiredRecord,
@@ -51,6 +51,7 @@ from helpdesk.store.models import (
     TimerFiring,
     table,
 )
+from helpdesk.store.upsert import dialect_insert
 from helpdesk.templates import RenderedTemplate, TemplateRenderError, build_context, fallback
 from helpdesk.thread import format_tag
 from helpdesk.values import Address, TicketStatus
@@ -75,10 +76,10 @@ _SET_DEADLINE = (
     .values(timer_due_at=bindparam("due"))
 )
 # RETURNING tells whether the row was written (psycopg reports no rowcount here).
-_INSERT_FIRING = {
-    "postgresql": pg_insert(_firings).on_conflict_do_nothing().returning(_firings.c.timer),
-    "sqlite": sqlite_insert(_firings).on_conflict_do_nothing().returning(_firings.c.timer),
-}
+@functools.cache
+def _insert_firing(dialect: str) -> Any:
+    return (dialect_insert(dialect)(_firings).on_conflict_do_nothing()
+            .returning(_firings.c.timer))
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ def _claim(session: Session, ticket_id: int, timer: str, state: str,
     if previous is None:
         values = {"ticket_id": ticket_id, "timer": timer, "state": state, "left_state": None,
                   "fired_at": now}
-        row = conn.execute(_INSERT_FIRING[conn.dialect.name], values).first()
+        row = conn.execute(_insert_firing(conn.dialect.name), values).first()
     else:
         row = conn.execute(
             update(_firings)
@@ -276,7 +277,7 @@ def _reset_if_changed(session: Session, timers: Sequence[Timer]) -> None:
                or_(_tickets.c.timer_due_at.is_not(None), _tickets.c.status.in_(sorted(statuses))))
         .values(timer_due_at=TIMER_STALE)
     )
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    insert = dialect_insert(conn.dialect.name)
     conn.execute(insert(table(StoreValue)).values(key=SIGNATURE_KEY, value=signature)
                  .on_conflict_do_update(index_elements=["key"], set_={"value": signature}))
     log.info("timers.deadlines_reset", tickets=result.rowcount,

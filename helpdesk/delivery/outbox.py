@@ -3,9 +3,9 @@
 `enqueue` composes the mail, gives it its final Message-ID, and writes the
 outbox row, one row per envelope recipient, *and* an outgoing message on the
 ticket in the caller's transaction, so the mail exists exactly when the change
-that caused it does; its commit wakes the senders (`helpdesk.wakeup`).
+that caused it does; its commit wakes the senders (`helpdesk.delivery.wakeup`).
 
-The sender's side (claims, results per recipient) is `helpdesk.delivery`.
+The sender's side (claims, results per recipient) is `helpdesk.delivery.claims`.
 Here: queueing, `retry`, and what `outbox list/show` and `helpdesk status`
 show: each recipient's state, the attempts, the queue's counts, and the
 relay's own state (`relay_status`): problems of the relay itself (down, TLS,
@@ -25,6 +25,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from helpdesk.delivery.wakeup import mark_queued
 from helpdesk.errors import InvalidInput, NotFound
 from helpdesk.mail.compose import compose, make_message_id
 from helpdesk.store.models import (
@@ -37,7 +38,6 @@ from helpdesk.store.models import (
     utcnow,
 )
 from helpdesk.values import Direction, OutgoingMail
-from helpdesk.wakeup import mark_queued
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
 

@@ -18,11 +18,10 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from sqlalchemy import delete, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, selectinload
 
 from helpdesk.store.models import Agent, AgentAddress, StoreValue, Team, table
+from helpdesk.store.upsert import dialect_insert
 
 # The store value holding the hash of the last mirrored configuration. The
 # version in the hashed text changes when `sync` learns to mirror more, so that
@@ -142,7 +141,7 @@ def _sync_agent(session: Session, spec: AgentSpec, teams: dict[str, Team],
 def _store_hash(session: Session, digest: str) -> None:
     values = {"key": HASH_KEY, "value": digest}
     dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    insert = dialect_insert(dialect)
     statement = insert(table(StoreValue)).values(**values)
     session.execute(statement.on_conflict_do_update(index_elements=["key"],
                                                     set_={"value": digest}))

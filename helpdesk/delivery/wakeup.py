@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 # The LISTEN/NOTIFY channel on PostgreSQL.
 CHANNEL = "helpdesk_outbox"
 # In `Session.info`: this transaction queued mail.
-QUEUED_KEY = "helpdesk.outbox.queued"
+QUEUED_KEY = "helpdesk.delivery.outbox.queued"
 
 _callbacks: weakref.WeakKeyDictionary[sessionmaker[Session], list[Callable[[], None]]] = (
     weakref.WeakKeyDictionary()

@@ -1,0 +1,1 @@
+"""Mail out: the outbox, the sender's claims, threading headers, wake-ups, signing."""

@@ -1,0 +1,1 @@
+"""Ticket work: use cases, rule actions, notices, notifications, timers, stats, staff."""

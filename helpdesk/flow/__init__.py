@@ -1,0 +1,1 @@
+"""Mail into tickets: ingest, agents' mail, relay, bounces, quarantine, mailboxes."""
