@@ -127,8 +127,7 @@ class AppContext:
 
             install_commit_hooks(self._factory)
             if check:
-                with self._factory.begin() as session:
-                    directory.ensure_synced(session, self.settings.teams, self.settings.agents)
+                directory.mirror(self._factory, self.settings.teams, self.settings.agents)
         return self._factory
 
     def access_denied(self, exc: HelpdeskError) -> ConfigError:

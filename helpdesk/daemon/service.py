@@ -192,8 +192,7 @@ class Daemon:
 
     def _build_context(self, settings: Settings) -> IngestContext:
         assert self.sessions is not None
-        with self.sessions.begin() as session:
-            directory.sync(session, settings.teams, settings.agents)
+        directory.mirror(self.sessions, settings.teams, settings.agents, always=True)
         with self.sessions.begin() as session:
             configured = context.load_configured(session, settings)
             return context.ingest_context(session, settings, configured, clock=self.clock)

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from sqlalchemy import delete, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from helpdesk.store.models import Agent, AgentAddress, StoreValue, Team, table
 from helpdesk.store.upsert import dialect_insert
@@ -68,6 +69,28 @@ def ensure_synced(session: Session, teams: Sequence[TeamSpec],
     sync(session, teams, agents)
     _store_hash(session, digest)
     return True
+
+
+def mirror(sessions: sessionmaker[Session], teams: Sequence[TeamSpec],
+           agents: Sequence[AgentSpec], *, always: bool = False) -> None:
+    """`ensure_synced` (or `sync` when `always`) in a transaction of its own, race-safe.
+
+    Two processes starting at once on a fresh store (two daemons, a daemon and
+    a command) both see a team missing and both insert it; the unique name
+    lets one commit and refuses the other. The loser tries once more, and then
+    finds what the winner wrote.
+    """
+    for attempt in range(2):
+        try:
+            with sessions.begin() as session:
+                if always:
+                    sync(session, teams, agents)
+                else:
+                    ensure_synced(session, teams, agents)
+            return
+        except IntegrityError:
+            if attempt:
+                raise
 
 
 def invalidate(session: Session) -> None:
