@@ -41,7 +41,7 @@ def test_the_second_of_two_simultaneous_mirrors_finds_the_first_ones_rows(store:
         def second() -> None:
             try:
                 directory.mirror(store.sessions, TEAMS, AGENTS, always=True)
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
 
         thread = threading.Thread(target=second)
