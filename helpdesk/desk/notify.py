@@ -98,20 +98,7 @@ def timer_notice(
     """Queue a timer's notice to the requester, in reply to their latest mail."""
     parent = anchors.after_row(session, ticket, anchors.requester_anchor(session, ticket),
                                ctx.signer.loop_id)
-    mail = OutgoingMail(
-        kind=MessageKind.SYSTEM,
-        ticket_id=ticket.id,
-        from_=ctx.support,
-        to=(to,),
-        subject=with_tag(rendered.subject, ticket.id, ctx.tag_prefix),
-        body=rendered.body,
-        reply_to=ctx.support,
-        in_reply_to=parent.in_reply_to,
-        references=parent.references,
-        thread_topic=ticket.subject,
-        parent_thread_index=parent.parent_thread_index,
-        **ctx.automatic(AUTO_GENERATED, to_staff=False),
-    )
+    mail = _timer_mail(MessageKind.SYSTEM, ticket, to, rendered, parent, ctx, to_staff=False)
     return outbox.enqueue(session, mail, ctx.signer, now=now)
 
 
@@ -129,8 +116,17 @@ def escalation(
     if anchor is None:
         anchor = anchors.requester_anchor(session, ticket)
     parent = anchors.after_row(session, ticket, anchor, ctx.signer.loop_id)
-    mail = OutgoingMail(
-        kind=MessageKind.FORWARD,
+    mail = _timer_mail(MessageKind.FORWARD, ticket, to, rendered, parent, ctx, to_staff=True)
+    return outbox.enqueue(session, mail, ctx.signer, now=now)
+
+
+def _timer_mail(
+    kind: MessageKind, ticket: Ticket, to: Address, rendered: RenderedTemplate,
+    parent: anchors.Continuation, ctx: ActionContext, *, to_staff: bool,
+) -> OutgoingMail:
+    """Mail caused by time (RFC 3834 auto-generated), continuing the conversation of `parent`."""
+    return OutgoingMail(
+        kind=kind,
         ticket_id=ticket.id,
         from_=ctx.support,
         to=(to,),
@@ -141,6 +137,5 @@ def escalation(
         references=parent.references,
         thread_topic=ticket.subject,
         parent_thread_index=parent.parent_thread_index,
-        **ctx.automatic(AUTO_GENERATED, to_staff=True),
+        **ctx.automatic(AUTO_GENERATED, to_staff=to_staff),
     )
-    return outbox.enqueue(session, mail, ctx.signer, now=now)
