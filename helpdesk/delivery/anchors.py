@@ -20,6 +20,7 @@ continues our forward to the team. From that parent come:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
@@ -43,6 +44,26 @@ _MAX_HEADER_BLOCK = 256 * 1024
 
 
 @dataclass(frozen=True)
+class TicketRef:
+    """What the conversation headers need of a ticket, for callers that hold no ORM object."""
+
+    id: int
+    created_at: datetime
+    requester: str | None
+    # Opened by the mail being answered: no earlier mail of the requester is on
+    # it, so the root is our own and needs no query.
+    fresh: bool = False
+
+
+def ref_of(ticket: Ticket | TicketRef) -> TicketRef:
+    """`ticket` as a `TicketRef`."""
+    if isinstance(ticket, TicketRef):
+        return ticket
+    requester = ticket.requester.address if ticket.requester is not None else None
+    return TicketRef(ticket.id, ticket.created_at, requester)
+
+
+@dataclass(frozen=True)
 class Continuation:
     """The threading headers of a mail that answers (or follows) a parent mail."""
 
@@ -52,7 +73,7 @@ class Continuation:
 
 
 def after_message(
-    session: Session, ticket: Ticket, msg: ParsedMessage, loop_id: str
+    session: Session, ticket: Ticket | TicketRef, msg: ParsedMessage, loop_id: str
 ) -> Continuation:
     """Continue the conversation of the incoming mail `msg`, which is on `ticket`."""
     mid = None if msg.message_id_synthetic else msg.message_id
@@ -105,14 +126,15 @@ def header_block(raw: bytes) -> bytes:
     return head[: min(ends)] if ends else head
 
 
-def ticket_root(session: Session, ticket: Ticket, loop_id: str) -> bytes:
+def ticket_root(session: Session, ticket: Ticket | TicketRef, loop_id: str) -> bytes:
     """The 22-byte header block every index on `ticket` descends from (module docstring)."""
-    if ticket.requester is not None:
+    ref = ref_of(ticket)
+    if ref.requester is not None and not ref.fresh:
         stored = session.scalars(
             select(Message.thread_index)
-            .where(Message.ticket_id == ticket.id,
+            .where(Message.ticket_id == ref.id,
                    Message.direction == Direction.INCOMING.value,
-                   Message.from_address == ticket.requester.address,
+                   Message.from_address == ref.requester,
                    Message.thread_index != "")
             .order_by(Message.id)
             .limit(_ROOT_SEARCH)
@@ -121,7 +143,7 @@ def ticket_root(session: Session, ticket: Ticket, loop_id: str) -> bytes:
             index = parse_index(text)
             if index is not None:
                 return index[:HEADER_SIZE]
-    return root_index(ticket.created_at, thread_guid(f"ticket:{loop_id}:{ticket.id}"))
+    return root_index(ref.created_at, thread_guid(f"ticket:{loop_id}:{ref.id}"))
 
 
 def requester_anchor(session: Session, ticket: Ticket) -> Message | None:

@@ -11,20 +11,22 @@ replies in the window (design.md §4, RFC 3834 §2).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert, update
 from sqlalchemy.orm import Session
 
 from helpdesk.delivery import anchors, outbox
 from helpdesk.desk import notices, tickets
 from helpdesk.desk.notices import AUTO_GENERATED, AUTO_REPLIED, AutomaticFields
+from helpdesk.errors import InvalidInput
 from helpdesk.rules.regexes import regex_timed_out
 from helpdesk.store import queries
-from helpdesk.store.models import AutoReplyLog, Event, Ticket, table
+from helpdesk.store.models import AutoReplyLog, Event, Ticket, TicketTag, table
 from helpdesk.templates import (
     RenderedTemplate,
     TemplateRenderError,
@@ -60,6 +62,10 @@ LIMIT_NOTICE = (
 )
 _INSERT_EVENT = insert(table(Event))
 _INSERT_AUTO_REPLY = insert(table(AutoReplyLog))
+_INSERT_TAG = insert(table(TicketTag))
+_UPDATE_TICKET = (
+    update(table(Ticket)).where(table(Ticket).c.id == bindparam("ticket_id"))
+)
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,8 @@ class Applied:
     changes: list[str] = field(default_factory=list)
     mails: list[str] = field(default_factory=list)
     suppressed: list[str] = field(default_factory=list)
+    # The ticket's events, for the caller to write (`apply_actions`).
+    events: list[dict[str, object]] = field(default_factory=list)
 
 
 def apply_actions(
@@ -114,69 +122,97 @@ def apply_actions(
     ctx: ActionContext,
     now: datetime,
     correlation_id: str | None = None,
+    state: queries.TicketState | None = None,
 ) -> Applied:
-    """Apply `evaluation` to the ticket; returns what was done and what was suppressed."""
-    # No flush before every query: the changes and events of this mail are
-    # written together at the end (the unit of work cost several ms a mail).
-    with session.no_autoflush:
-        ticket = session.get_one(Ticket, ticket_id, options=queries.TICKET_WITH_RELATIONS)
-        events: list[dict[str, object]] = []
-        applied = _apply(session, ticket, message_row_id, msg, verdict, evaluation, ctx, now,
-                         correlation_id, events)
-        ticket.updated_at = now
-    session.flush()
-    if events:
-        # Core, not the ORM: one executemany for all of this mail's events.
-        session.connection().execute(_INSERT_EVENT, events)
+    """Apply `evaluation` to the ticket; returns what was done and what was suppressed.
+
+    The events are returned (`Applied.events`), not written: the caller writes
+    them with its own, in one statement.
+
+    `state` is the ticket as the caller already knows it (ingest: just opened,
+    or read for the rules); without it, it is read here.
+    """
+    if state is None:
+        state = queries.ticket_state(session, ticket_id)
+        if state is None:
+            raise LookupError(f"no ticket {ticket_id}")
+    work = _Work(state, message_row_id, now)
+    applied = _apply(session, work, msg, verdict, evaluation, ctx, correlation_id)
+    # Core, not the ORM: one UPDATE of the ticket and one executemany of the
+    # events per mail (the unit of work cost a few milliseconds a mail, issue 13).
+    conn = session.connection()
+    conn.execute(_UPDATE_TICKET, {**work.changes, "updated_at": now, "ticket_id": ticket_id})
+    queries.expire_ticket(session, ticket_id)
+    if work.new_tags:
+        conn.execute(_INSERT_TAG, [{"ticket_id": ticket_id, "tag": t} for t in work.new_tags])
+    applied.events = work.events
     return applied
+
+
+@dataclass
+class _Work:
+    """The ticket as the actions change it, and what to write at the end."""
+
+    state: queries.TicketState
+    message_row_id: int | None
+    now: datetime
+    changes: dict[str, object] = field(default_factory=dict)
+    new_tags: list[str] = field(default_factory=list)
+    events: list[dict[str, object]] = field(default_factory=list)
+
+    @property
+    def ticket_id(self) -> int:
+        return self.state.view.id
+
+    def event(self, actor: str, kind: str, detail: dict[str, object]) -> None:
+        self.events.append({"ticket_id": self.ticket_id, "message_row_id": self.message_row_id,
+                            "actor": actor, "kind": kind, "detail": detail,
+                            "created_at": self.now})
+
+    def change(self, **view_fields: object) -> None:
+        """Change the ticket's view as later actions and templates see it."""
+        self.state = dataclasses.replace(
+            self.state, view=dataclasses.replace(self.state.view, **view_fields))  # type: ignore[arg-type]
 
 
 def _apply(
     session: Session,
-    ticket: Ticket,
-    message_row_id: int | None,
+    work: _Work,
     msg: ParsedMessage,
     verdict: Verdict,
     evaluation: Evaluation,
     ctx: ActionContext,
-    now: datetime,
     correlation_id: str | None,
-    events: list[dict[str, object]],
 ) -> Applied:
     applied = Applied()
-
-    def event(actor: str, kind: str, detail: dict[str, object]) -> None:
-        events.append({"ticket_id": ticket.id, "message_row_id": message_row_id, "actor": actor,
-                       "kind": kind, "detail": detail, "created_at": now})
-
     for trace in evaluation.trace:
         if trace.matched:
-            event(f"rule:{trace.rule}", "rule.matched",
-                  {"file": trace.file, "reasons": list(trace.reasons)})
+            work.event(f"rule:{trace.rule}", "rule.matched",
+                       {"file": trace.file, "reasons": list(trace.reasons)})
         elif regex_timed_out(trace.reasons):
             # The admin's regex ran out of time on this mail, so the rule did
             # not match: say so where the admin looks, the ticket and the log.
-            event(f"rule:{trace.rule}", "rule.regex_timeout",
-                  {"file": trace.file, "reasons": list(trace.reasons)})
-            log.warning("rule.regex_timeout", ticket_id=ticket.id, rule=trace.rule,
+            work.event(f"rule:{trace.rule}", "rule.regex_timeout",
+                       {"file": trace.file, "reasons": list(trace.reasons)})
+            log.warning("rule.regex_timeout", ticket_id=work.ticket_id, rule=trace.rule,
                         file=trace.file)
 
     # A rule's own automatic reply to this mail says enough: no resolution notice besides.
     answered = any(isinstance(a, AutoReply) for _, a in _each_action(evaluation))
     quiet = "a rule's automatic reply answers this mail" if answered else None
     notice = notices.Notice(ctx, verdict=verdict, correlation_id=correlation_id, quiet=quiet)
-    _apply_fields(session, ticket, _last_wins(evaluation), event, applied, now, message_row_id,
-                  notice)
+    _apply_fields(session, work, _last_wins(evaluation), applied, notice)
     mail_sent = False
     for rule, action in _each_action(evaluation):
         if isinstance(action, AutoReply):
             if mail_sent:
-                event(rule, "auto_reply.skipped", {"reason": "one automatic reply per message"})
+                work.event(rule, "auto_reply.skipped",
+                           {"reason": "one automatic reply per message"})
                 continue
-            mail_sent = _auto_reply(session, ticket, msg, verdict, action, rule, ctx, now,
-                                    correlation_id, event, applied)
+            mail_sent = _auto_reply(session, work, msg, verdict, action, rule, ctx,
+                                    correlation_id, applied)
         elif isinstance(action, Forward):
-            _forward(session, ticket, msg, action, rule, ctx, now, correlation_id, event, applied)
+            _forward(session, work, msg, action, rule, ctx, correlation_id, applied)
     return applied
 
 
@@ -202,94 +238,127 @@ def _last_wins(evaluation: Evaluation) -> dict[str, tuple[str, Action]]:
 
 def _apply_fields(
     session: Session,
-    ticket: Ticket,
+    work: _Work,
     final: dict[str, tuple[str, Action]],
-    event: Callable[[str, str, dict[str, object]], None],
     applied: Applied,
-    now: datetime,
-    message_row_id: int | None,
     notice: notices.Notice,
 ) -> None:
     for rule, action in final.values():
+        view = work.state.view
         if isinstance(action, SetTeam):
             team = queries.known_team(session, action.team)
             if team is None:
-                event(rule, "action.failed", {"action": "team", "error": f"no team {action.team}"})
-            elif ticket.team_id != team.id:
-                before = ticket.team.name if ticket.team else None
-                ticket.team = team
-                event(rule, "team.changed", {"from": before, "to": team.name})
+                work.event(rule, "action.failed",
+                           {"action": "team", "error": f"no team {action.team}"})
+            elif work.changes.get("team_id", work.state.team_id) != team.id:
+                work.event(rule, "team.changed", {"from": view.team, "to": team.name})
+                work.changes["team_id"] = team.id
+                work.change(team=team.name)
                 applied.changes.append(f"team={team.name}")
         elif isinstance(action, SetAssignee):
             agent = queries.agent_by_address(session, action.agent)
             if agent is None or not agent.active:
-                event(rule, "action.failed",
-                      {"action": "assignee", "error": f"no active agent {action.agent}"})
-            elif ticket.assignee_id != agent.id:
-                before = ticket.assignee.primary_address if ticket.assignee else None
-                ticket.assignee = agent
-                event(rule, "assignee.changed", {"from": before, "to": agent.primary_address})
+                work.event(rule, "action.failed",
+                           {"action": "assignee", "error": f"no active agent {action.agent}"})
+            elif work.changes.get("assignee_id", work.state.assignee_id) != agent.id:
+                work.event(rule, "assignee.changed",
+                           {"from": view.assignee, "to": agent.primary_address})
+                work.changes["assignee_id"] = agent.id
+                work.change(assignee=agent.primary_address)
                 applied.changes.append(f"assignee={agent.primary_address}")
         elif isinstance(action, SetPriority):
-            if tickets.change_priority(session, ticket, action.priority, actor=rule, now=now,
-                                       message_row_id=message_row_id):
+            if view.priority is not action.priority:
+                work.event(rule, "priority.changed",
+                           {"from": view.priority.value, "to": action.priority.value})
+                work.changes["priority"] = action.priority.value
+                work.change(priority=action.priority)
                 applied.changes.append(f"priority={action.priority.value}")
         elif isinstance(action, SetStatus):
-            if tickets.change_status(session, ticket, action.status, actor=rule, now=now,
-                                     notice=notice, message_row_id=message_row_id):
+            if _change_status(session, work, action, rule, notice):
                 applied.changes.append(f"status={action.status.value}")
         elif isinstance(action, AddTags):
-            new = tickets.add_tags(session, ticket, action.tags, actor=rule, now=now,
-                                   message_row_id=message_row_id)
+            problem = tickets.tag_problem(action.tags)
+            if problem:
+                raise InvalidInput(problem)
+            new = [tag for tag in dict.fromkeys(action.tags) if tag and tag not in view.tags]
             if new:
+                work.event(rule, "tags.added", {"tags": new})
+                work.new_tags.extend(new)
+                work.change(tags=view.tags | frozenset(new))
                 applied.changes.append("tags+=" + ",".join(new))
+
+
+def _change_status(
+    session: Session, work: _Work, action: SetStatus, rule: str, notice: notices.Notice
+) -> bool:
+    """A status change goes through `tickets.change_status`, which every path shares.
+
+    It works on the ORM ticket (the resolution notice reads it), so the
+    changes so far are written first and the ticket is read afresh.
+    """
+    if work.state.view.status is action.status:
+        return False
+    conn = session.connection()
+    if work.changes:
+        conn.execute(_UPDATE_TICKET, {**work.changes, "updated_at": work.now,
+                                      "ticket_id": work.ticket_id})
+    ticket = session.get_one(Ticket, work.ticket_id, populate_existing=True)
+    changed = tickets.change_status(session, ticket, action.status, actor=rule, now=work.now,
+                                    notice=notice, message_row_id=work.message_row_id)
+    session.flush()
+    work.change(status=action.status)
+    return changed
+
+
+def _ref(work: _Work) -> anchors.TicketRef:
+    state = work.state
+    return anchors.TicketRef(work.ticket_id, state.created_at, state.view.requester,
+                             fresh=state.fresh)
 
 
 def _auto_reply(
     session: Session,
-    ticket: Ticket,
+    work: _Work,
     msg: ParsedMessage,
     verdict: Verdict,
     action: AutoReply,
     rule: str,
     ctx: ActionContext,
-    now: datetime,
     correlation_id: str | None,
-    event: Callable[[str, str, dict[str, object]], None],
     applied: Applied,
 ) -> bool:
     assert msg.from_ is not None
-    recipient = msg.from_
+    recipient, now, ticket_id = msg.from_, work.now, work.ticket_id
     reason, sent_in_window = _why_not_auto_reply(session, recipient.address, verdict, ctx, now)
     if reason is not None:
-        event(rule, "auto_reply.suppressed", {"template": action.template, "reason": reason,
-                                              "to": recipient.address})
+        work.event(rule, "auto_reply.suppressed", {"template": action.template,
+                                                   "reason": reason, "to": recipient.address})
         applied.suppressed.append(reason.split(":")[0])
         return False
-    rendered = _render(session, ticket, msg, action.template, None, rule, ctx, event)
+    rendered = _render(work, msg, action.template, None, rule, ctx)
     body = rendered.body
     if sent_in_window == ctx.auto_reply_limit - 1:
         body = body.rstrip("\n") + LIMIT_NOTICE + "\n"
-    parent = anchors.after_message(session, ticket, msg, ctx.signer.loop_id)
+    parent = anchors.after_message(session, _ref(work), msg, ctx.signer.loop_id)
     mail = OutgoingMail(
         kind=MessageKind.AUTO_REPLY,
-        ticket_id=ticket.id,
+        ticket_id=ticket_id,
         from_=ctx.support,
         to=(recipient,),
-        subject=with_tag(rendered.subject, ticket.id, ctx.tag_prefix),
+        subject=with_tag(rendered.subject, ticket_id, ctx.tag_prefix),
         body=body,
         reply_to=ctx.support,
         in_reply_to=parent.in_reply_to,
         references=parent.references,
-        thread_topic=ticket.subject,
+        thread_topic=work.state.view.subject,
         parent_thread_index=parent.parent_thread_index,
         **ctx.automatic(AUTO_REPLIED, to_staff=False),
     )
     item = outbox.enqueue(session, mail, ctx.signer, now=now, correlation_id=correlation_id)
     session.connection().execute(_INSERT_AUTO_REPLY, {"address": recipient.address,
-                                                      "ticket_id": ticket.id, "sent_at": now})
-    event(rule, "auto_reply.queued", {"template": action.template, "to": recipient.address,
-                                      "message_id": item.message_id})
+                                                      "ticket_id": ticket_id, "sent_at": now})
+    work.event(rule, "auto_reply.queued", {"template": action.template, "to": recipient.address,
+                                           "message_id": item.message_id})
     applied.mails.append(f"auto_reply:{action.template}")
     return True
 
@@ -307,82 +376,80 @@ def _suppressed_until(session: Session, address: str, now: datetime) -> datetime
 
 def _forward(
     session: Session,
-    ticket: Ticket,
+    work: _Work,
     msg: ParsedMessage,
     action: Forward,
     rule: str,
     ctx: ActionContext,
-    now: datetime,
     correlation_id: str | None,
-    event: Callable[[str, str, dict[str, object]], None],
     applied: Applied,
 ) -> None:
     if action.team is not None:
         address = ctx.teams.get(action.team)
         team = Address(address or "", action.team)
         if not address:
-            event(rule, "forward.skipped",
-                  {"team": action.team, "reason": "the team has no address configured"})
+            work.event(rule, "forward.skipped",
+                       {"team": action.team, "reason": "the team has no address configured"})
             applied.suppressed.append("no_team_address")
             return
     else:
         assert action.address is not None
         address, team = action.address, None
-    if _suppressed_until(session, address, now) is not None:
-        event(rule, "forward.skipped", {"to": address, "reason": "address bounced permanently"})
+    if _suppressed_until(session, address, work.now) is not None:
+        work.event(rule, "forward.skipped",
+                   {"to": address, "reason": "address bounced permanently"})
         applied.suppressed.append("bounced")
         return
-    rendered = _render(session, ticket, msg, action.template, team, rule, ctx, event)
+    rendered = _render(work, msg, action.template, team, rule, ctx)
     # A forward is no reply: no In-Reply-To, but the thread's References and a
     # child of its Thread-Index, so that the team's mail client groups the ticket.
-    parent = anchors.after_message(session, ticket, msg, ctx.signer.loop_id)
+    parent = anchors.after_message(session, _ref(work), msg, ctx.signer.loop_id)
     mail = OutgoingMail(
         kind=MessageKind.FORWARD,
-        ticket_id=ticket.id,
+        ticket_id=work.ticket_id,
         from_=ctx.support,
         to=(Address(address, team.name if team else ""),),
-        subject=with_tag(rendered.subject, ticket.id, ctx.tag_prefix),
+        subject=with_tag(rendered.subject, work.ticket_id, ctx.tag_prefix),
         body=rendered.body,
         # Answers from the team go to the help desk, so they land on the ticket.
         reply_to=ctx.support,
         references=parent.references,
-        thread_topic=ticket.subject,
+        thread_topic=work.state.view.subject,
         attachments=tuple(a for a in msg.attachments if not a.inline),
         parent_thread_index=parent.parent_thread_index,
         # Sent to a third party because a mail arrived, not an answer to its sender.
         **ctx.automatic(AUTO_GENERATED, to_staff=True),
     )
-    item = outbox.enqueue(session, mail, ctx.signer, now=now, correlation_id=correlation_id)
-    event(rule, "forward.queued", {"template": action.template, "to": address,
-                                   "message_id": item.message_id})
+    item = outbox.enqueue(session, mail, ctx.signer, now=work.now,
+                          correlation_id=correlation_id)
+    work.event(rule, "forward.queued", {"template": action.template, "to": address,
+                                        "message_id": item.message_id})
     applied.mails.append(f"forward:{address}")
 
 
 def _render(
-    session: Session,
-    ticket: Ticket,
+    work: _Work,
     msg: ParsedMessage,
     template: str,
     team: Address | None,
     rule: str,
     ctx: ActionContext,
-    event: Callable[[str, str, dict[str, object]], None],
 ) -> RenderedTemplate:
-    view = queries.view_of(ticket)
+    view = work.state.view
     context = build_context(
         helpdesk_name=ctx.helpdesk_name,
         support_address=ctx.support_address,
         ticket=view,
-        reference=format_tag(ticket.id, ctx.tag_prefix),
-        created_at=ticket.created_at,
+        reference=format_tag(view.id, ctx.tag_prefix),
+        created_at=work.state.created_at,
         message=msg,
-        requester=Address(view.requester or "", ticket.requester.name if ticket.requester else ""),
+        requester=Address(view.requester or "", work.state.requester_name),
         team=team,
     )
     try:
         return ctx.templates.render(template, context)
     except (TemplateRenderError, KeyError) as exc:
         # The ticket must not suffer from a broken template: send the built-in text.
-        event(rule, "template.failed", {"template": template, "error": str(exc)})
-        log.warning("template.failed", template=template, error=str(exc), ticket_id=ticket.id)
+        work.event(rule, "template.failed", {"template": template, "error": str(exc)})
+        log.warning("template.failed", template=template, error=str(exc), ticket_id=view.id)
         return fallback(template, context)

@@ -169,12 +169,11 @@ def why_no_automatic_mail(
         return "own_address: mail from one of our own addresses", 0
     if is_noreply_address(address):
         return f"noreply: {address} does not take replies", 0
-    suppressed = suppressed_until(session, address, now)
-    if suppressed is not None:
+    # Both guards of the store in one statement: asked for every automatic mail.
+    suppressed, count = session.connection().execute(
+        _GUARDS, {"address": address, "since": now - ctx.auto_reply_window}).one()
+    if suppressed is not None and suppressed > now:
         return f"bounced: {address} bounced permanently; suppressed until {suppressed:%Y-%m-%d}", 0
-    since = now - ctx.auto_reply_window
-    count = session.connection().execute(
-        _AUTO_REPLIES_SINCE, {"address": address, "since": since}).scalar_one()
     if count >= ctx.auto_reply_limit:
         return (f"rate_limit: {count} automatic replies to {address} in the last "
                 f"{ctx.auto_reply_window.total_seconds() / 3600:g} h"), count
@@ -196,6 +195,7 @@ _AUTO_REPLIES_SINCE = (
 )
 _SUPPRESSED_UNTIL = select(table(Suppression).c.until).where(
     table(Suppression).c.address == bindparam("address"))
+_GUARDS = select(_SUPPRESSED_UNTIL.scalar_subquery(), _AUTO_REPLIES_SINCE.scalar_subquery())
 
 
 def requester_anchor(session: Session, ticket: Ticket) -> Message | None:

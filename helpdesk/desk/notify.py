@@ -18,13 +18,15 @@ bounce envelope sender of `[outbox]`, and `Precedence: bulk` unless turned off.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from helpdesk.delivery import anchors, outbox
 from helpdesk.desk.actions import ActionContext
 from helpdesk.desk.notices import AUTO_GENERATED
-from helpdesk.store.models import Event, Ticket
+from helpdesk.store.models import Agent, AgentAddress, Contact, Event, Team, Ticket, table
 from helpdesk.templates import RenderedTemplate
 from helpdesk.thread import format_tag, with_tag
 from helpdesk.values import Address, MessageKind, OutgoingMail, ParsedMessage
@@ -40,7 +42,9 @@ def customer_replied(
     now: datetime,
 ) -> str | None:
     """Queue the notification for a customer's reply; returns to whom, or None."""
-    ticket = session.get_one(Ticket, ticket_id)
+    # Core: ingest asks for every reply, after the rules may have changed the team.
+    conn = session.connection()
+    ticket = conn.execute(_NOTIFY_TARGET, {"ticket_id": ticket_id}).one()
     to = _recipient(ticket)
     if to is None:
         return None
@@ -58,7 +62,8 @@ def customer_replied(
     attachments = tuple(a for a in msg.attachments if not a.inline)
     # Like a forward: the customer's thread in References and Thread-Index, no
     # In-Reply-To (the agent never received the customer's mail).
-    parent = anchors.after_message(session, ticket, msg, ctx.signer.loop_id)
+    ref = anchors.TicketRef(ticket_id, ticket.created_at, ticket.requester)
+    parent = anchors.after_message(session, ref, msg, ctx.signer.loop_id)
     mail = OutgoingMail(
         kind=MessageKind.SYSTEM,
         ticket_id=ticket_id,
@@ -75,19 +80,40 @@ def customer_replied(
         **ctx.automatic(AUTO_GENERATED, to_staff=True),
     )
     outbox.enqueue(session, mail, ctx.signer, now=now, correlation_id=msg.message_id)
-    session.add(Event(ticket_id=ticket_id, message_row_id=message_row_id, actor="system",
-                      kind="notification.queued", detail={"to": to.address}, created_at=now))
+    conn.execute(_INSERT_EVENT, {"ticket_id": ticket_id, "message_row_id": message_row_id,
+                                 "actor": "system", "kind": "notification.queued",
+                                 "detail": {"to": to.address}, "created_at": now})
     return to.address
 
 
-def _recipient(ticket: Ticket) -> Address | None:
-    agent = ticket.assignee
-    if agent is not None:
-        if agent.active and agent.notify and agent.primary_address:
-            return Address(agent.primary_address, agent.name)
+_tickets, _agents, _teams = table(Ticket), table(Agent), table(Team)
+_contacts = table(Contact)
+_NOTIFY_TARGET = (
+    select(
+        _tickets.c.subject, _tickets.c.created_at, _contacts.c.address.label("requester"),
+        _tickets.c.assignee_id, _agents.c.name.label("agent_name"), _agents.c.active,
+        _agents.c.notify,
+        select(table(AgentAddress).c.address)
+        .where(table(AgentAddress).c.agent_id == _tickets.c.assignee_id)
+        .order_by(table(AgentAddress).c.id).limit(1).scalar_subquery().label("agent_address"),
+        _teams.c.name.label("team_name"), _teams.c.address.label("team_address"),
+    )
+    .outerjoin(_contacts, _contacts.c.id == _tickets.c.requester_id)
+    .outerjoin(_agents, _agents.c.id == _tickets.c.assignee_id)
+    .outerjoin(_teams, _teams.c.id == _tickets.c.team_id)
+    .where(_tickets.c.id == bindparam("ticket_id"))
+)
+_INSERT_EVENT = insert(table(Event))
+
+
+def _recipient(ticket: Any) -> Address | None:
+    """Who hears of a reply on the ticket (a row of `_NOTIFY_TARGET`), or None."""
+    if ticket.assignee_id is not None:
+        if ticket.active and ticket.notify and ticket.agent_address:
+            return Address(ticket.agent_address, ticket.agent_name)
         return None  # the assignee opted out; the team is not paged instead
-    if ticket.team is not None and ticket.team.address:
-        return Address(ticket.team.address, ticket.team.name)
+    if ticket.team_address:
+        return Address(ticket.team_address, ticket.team_name)
     return None
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, String, bindparam, func, insert, literal, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer, joinedload, selectinload
+from sqlalchemy.orm.util import identity_key
 
 from helpdesk.store.models import (
     Agent,
@@ -108,8 +109,8 @@ def tickets_by_message_ids(session: Session, message_ids: Sequence[str]) -> dict
     return {mid: ticket_id for mid, (_row, ticket_id) in found.items()}
 
 
-# What rules, actions and templates read of a ticket, loaded with it in two
-# queries instead of one lazy load each (ingest runs this for every mail).
+# What actions and templates read of a ticket, loaded with it in two queries
+# instead of one lazy load each.
 TICKET_WITH_RELATIONS = (
     joinedload(Ticket.requester),
     joinedload(Ticket.team),
@@ -117,14 +118,76 @@ TICKET_WITH_RELATIONS = (
 )
 
 
-def hold(session: Session, obj: object) -> None:
-    """Keep `obj` referenced until the transaction ends.
+@dataclass(frozen=True, slots=True)
+class TicketState:
+    """A ticket as rules and actions read it, loaded by Core (ingest asks for every mail)."""
 
-    The session's identity map holds objects weakly: a ticket that rules,
-    actions and notifications each look at within one mail (or one group
-    commit) would otherwise be loaded again by each of them.
+    view: TicketView
+    created_at: datetime
+    requester_name: str
+    team_id: int | None
+    assignee_id: int | None
+    # Opened by the mail being filed: no earlier mail is on it.
+    fresh: bool = False
+
+
+_teams = table(Team)
+_contacts = table(Contact)
+_tags_t = table(TicketTag)
+_PRIMARY_ADDRESS = (
+    select(table(AgentAddress).c.address)
+    .where(table(AgentAddress).c.agent_id == table(Ticket).c.assignee_id)
+    .order_by(table(AgentAddress).c.id)
+    .limit(1)
+    .scalar_subquery()
+)
+_TICKET_STATE = (
+    select(table(Ticket), _contacts.c.address.label("requester_address"),
+           _contacts.c.name.label("requester_name"), _teams.c.name.label("team_name"),
+           _PRIMARY_ADDRESS.label("assignee_address"))
+    .outerjoin(_contacts, _contacts.c.id == table(Ticket).c.requester_id)
+    .outerjoin(_teams, _teams.c.id == table(Ticket).c.team_id)
+    .where(table(Ticket).c.id == bindparam("ticket_id"))
+)
+_TAGS = select(_tags_t.c.tag).where(_tags_t.c.ticket_id == bindparam("ticket_id"))
+
+
+def ticket_state(
+    session: Session, ticket_id: int, participants: frozenset[str] | None = None
+) -> TicketState | None:
+    """The ticket's `TicketState` in two queries (three without `participants`), or None."""
+    conn = session.connection()
+    row = conn.execute(_TICKET_STATE, {"ticket_id": ticket_id}).first()
+    if row is None:
+        return None
+    tags = frozenset(conn.execute(_TAGS, {"ticket_id": ticket_id}).scalars())
+    if participants is None:
+        participants = frozenset(conn.execute(_PARTICIPANTS, {"ticket_id": ticket_id}).scalars())
+    view = TicketView(
+        id=row.id,
+        status=TicketStatus(row.status),
+        subject=row.subject,
+        requester=row.requester_address,
+        participants=participants,
+        merged_into=row.merged_into_id,
+        team=row.team_name,
+        assignee=row.assignee_address,
+        priority=Priority(row.priority),
+        tags=tags,
+    )
+    return TicketState(view, row.created_at, row.requester_name or "", row.team_id,
+                       row.assignee_id)
+
+
+def expire_ticket(session: Session, ticket_id: int) -> None:
+    """Make a loaded `Ticket` (if the session holds one) read its row again when next used.
+
+    For callers that change a ticket's row by Core: an ORM object loaded
+    earlier in the same transaction would otherwise keep the old values.
     """
-    session.info.setdefault("helpdesk.held", []).append(obj)
+    ticket = session.identity_map.get(identity_key(Ticket, ticket_id))
+    if ticket is not None:
+        session.expire(ticket)
 
 
 def ticket_view(session: Session, ticket_id: int) -> TicketView | None:
@@ -225,16 +288,19 @@ def known_team(session: Session, name: str) -> Team | None:
     return team
 
 
-_contacts = table(Contact)
-_CONTACT_ID = select(_contacts.c.id).where(_contacts.c.address == bindparam("address"))
+_CONTACT = select(_contacts.c.id, _contacts.c.name).where(
+    _contacts.c.address == bindparam("address"))
 _INSERT_CONTACT = insert(_contacts).returning(_contacts.c.id)
 
 
-def contact_id(session: Session, address: str, name: str, now: datetime) -> int:
-    """The id of the contact for `address`, created if new; safe against a concurrent insert."""
-    found = session.connection().execute(_CONTACT_ID, {"address": address}).scalar()
+def contact(session: Session, address: str, name: str, now: datetime) -> tuple[int, str]:
+    """The id and stored name of the contact for `address`, created (with `name`) if new.
+
+    Safe against a concurrent insert of the same address.
+    """
+    found = session.connection().execute(_CONTACT, {"address": address}).first()
     if found is not None:
-        return int(found)
+        return int(found.id), found.name or ""
     try:
         with session.begin_nested():
             # The connection must be asked for inside the savepoint: the session
@@ -244,8 +310,9 @@ def contact_id(session: Session, address: str, name: str, now: datetime) -> int:
             ).scalar_one()
     except IntegrityError:
         # Another daemon inserted the same address between our select and insert.
-        return int(session.connection().execute(_CONTACT_ID, {"address": address}).scalar_one())
-    return int(new_id)
+        row = session.connection().execute(_CONTACT, {"address": address}).one()
+        return int(row.id), row.name or ""
+    return int(new_id), name
 
 
 @functools.cache
@@ -319,7 +386,6 @@ class TicketSummary:
     message_count: int
 
 
-_teams = table(Team)
 _agent_addresses = table(AgentAddress)
 _ticket_tags = table(TicketTag)
 

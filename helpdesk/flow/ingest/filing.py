@@ -33,7 +33,6 @@ from helpdesk.rules import evaluate
 from helpdesk.rules.regexes import regex_timed_out
 from helpdesk.store import blobs, queries
 from helpdesk.store.failures import is_outage
-from helpdesk.store.models import Ticket
 from helpdesk.thread import clean_subject, match_thread
 from helpdesk.values import (
     AttachmentPart,
@@ -43,6 +42,7 @@ from helpdesk.values import (
     Origin,
     OutcomeKind,
     ParsedMessage,
+    Priority,
     RuleInput,
     ThreadMatch,
     ThreadReason,
@@ -89,6 +89,8 @@ class _Place:
     requester: str | None
     known: frozenset[str]
     kind: OutcomeKind
+    # The ticket this mail opened, as rules see it (participants still to come).
+    opened: queries.TicketState | None = None
 
 
 def file_message(
@@ -129,8 +131,9 @@ def file_message(
         blobs.insert_many(conn, rows.ATTACHMENTS,
                           [rows.attachment_values(row_id, a) for a in stored.attachments],
                           "content")
+    participants = place.known
     if not verdict.automated:
-        _record_participants(session, route, place, stored, ctx)
+        participants |= _record_participants(session, route, place, stored, ctx)
     events = rows.message_events(place.ticket_id, row_id, message_id, stored, route.match,
                                  place.kind, route.author, now)
     events += [{**e, "ticket_id": place.ticket_id, "message_row_id": row_id} for e in early]
@@ -139,17 +142,21 @@ def file_message(
         events += bounces.record(session, verdict.bounce, ticket_id=place.ticket_id,
                                  message_row_id=row_id, now=now,
                                  suppress_for=ctx.bounce_suppression)
-    conn.execute(rows.INSERT_EVENT, events)
-
     fired: tuple[str, ...] = ()
     applied = Applied()
     if route.working:
         assert route.block is not None
+        conn.execute(rows.INSERT_EVENT, events)
+        events = []
         agentmail.handle(session, ticket_id=place.ticket_id, message_row_id=row_id, msg=msg,
                          block=route.block, kind=message_kind, ctx=ctx.actions, now=now)
     elif ctx.rules is not None and ctx.actions is not None:
-        fired, applied = _run_rules(session, place, row_id, stored, verdict, origin,
-                                    message_id, ctx, now)
+        fired, applied = _run_rules(session, place, participants, row_id, stored, verdict,
+                                    origin, message_id, ctx, now)
+        events += applied.events
+    # The mail's events and its rules' in one statement.
+    if events:
+        conn.execute(rows.INSERT_EVENT, events)
     if (place.kind is OutcomeKind.REPLY and not route.agent_powers and not verdict.automated
             and ctx.notify and ctx.actions is not None):
         to = notify.customer_replied(session, ticket_id=place.ticket_id, message_row_id=row_id,
@@ -229,8 +236,8 @@ def _place(
     if view is not None:
         return _Place(view.id, view.requester, view.participants, OutcomeKind.REPLY)
     team = ctx.mailbox_teams.get(origin.mailbox or "")
-    ticket_id = _open_ticket(session, route.effective, route.author, now, ctx, team)
-    return _Place(ticket_id, route.author, frozenset(), OutcomeKind.NEW_TICKET)
+    opened = _open_ticket(session, route.effective, route.author, now, ctx, team)
+    return _Place(opened.view.id, route.author, frozenset(), OutcomeKind.NEW_TICKET, opened)
 
 
 def _ticket_changes(
@@ -364,7 +371,8 @@ def _message_kind(verdict: Verdict) -> MessageKind:
 
 def _record_participants(
     session: Session, route: _Route, place: _Place, msg: ParsedMessage, ctx: IngestContext
-) -> None:
+) -> frozenset[str]:
+    """Record the writer and whom they copied on the ticket; returns their addresses."""
     assert msg.from_ is not None
     if route.author == place.requester:
         role = "requester"
@@ -377,15 +385,17 @@ def _record_participants(
         (a.address, "cc") for a in (*msg.to, *msg.cc)
         if a.address and not ctx.is_own_address(a.address)
     ]
+    if route.forwarded is not None:
+        people.append((route.sender, "agent"))
     new = [(address, role) for address, role in people if address not in place.known]
     queries.add_participants(session, place.ticket_id, new)
-    if route.forwarded is not None:
-        queries.add_participants(session, place.ticket_id, [(route.sender, "agent")])
+    return frozenset(address for address, _role in people)
 
 
 def _run_rules(
     session: Session,
     place: _Place,
+    participants: frozenset[str],
     row_id: int,
     msg: ParsedMessage,
     verdict: Verdict,
@@ -397,19 +407,23 @@ def _run_rules(
     assert ctx.rules is not None
     assert ctx.actions is not None
     if not ctx.rules.rules:
-        # No rule can fire: skip loading the ticket and the actions' savepoint,
+        # No rule can fire: skip reading the ticket and the actions' savepoint,
         # which cost a few milliseconds a mail (issue 13).
         return (), Applied()
     ticket_id = place.ticket_id
-    # Held here: the session's identity map keeps objects only while they are
-    # referenced, and the actions below would otherwise load the ticket again.
-    ticket = session.get_one(Ticket, ticket_id, options=queries.TICKET_WITH_RELATIONS)
-    queries.hold(session, ticket)
-    view = queries.view_of(ticket, queries.participants(session, ticket_id))
+    # A ticket this mail opened is known without a query; another one is read
+    # by Core (the ORM's load and unit of work cost milliseconds a mail).
+    if place.opened is not None:
+        state = dataclasses.replace(
+            place.opened, view=dataclasses.replace(place.opened.view, participants=participants))
+    else:
+        found = queries.ticket_state(session, ticket_id, participants)
+        assert found is not None  # threading found it in this transaction
+        state = found
     recipients = (origin.recipient,) if origin.recipient else ()
     rule_input = RuleInput(mailbox=origin.mailbox, recipients=recipients,
                            is_new=place.kind is OutcomeKind.NEW_TICKET, verdict=verdict)
-    evaluation = evaluate(ctx.rules, msg, view, rule_input, now=now)
+    evaluation = evaluate(ctx.rules, msg, state.view, rule_input, now=now)
     if not evaluation.fired and not any(regex_timed_out(t.reasons) for t in evaluation.trace):
         return (), Applied()  # nothing to apply, and nothing to report
     try:
@@ -417,17 +431,16 @@ def _run_rules(
             applied = apply_actions(
                 session, ticket_id=ticket_id, message_row_id=row_id, msg=msg, verdict=verdict,
                 evaluation=evaluation, ctx=ctx.actions, now=now, correlation_id=correlation_id,
+                state=state,
             )
     except Exception as exc:
         if isinstance(exc, DBAPIError) and is_outage(exc):
             raise
         log.exception("actions.failed", ticket_id=ticket_id)
-        session.connection().execute(rows.INSERT_EVENT, [
-            rows.event(ticket_id, row_id, "system", "actions.failed",
-                       {"error": f"{type(exc).__name__}: {exc}", "rules": list(evaluation.fired)},
-                       now)
-        ])
-        return evaluation.fired, Applied()
+        failed = rows.event(ticket_id, row_id, "system", "actions.failed",
+                            {"error": f"{type(exc).__name__}: {exc}",
+                             "rules": list(evaluation.fired)}, now)
+        return evaluation.fired, Applied(events=[failed])
     return evaluation.fired, applied
 
 
@@ -438,17 +451,21 @@ def _open_ticket(
     now: datetime,
     ctx: IngestContext,
     team: str | None,
-) -> int:
+) -> queries.TicketState:
     assert msg.from_ is not None
-    requester_id = queries.contact_id(session, sender, msg.from_.name[:200], now)
+    requester_id, requester_name = queries.contact(session, sender, msg.from_.name[:200], now)
     team_row = queries.known_team(session, team) if team else None
     values = {
         "team_id": team_row.id if team_row is not None else None,
         "subject": clean_subject(msg.subject, ctx.tag_prefix),
         "status": TicketStatus.NEW.value,
-        "priority": "normal",
+        "priority": Priority.NORMAL.value,
         "requester_id": requester_id,
         "created_at": now,
         "updated_at": now,
     }
-    return int(session.connection().execute(rows.INSERT_TICKET, values).scalar_one())
+    ticket_id = int(session.connection().execute(rows.INSERT_TICKET, values).scalar_one())
+    view = TicketView(id=ticket_id, status=TicketStatus.NEW, subject=str(values["subject"]),
+                      requester=sender, team=team_row.name if team_row is not None else None)
+    return queries.TicketState(view, now, requester_name, team_row.id if team_row else None,
+                               None, fresh=True)
