@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 from pathlib import Path
@@ -318,3 +319,47 @@ def test_long_message_id_is_acknowledged(store: Store, ctx: IngestContext) -> No
     assert outcome.mails_queued == ("auto_reply:acknowledge",)
     (ack,) = outbox(store)
     assert ack.correlation_id == long_id[1:-1]
+
+
+SAME_COMMIT_RULES = """
+[[rule]]
+name = "vpn"
+[rule.when]
+subject_or_body = '(?i)vpn'
+[rule.then]
+tags = ["network"]
+priority = "high"
+
+[[rule]]
+name = "again"
+[rule.when]
+is_new = false
+[rule.then]
+priority = "urgent"
+"""
+
+
+def test_mails_of_one_commit_see_each_others_changes(
+    store: Store, ctx: IngestContext, tmp_path: Path
+) -> None:
+    """Two mails on one ticket in one group commit: the second's rules see what the first's
+    did (no tag added twice, no stale priority), and a ticket loaded in between is current."""
+    (tmp_path / "rules.toml").write_text(SAME_COMMIT_RULES)
+    rules = load_rules(tmp_path, teams=set(TEAMS), agents=set(),
+                       templates=load_templates(ROOT / "templates").names | BUILTIN_TEMPLATES)
+    ctx = dataclasses.replace(ctx, rules=rules)
+    with store.sessions.begin() as session:
+        first = ingest(session, make_mail(**VPN), Origin("file", path="1.eml"), ctx)
+        held = session.get_one(Ticket, first.ticket_id)
+        assert (held.priority, [t.tag for t in held.tags]) == ("high", ["network"])
+        reply = make_mail(subject=f"Re: [#{first.ticket_id}] VPN keeps dropping",
+                          body="The VPN dropped again.\n", message_id="<req-2@mail.example.com>",
+                          in_reply_to="<req-1@mail.example.com>")
+        second = ingest(session, reply, Origin("file", path="2.eml"), ctx)
+        assert second.ticket_id == first.ticket_id
+        assert second.rules_fired == ("vpn", "again")
+        assert held.priority == "urgent"
+    kinds = events(store, first.ticket_id)
+    assert "actions.failed" not in kinds
+    assert kinds.count("tags.added") == 1
+    assert kinds.count("priority.changed") == 2
