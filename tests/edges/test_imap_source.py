@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from helpdesk.errors import StoreUnavailable
 from helpdesk.flow import mailboxes
 from helpdesk.sources.base import Sink
-from helpdesk.sources.imap import PROCESSED_KEYWORD
+from helpdesk.sources.imap import PROCESSED_KEYWORD, passes
 from helpdesk.store.models import MailboxState
 from helpdesk.values import Incoming, IngestOutcome
 from tests.conftest import Clock, Store
@@ -357,6 +357,49 @@ def test_a_failing_sink_acknowledges_nothing_of_the_batch_and_is_retried(
     assert folder_count(imap, "INBOX") == 0
     assert len(stored_ids(store)) == 4
     assert state(store).last_uid == 4
+
+
+def test_next_batch_is_fetched_while_one_commits_and_acks_wait_for_commits(
+    dovecot: DovecotServer, imap: Any, store: Store, sink: Sink,
+    make_source: SourceFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pipelined passes: batch 2 is fetched while batch 1 commits; yet every batch is
+    moved only after its own commit, in order, and a failing commit leaves its batch and
+    the later ones on the server."""
+    fetched: list[list[int]] = []
+    second_fetched = threading.Event()
+    real_fetch = passes.fetch_bodies
+
+    def recording_fetch(link: Any, uids: list[int]) -> Any:
+        result = real_fetch(link, uids)
+        fetched.append(list(uids))
+        if len(fetched) == 2:
+            second_fetched.set()
+        return result
+
+    monkeypatch.setattr(passes, "fetch_bodies", recording_fetch)
+    processed_at_commit: list[int] = []
+    overlapped: list[bool] = []
+
+    def watching(batch: Sequence[Incoming]) -> list[IngestOutcome]:
+        processed_at_commit.append(folder_count(imap, "Processed"))
+        if len(processed_at_commit) == 1:
+            overlapped.append(second_fetched.wait(SLOW_CI))
+        if len(processed_at_commit) == 3:
+            raise RuntimeError("a bug")
+        return sink(batch)
+
+    append_all(imap, "INBOX", mails(8))
+    source = make_source(dovecot, store, watching, batch_size=2)
+    with pytest.raises(RuntimeError):
+        source.run_once()
+    assert overlapped == [True]  # batch 2 came from the server during batch 1's commit
+    # Each commit saw none of its own batch moved, and every earlier batch moved.
+    assert processed_at_commit == [0, 2, 4]
+    assert folder_count(imap, "Processed") == 4
+    assert folder_count(imap, "INBOX") == 4
+    assert state(store).last_uid == 4
+    assert len(stored_ids(store)) == 4
 
 
 def test_login_refused_is_logged_once_and_retried(

@@ -3,9 +3,12 @@
 The order within a batch is the contract of design.md §1: fetch, hand the
 batch to the sink (which commits), and only then acknowledge on the server —
 move to `processed_folder`, flag, or move what was quarantined to
-`failed_folder`. Progress (`MailboxState.last_uid`) only moves past a UID once
-that UID is acknowledged or known to be gone, so a crash anywhere re-reads at
-most the batch in hand, and dedupe recognises what was already stored.
+`failed_folder`. The next batch is fetched while one is parsed and committed
+(in a thread of the pass), so the server and the store work at the same
+time; batches are still acknowledged one after the other, in UID order.
+Progress (`MailboxState.last_uid`) only moves past a UID once that UID is
+acknowledged or known to be gone, so a crash anywhere re-reads at most the
+two batches in hand, and dedupe recognises what was already stored.
 
 Nothing here stops the mailbox for one message (issue 9 §1): a message the
 server cannot return is counted (in the store, across restarts) and retried
@@ -21,6 +24,7 @@ import contextlib
 import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -111,6 +115,16 @@ class Acks:
         return sum(1 for target in self.targets.values() if target not in (None, GONE))
 
 
+@dataclass
+class _Batch:
+    """One fetched batch: what goes to the sink, and what to acknowledge once it committed."""
+
+    uidvalidity: int
+    acks: Acks = field(default_factory=Acks)
+    incoming: list[tuple[int, Incoming]] = field(default_factory=list)
+    given_up: list[int] = field(default_factory=list)
+
+
 class FolderPass:
     """One pass over `settings.folder` on an open connection (see the module docstring)."""
 
@@ -141,57 +155,100 @@ class FolderPass:
         self.holder = holder
 
     def run(self, link: Link, uidvalidity: int, uids: list[int], progress: Progress) -> int:
-        """Work through `uids` batch by batch; returns how many were acknowledged."""
+        """Work through `uids` batch by batch; returns how many were acknowledged.
+
+        Pipelined: while one batch is parsed and committed (in a thread of its
+        own), the next one is fetched; a batch is acknowledged only once its
+        commit is done, and batches are acknowledged in UID order.
+        """
         processed = 0
-        try:
-            for chunk in chunks(uids, SIZE_CHUNK):
-                index = fetch_index(link, chunk)
-                planned = plan_batches(((uid, index.sizes[uid]) for uid in chunk),
-                                       count=self.settings.batch_size,
-                                       total_bytes=self.settings.fetch_batch_bytes)
-                for batch in planned:
-                    if progress.interrupted or not self.may_go_on():
-                        progress.interrupted = True
-                        return processed
-                    processed += self._batch(link, uidvalidity, batch, progress,
-                                             index.arrived)
+        in_flight: tuple[_Batch, Future[list[IngestOutcome]]] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"store-{self.name}") as store:
+            try:
+                for batch, arrived in self._planned(link, uids, progress):
+                    fetched = self._collect(link, uidvalidity, batch, arrived)
+                    if in_flight is not None:
+                        settled, in_flight = in_flight, None
+                        processed += self._settle(link, *settled, progress)
+                        if not self._going_on(progress):
+                            break  # told to stop meanwhile: what was fetched comes again
+                    in_flight = (fetched, store.submit(self._store, fetched))
+                if in_flight is not None:
+                    settled, in_flight = in_flight, None
+                    processed += self._settle(link, *settled, progress)
+            except BaseException:
+                if in_flight is not None:
+                    # Let its commit finish (or fail) before giving up the pass:
+                    # what it stored is recognised and acknowledged by the next pass.
+                    with contextlib.suppress(BaseException):
+                        in_flight[1].result()
+                # Keep what was acknowledged so far; the original error matters more.
+                with contextlib.suppress(StoreUnavailable, LeaseLost):
                     self.flush(progress)
-        except BaseException:
-            # Keep what was acknowledged so far; the original error matters more.
-            with contextlib.suppress(StoreUnavailable, LeaseLost):
-                self.flush(progress)
-            raise
+                raise
         return processed
+
+    def _planned(self, link: Link, uids: list[int], progress: Progress
+                 ) -> Iterator[tuple[list[tuple[int, int]], dict[int, datetime]]]:
+        """The batches to fetch, sizes asked first; stops when the pass may not go on."""
+        for chunk in chunks(uids, SIZE_CHUNK):
+            index = fetch_index(link, chunk)
+            planned = plan_batches(((uid, index.sizes[uid]) for uid in chunk),
+                                   count=self.settings.batch_size,
+                                   total_bytes=self.settings.fetch_batch_bytes)
+            for batch in planned:
+                if not self._going_on(progress):
+                    return
+                yield batch, index.arrived
+
+    def _going_on(self, progress: Progress) -> bool:
+        """Whether the pass may take another batch (not stopped, lease still held)."""
+        if progress.interrupted or not self.may_go_on():
+            progress.interrupted = True
+        return not progress.interrupted
 
     # -- one batch -------------------------------------------------------------------
 
-    def _batch(self, link: Link, uidvalidity: int, batch: list[tuple[int, int]],
-               progress: Progress, arrived: dict[int, datetime]) -> int:
-        """Fetch, store (one commit) and acknowledge one batch."""
+    def _collect(self, link: Link, uidvalidity: int, batch: list[tuple[int, int]],
+                 arrived: dict[int, datetime]) -> _Batch:
+        """Fetch one batch and say what to hand the sink for each of its messages."""
         limit = self.max_message_bytes
         large = [uid for uid, size in batch if size > limit]
         fetched = fetch_bodies(link, [uid for uid, size in batch if size <= limit])
         headers = fetch_headers(link, large) if large else {}
         sizes = dict(batch)
-        acks = Acks()
-        incoming: list[tuple[int, Incoming]] = []
-        given_up: list[int] = []
+        collected = _Batch(uidvalidity)
         for uid, _size in batch:
             origin = Origin(source="imap", mailbox=self.name, uidvalidity=uidvalidity, uid=uid)
-            item = self._incoming(uid, origin, sizes[uid], fetched, headers, given_up)
+            item = self._incoming(uid, origin, sizes[uid], fetched, headers, collected.given_up)
             if item is None:
-                acks.targets[uid] = GONE if uid in fetched.gone else None
+                collected.acks.targets[uid] = GONE if uid in fetched.gone else None
             else:
-                incoming.append((uid, dataclasses.replace(item, arrived_at=arrived.get(uid))))
-        # The one commit of this batch; StoreUnavailable leaves all of it unacknowledged.
-        outcomes = self.sink([item for _, item in incoming]) if incoming else []
-        for (uid, _item), outcome in zip(incoming, outcomes, strict=True):
+                collected.incoming.append(
+                    (uid, dataclasses.replace(item, arrived_at=arrived.get(uid))))
+        return collected
+
+    def _store(self, batch: _Batch) -> list[IngestOutcome]:
+        """The one commit of a batch (in the store thread)."""
+        return self.sink([item for _, item in batch.incoming]) if batch.incoming else []
+
+    def _settle(self, link: Link, batch: _Batch, stored: Future[list[IngestOutcome]],
+                progress: Progress) -> int:
+        """Wait for a batch's commit, then acknowledge it; returns how many were acknowledged.
+
+        StoreUnavailable from the commit leaves all of the batch unacknowledged.
+        """
+        outcomes = stored.result()
+        acks = batch.acks
+        for (uid, _item), outcome in zip(batch.incoming, outcomes, strict=True):
             progress.deltas.update(self.stats.count(outcome))
             acks.targets[uid] = self._target(outcome)
-        if given_up:
+        if batch.given_up:
             with self.state() as session:
-                mailboxes.forget_fetch_failures(session, self.name, uidvalidity, given_up)
+                mailboxes.forget_fetch_failures(session, self.name, batch.uidvalidity,
+                                                batch.given_up)
         self._acknowledge(link, acks, progress)
+        self.flush(progress)
         return acks.acknowledged()
 
     def _incoming(self, uid: int, origin: Origin, size: int, fetched: Fetched,
