@@ -125,7 +125,9 @@ def ingest_context(
         note_address=hd.notes_to,
         bounce_suppression=timedelta(days=settings.bounces.suppress_days),
         prepare=PrepareConfig(own_addresses=frozenset(hd.own_addresses),
-                              loop_id=hd.support_address, trust=trust),
+                              loop_id=hd.support_address, trust=trust,
+                              rule_patterns=configured.rules.text_patterns() if configured
+                              else ()),
     )
 
 

@@ -6,6 +6,7 @@ return these; services turn them into rows; the CLI renders them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -198,6 +199,21 @@ class Incoming:
     # When the mail reached the server we read it from (IMAP INTERNALDATE), where the
     # source knows it: the start of the arrival-to-commit latency the daemon measures.
     arrived_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegexResults:
+    """Admin rule regexes searched ahead of time (in a parsing worker), for one mail.
+
+    For the exact `subject` and `body` strings they were searched in: each
+    pattern's first match as (start, end), or None for no match. A pattern
+    missing here (or other text) is searched when the rules run.
+    """
+
+    subject: str
+    body: str
+    in_subject: Mapping[str, tuple[int, int] | None]
+    in_body: Mapping[str, tuple[int, int] | None]
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from helpdesk.mail.parse import detach
 from helpdesk.mail.parse import parse as parse_message
 from helpdesk.mail.trust import TrustPolicy, TrustVerdict, agent_trust
 from helpdesk.settings.fields import without_subaddress
-from helpdesk.values import Address, AttachmentPart, MailClass, ParsedMessage, Verdict
+from helpdesk.values import Address, AttachmentPart, MailClass, ParsedMessage, RegexResults, Verdict
 
 __all__ = [
     "BOUNCE_SENDER",
@@ -57,6 +57,9 @@ class PrepareConfig:
     loop_id: str = ""
     # What makes mail from an agent's address the agent's ([security]).
     trust: TrustPolicy = field(default_factory=TrustPolicy)
+    # The rules' subject and body regexes, searched by the worker beside the
+    # parse (`helpdesk.intake`), so that the writer only looks the results up.
+    rule_patterns: tuple[str, ...] = ()
 
     def is_own_address(self, address: str) -> bool:
         """Our addresses and their ``+tag`` sub-addresses, in any case."""
@@ -83,6 +86,8 @@ class Prepared:
     # Would the sender be trusted as an agent (if it is one: the store knows)?
     trust: TrustVerdict | None = None
     seconds: float = 0.0
+    # `PrepareConfig.rule_patterns` searched in the mail's subject and body.
+    searched: RegexResults | None = None
 
     @classmethod
     def failed(cls, problem: str, detail: str = "") -> Prepared:

@@ -24,8 +24,17 @@ from __future__ import annotations
 from datetime import datetime
 
 from helpdesk.rules.conditions import CONDITIONS, Facts
+from helpdesk.rules.regexes import RegexBudget
 from helpdesk.rules.schema import AnyOf, Condition, ConditionGroup, Rule, RuleSet
-from helpdesk.values import Action, Evaluation, ParsedMessage, RuleInput, RuleTrace, TicketView
+from helpdesk.values import (
+    Action,
+    Evaluation,
+    ParsedMessage,
+    RegexResults,
+    RuleInput,
+    RuleTrace,
+    TicketView,
+)
 
 __all__ = ["evaluate"]
 
@@ -39,12 +48,16 @@ def evaluate(
     rule_input: RuleInput,
     *,
     now: datetime,
+    searched: RegexResults | None = None,
 ) -> Evaluation:
-    """Run `rules` over one mail and return the actions to take with the trace."""
+    """Run `rules` over one mail and return the actions to take with the trace.
+
+    `searched`: the rules' regexes already searched in this mail (`presearch`).
+    """
     if now.tzinfo is None or now.utcoffset() is None:
         # Business hours are meaningless on a naive clock; this is a caller bug.
         raise ValueError("evaluate() needs a timezone-aware `now`")
-    facts = Facts(msg, ticket, rule_input, now)
+    facts = Facts(msg, ticket, rule_input, now, RegexBudget(known=searched))
     actions: list[Action] = []
     trace: list[RuleTrace] = []
     for rule in rules:

@@ -116,6 +116,10 @@ class RuleError(HelpdeskError):
 # --- the validated objects ------------------------------------------------------
 
 
+# Conditions whose value is one regex searched in the subject or the body.
+TEXT_CONDITIONS = frozenset({"subject", "body", "subject_or_body"})
+
+
 @dataclass(frozen=True, slots=True)
 class Condition:
     """One ``when`` key and its value as compiled by ``CONDITIONS[key].parse``."""
@@ -169,6 +173,22 @@ class RuleSet:
 
     def __len__(self) -> int:
         return len(self.rules)
+
+    def text_patterns(self) -> tuple[str, ...]:
+        """The regexes of every subject, body and subject_or_body condition, once each."""
+        found: dict[str, None] = {}
+
+        def walk(group: ConditionGroup) -> None:
+            for item in group.items:
+                if isinstance(item, AnyOf):
+                    for inner in item.groups:
+                        walk(inner)
+                elif item.key in TEXT_CONDITIONS:
+                    found[item.value.pattern] = None
+
+        for rule in self.rules:
+            walk(rule.when)
+        return tuple(found)
 
 
 @dataclass(frozen=True, slots=True)

@@ -151,7 +151,7 @@ def file_message(
         agentmail.handle(session, ticket_id=place.ticket_id, message_row_id=row_id, msg=msg,
                          block=route.block, kind=message_kind, ctx=ctx.actions, now=now)
     elif ctx.rules is not None and ctx.actions is not None:
-        fired, applied = _run_rules(session, place, participants, row_id, stored, verdict,
+        fired, applied = _run_rules(session, place, participants, row_id, stored, prepared,
                                     origin, message_id, ctx, now)
         events += applied.events
     # The mail's events and its rules' in one statement.
@@ -398,13 +398,14 @@ def _run_rules(
     participants: frozenset[str],
     row_id: int,
     msg: ParsedMessage,
-    verdict: Verdict,
+    prepared: Prepared,
     origin: Origin,
     correlation_id: str,
     ctx: IngestContext,
     now: datetime,
 ) -> tuple[tuple[str, ...], Applied]:
     assert ctx.rules is not None
+    verdict = prepared.verdict
     assert ctx.actions is not None
     if not ctx.rules.rules:
         # No rule can fire: skip reading the ticket and the actions' savepoint,
@@ -423,7 +424,8 @@ def _run_rules(
     recipients = (origin.recipient,) if origin.recipient else ()
     rule_input = RuleInput(mailbox=origin.mailbox, recipients=recipients,
                            is_new=place.kind is OutcomeKind.NEW_TICKET, verdict=verdict)
-    evaluation = evaluate(ctx.rules, msg, state.view, rule_input, now=now)
+    evaluation = evaluate(ctx.rules, msg, state.view, rule_input, now=now,
+                          searched=prepared.searched)
     if not evaluation.fired and not any(regex_timed_out(t.reasons) for t in evaluation.trace):
         return (), Applied()  # nothing to apply, and nothing to report
     try:
