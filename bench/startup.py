@@ -9,6 +9,11 @@ process, measured with `time.perf_counter` around `subprocess.run`:
 4. `helpdesk ingest < one.eml`, with the shipped      target 0.30 s
    config.example.toml, rules and templates (a new
    mail each run, so dedupe never short-cuts it)
+5. the same as an MTA pipe runs it ($RECIPIENT set)   target 0.30 s
+   while `helpdesk run` listens on `[lmtp] socket`:
+   the mail is handed to the daemon, and the command
+   exits after the daemon's commit. A side without
+   the socket runs (4) again here: what it offers
 
 Beside each figure it prints the same command run from another git ref's code
 (default `main`) in the same run, so machine load affects both alike: the
@@ -44,7 +49,11 @@ if __package__ in (None, ""):  # run as `python bench/startup.py`
 from bench import mailgen  # noqa: E402
 
 _MESSAGE_ID = re.compile(rb"(?im)^message-id:\s*<")
-TARGETS = {"--version": 0.15, "--help": 0.15, "tickets list": 0.35, "ingest < one.eml": 0.30}
+TARGETS = {"--version": 0.15, "--help": 0.15, "tickets list": 0.35, "ingest < one.eml": 0.30,
+           "ingest, daemon up": 0.30}
+# The shipped config.example.toml's support address: the pipe's recipient.
+RECIPIENT = "support@example.org"
+SOCKET_WAIT_S = 30.0
 
 
 @dataclass
@@ -71,10 +80,17 @@ class Side:
         return [sys.executable, "-c", "from helpdesk.cli import main; main()",
                 "--config", str(self.config), *args]
 
-    def run(self, *args: str, stdin: bytes | None = None) -> float:
+    @property
+    def hands_over(self) -> bool:
+        """Whether this side's code has `[lmtp] socket` (and `ingest` hands mail over)."""
+        return (self.code / "helpdesk" / "cli" / "handoff.py").is_file()
+
+    def run(self, *args: str, stdin: bytes | None = None,
+            extra_env: dict[str, str] | None = None) -> float:
         started = time.perf_counter()
         result = subprocess.run(self.command(*args), input=stdin, capture_output=True,
-                                env=self.env(), cwd=self.home, check=False)
+                                env={**self.env(), **(extra_env or {})}, cwd=self.home,
+                                check=False)
         elapsed = time.perf_counter() - started
         if result.returncode != 0:
             raise SystemExit(f"{self.name}: helpdesk {' '.join(args)} failed "
@@ -127,7 +143,32 @@ def measure(sides: list[Side], runs: int, fresh: dict[str, list[bytes]]) -> dict
             for side in sides:  # alternate, so a burst of load hits both sides
                 stdin = fresh[side.name].pop() if label.startswith("ingest") else None
                 times.setdefault((label, side.name), []).append(side.run(*args, stdin=stdin))
+    for side in sides:
+        times[("ingest, daemon up", side.name)] = piped(side, runs, fresh[side.name])
     return {key: statistics.median(values) for key, values in times.items()}
+
+
+def piped(side: Side, runs: int, fresh: list[bytes]) -> list[float]:
+    """`ingest` as an MTA pipe runs it, with the side's daemon listening on its socket."""
+    pipe_env = {"RECIPIENT": RECIPIENT}
+    if not side.hands_over:
+        return [side.run("ingest", stdin=fresh.pop(), extra_env=pipe_env) for _ in range(runs)]
+    socket = side.home / "run" / "lmtp.sock"
+    with side.config.open("a") as config:
+        config.write(f'\n[lmtp]\nsocket = "{socket}"\n')
+    daemon = subprocess.Popen(side.command("run"), env=side.env(), cwd=side.home,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + SOCKET_WAIT_S
+        while not socket.exists():
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                raise SystemExit(f"{side.name}: the daemon did not open {socket}")
+            time.sleep(0.1)
+        side.run("ingest", stdin=fresh.pop(), extra_env=pipe_env)  # warm-up: workers start
+        return [side.run("ingest", stdin=fresh.pop(), extra_env=pipe_env) for _ in range(runs)]
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
 
 
 def main() -> None:
@@ -135,7 +176,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--baseline", default="main", help="git ref to compare with, or none")
     args = parser.parse_args()
-    generated = mailgen.generate(20 + args.runs + 1, seed=7)
+    generated = mailgen.generate(20 + 2 * args.runs + 2, seed=7)
     seed, rest = generated[:20], generated[20:]
     with tempfile.TemporaryDirectory(prefix="helpdesk-startup-") as tmp:
         work = Path(tmp)

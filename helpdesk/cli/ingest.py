@@ -15,22 +15,23 @@ and retries; 1 only for a mail that is itself unacceptable (over
 from __future__ import annotations
 
 import functools
-import mailbox
 import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from sqlalchemy.exc import DBAPIError
 
-from helpdesk.cli import AppContext, Failure, TempFailure, pass_app
+from helpdesk.cli import AppContext, Failure, TempFailure, handoff, pass_app
 from helpdesk.cli.output import emit_json
 from helpdesk.errors import ConfigError, SchemaOutdated, StoreUnavailable
-from helpdesk.intake import PreparePool, store_in_batches
 from helpdesk.values import Incoming, Origin, OutcomeKind
+
+if TYPE_CHECKING:
+    import mailbox
 
 # Show a progress bar when there is more than a screenful of mail to go through.
 PROGRESS_THRESHOLD = 20
@@ -75,10 +76,12 @@ def _read_mbox(box: mailbox.mbox, key: str, limit: int) -> bytes:
     return raw
 
 
-def _from_files(paths: tuple[str, ...]) -> Iterator[tuple[RawSource, Origin]]:
+def _from_files(paths: tuple[str, ...], recipient: str | None = None,
+                stdin: bytes | None = None) -> Iterator[tuple[RawSource, Origin]]:
     for name in paths:
         if name == "-":
-            yield _read_stdin, Origin(source="stdin")
+            read = _read_stdin if stdin is None else functools.partial(_given, stdin)
+            yield read, Origin(source="stdin", recipient=recipient)
         else:
             path = Path(name)
             yield functools.partial(_read_file, path), Origin(source="file", path=str(path))
@@ -96,7 +99,15 @@ def _from_maildir(root: Path) -> Iterator[tuple[RawSource, Origin]]:
                 yield functools.partial(_read_file, path), Origin(source="maildir", path=str(path))
 
 
+def _given(raw: bytes, limit: int) -> bytes:
+    if len(raw) > limit:
+        raise _TooLarge(len(raw))
+    return raw
+
+
 def _from_mbox(path: Path) -> tuple[int, Iterator[tuple[RawSource, Origin]]]:
+    import mailbox
+
     box = mailbox.mbox(str(path), create=False)
 
     def each() -> Iterator[tuple[RawSource, Origin]]:
@@ -130,10 +141,17 @@ def _from_mbox(path: Path) -> tuple[int, Iterator[tuple[RawSource, Origin]]]:
     help="Envelope sender (MAIL FROM) of the mail on stdin, a last resort when its headers "
     "name none; Postfix's local(8) sets $SENDER for a pipe.",
 )
+@click.option(
+    "--recipient",
+    envvar=["ORIGINAL_RECIPIENT", "RECIPIENT"],
+    help="Envelope recipient of the mail on stdin (rules' `recipient`); Postfix's local(8) "
+    "sets $ORIGINAL_RECIPIENT. With it, and the daemon listening on [lmtp] socket, the mail "
+    "is handed to the daemon instead of opening the store here.",
+)
 @pass_app
 def ingest(
     app: AppContext, files: tuple[str, ...], maildir: Path | None, mbox: Path | None,
-    as_json: bool, envelope_sender: str | None,
+    as_json: bool, envelope_sender: str | None, recipient: str | None,
 ) -> None:
     """Turn mail into tickets: FILE ..., `-` or nothing for one message on stdin.
 
@@ -142,11 +160,26 @@ def ingest(
     max_message_bytes. Unparseable mail is quarantined, not rejected: see
     `helpdesk quarantine list`.
     """
+    piped_only = files in ((), ("-",)) and not maildir and not mbox
+    stdin: bytes | None = None
+    if piped_only and recipient and not sys.stdin.isatty():
+        where = handoff.target(app.config_path, os.environ)
+        if where is not None:
+            try:
+                stdin = _read_stdin(where.max_message_bytes)
+            except _TooLarge as exc:
+                raise Failure(f"-: too large ({exc.size} bytes; the limit is "
+                              f"{where.max_message_bytes} bytes, [intake] max_message_bytes): "
+                              "not ingested") from exc
+            answer = handoff.hand_over(where, stdin, envelope_sender, recipient)
+            if answer is not None:
+                _report_answer(answer, as_json)
+                return
     total = 0
     sources: list[Iterator[tuple[RawSource, Origin]]] = []
     if files:
         total += len(files)
-        sources.append(_from_files(files))
+        sources.append(_from_files(files, recipient, stdin))
     if maildir:
         listed = list(_from_maildir(maildir))
         total += len(listed)
@@ -157,13 +190,23 @@ def ingest(
         sources.append(each)
     piped = "-" in files or not sources
     if not sources:
-        if sys.stdin.isatty():
+        if stdin is None and sys.stdin.isatty():
             raise click.UsageError("no input: give FILE ..., `-`, --maildir or --mbox")
         total = 1
-        sources.append(_from_files(("-",)))
+        sources.append(_from_files(("-",), recipient, stdin))
+    _report(_ingest_here(app, sources, total, envelope_sender if piped else None, piped),
+            as_json)
+
+
+def _ingest_here(
+    app: AppContext, sources: list[Iterator[tuple[RawSource, Origin]]], total: int,
+    envelope_sender: str | None, piped: bool,
+) -> _Tally:
+    """Open the store in this process and ingest everything; the exit codes of an MTA pipe."""
+    from sqlalchemy.exc import DBAPIError
 
     try:
-        tally = _run(app, sources, total, envelope_sender if piped else None)
+        return _run(app, sources, total, envelope_sender)
     except StoreUnavailable:
         raise  # exit 75, in the root group
     except (ConfigError, SchemaOutdated) as exc:
@@ -180,7 +223,21 @@ def ingest(
         if piped:  # our bug must not bounce the mail: let the MTA keep it
             raise TempFailure(f"internal error, try again later: {exc!r}") from exc
         raise
+
+
+def _report_answer(answer: handoff.Answer, as_json: bool) -> None:
+    """The daemon's answer to a handed-over mail, as `_report` says what `ingest` did."""
+    if 400 <= answer.code < 500:
+        raise TempFailure(f"the daemon answered {answer.code} {answer.text}")
+    if answer.code != 250:
+        raise Failure(f"-: the daemon refused it: {answer.code} {answer.text}")
+    tally = _Tally()
+    tally.counts[_KINDS[handoff.outcome_of(answer)]] += 1
     _report(tally, as_json)
+
+
+_KINDS = {"new_tickets": OutcomeKind.NEW_TICKET, "replies": OutcomeKind.REPLY,
+          "duplicates": OutcomeKind.DUPLICATE, "quarantined": OutcomeKind.QUARANTINED}
 
 
 def _report(tally: _Tally, as_json: bool) -> None:
@@ -208,6 +265,8 @@ def _run(
     app: AppContext, sources: list[Iterator[tuple[RawSource, Origin]]], total: int,
     envelope_sender: str | None,
 ) -> _Tally:
+    from helpdesk.intake import PreparePool, store_in_batches
+
     settings = app.settings.intake
     factory = app.sessions()
     ctx = app.ingest_context()

@@ -348,6 +348,7 @@ class Daemon:
         if self.settings.lmtp is not None:
             handler = LmtpHandler(self._sink, accept=self.settings.is_own_address)
             self.lmtp = start_lmtp(handler, self.settings.lmtp.host, self.settings.lmtp.port,
+                                   socket=self.settings.lmtp.socket,
                                    max_message_bytes=self.settings.intake.max_message_bytes)
         ticker = asyncio.create_task(self._tick(), name="status")
         clock_task = asyncio.create_task(self._timers(), name="timers")

@@ -13,10 +13,8 @@ Without a file the built-in defaults describe a single-host setup: SQLite next
 to the working directory and a local MTA on localhost:25.
 """
 
-
+from helpdesk.configfile import CONFIG_ENV, CONFIG_FILENAME
 from helpdesk.settings.fields import (
-    CONFIG_ENV,
-    CONFIG_FILENAME,
     DATABASE_PASSWORD_ENV,
     DATABASE_URL_ENV,
     SECRET_ENV,

@@ -20,12 +20,10 @@ from pydantic import (
     ValidationInfo,
 )
 
-CONFIG_ENV = "HELPDESK_CONFIG"
 DATABASE_URL_ENV = "HELPDESK_DATABASE_URL"
 SMTP_PASSWORD_ENV = "HELPDESK_SMTP_PASSWORD"  # noqa: S105 - a variable name, not a secret
 DATABASE_PASSWORD_ENV = "HELPDESK_DATABASE_PASSWORD"  # noqa: S105 - a variable name
 SECRET_ENV = "HELPDESK_SECRET"  # noqa: S105 - a variable name, not a secret
-CONFIG_FILENAME = "helpdesk.toml"
 
 DEFAULT_NAME = "IT Help Desk"
 DEFAULT_SUPPORT_ADDRESS = "support@localhost"

@@ -9,11 +9,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from helpdesk import configfile
 from helpdesk.errors import ConfigError, ConfigProblem
 from helpdesk.settings.fields import (
     _URL,
-    CONFIG_ENV,
-    CONFIG_FILENAME,
     DATABASE_PASSWORD_ENV,
     DATABASE_URL_ENV,
     DEFAULT_SUPPORT_ADDRESS,
@@ -112,28 +111,7 @@ def find_config(
 
     A file named explicitly (argument or environment) must exist.
     """
-    here = (cwd or Path.cwd()).absolute()
-    if path is not None:
-        return _must_exist(here / path, "")
-    named = (environ or {}).get(CONFIG_ENV)
-    if named:  # an empty variable counts as unset, as shells make that easy to do
-        return _must_exist(here / named, CONFIG_ENV)
-    for candidate in (here / CONFIG_FILENAME, SYSTEM_CONFIG):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _must_exist(path: Path, key: str) -> Path:
-    """`path` if it is a file; else a ConfigError (blaming `key`, when it came from one)."""
-    if path.is_file():
-        return path
-    if key:
-        state = "something that is not a file" if path.exists() else "a file that does not exist"
-        raise ConfigError(path, [ConfigProblem(key, f"names {state}")])
-    raise ConfigError(
-        path, [ConfigProblem("", "is not a file" if path.exists() else "file not found")]
-    )
+    return configfile.find_config(path, environ, cwd, system=SYSTEM_CONFIG)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

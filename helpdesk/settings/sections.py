@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from helpdesk.configfile import MAX_MESSAGE_BYTES
 from helpdesk.settings.fields import (
     _EMAIL,
     DEFAULT_DATABASE_URL,
@@ -174,6 +175,9 @@ class LmtpSettings(_Section):
     host: NonEmptyStr = "127.0.0.1"
     # 24 is LMTP's registered port, but it needs root; 2424 does not.
     port: Port = 2424
+    # A UNIX socket to listen on instead of host:port (Postfix: lmtp:unix:PATH);
+    # `helpdesk ingest` of a piped mail hands it to the daemon through it.
+    socket: ResolvedPath | None = None
 
 
 class IntakeSettings(_Section):
@@ -181,7 +185,7 @@ class IntakeSettings(_Section):
 
     # A larger message is refused (LMTP 552, `ingest` exit 1) or, when it is
     # already in a mailbox, quarantined with its headers and moved to failed_folder.
-    max_message_bytes: Annotated[StrictInt, AfterValidator(_positive)] = 50 * 1024 * 1024
+    max_message_bytes: Annotated[StrictInt, AfterValidator(_positive)] = MAX_MESSAGE_BYTES
     # A message whose parsing and classification take longer than this is
     # stopped (its worker process killed) and quarantined.
     message_time_limit: Seconds = 60.0

@@ -24,13 +24,15 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import structlog
-from aiosmtpd.controller import Controller
+from aiosmtpd.controller import BaseThreadedController, Controller, UnixSocketController
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SmtpSession
@@ -147,7 +149,8 @@ def _accepted(outcome: IngestOutcome) -> str:
         return f"250 2.0.0 {shown}kept in quarantine as item {outcome.quarantine_id}"
     if outcome.kind is OutcomeKind.DUPLICATE:
         return f"250 2.0.0 {shown}already stored on ticket {outcome.ticket_id}"
-    return f"250 2.0.0 {shown}queued as ticket {outcome.ticket_id}"
+    what = "a new ticket" if outcome.kind is OutcomeKind.NEW_TICKET else "a reply"
+    return f"250 2.0.0 {shown}queued as ticket {outcome.ticket_id}, {what}"
 
 
 def _as_bytes(content: bytes | str | None) -> bytes:
@@ -163,21 +166,50 @@ class LmtpController(Controller):
         return LMTP(self.handler, **self.SMTP_kwargs)
 
 
+class _LocalLMTP(LMTP):
+    # `helpdesk ingest` hands over a piped mail as it came, and mail from the
+    # wild has lines longer than SMTP's 1,000 octets; MTAs fold theirs anyway.
+    line_length_limit = 1 << 20
+
+
+class LmtpSocketController(UnixSocketController):
+    """The same on a UNIX socket (Postfix `lmtp:unix:PATH`, `helpdesk ingest`'s hand-over)."""
+
+    def factory(self) -> LMTP:
+        return _LocalLMTP(self.handler, **self.SMTP_kwargs)
+
+
+# Owner and group only: whoever may write to the socket hands us mail as a
+# trusted local MTA would (the MX's Authentication-Results are not checked
+# for having passed an MX). Give the MTA's user the daemon's group.
+SOCKET_MODE = 0o660
+
+
 def start_lmtp(
     handler: LmtpHandler,
     host: str = "127.0.0.1",
     port: int = 24,
     *,
+    socket: Path | None = None,
     max_message_bytes: int | None = None,
     **smtp_options: Any,
-) -> LmtpController:
-    """Listen on host:port in a thread of its own; call `.stop()` on the result to end it.
+) -> BaseThreadedController:
+    """Listen on host:port (or on the UNIX `socket`) in a thread of its own; call `.stop()`
+    on the result to end it.
 
     Pass a real port: aiosmtpd's readiness check connects to it, so port 0 fails.
     `max_message_bytes` is announced (RFC 1870 SIZE) and a larger DATA gets 552.
     """
     if max_message_bytes is not None:
         smtp_options.setdefault("data_size_limit", max_message_bytes)
-    controller = LmtpController(handler, hostname=host, port=port, **smtp_options)
+    controller: BaseThreadedController
+    if socket is not None:
+        # A socket file left by a daemon that died is replaced (asyncio removes it).
+        socket.parent.mkdir(parents=True, exist_ok=True)
+        controller = LmtpSocketController(handler, unix_socket=str(socket), **smtp_options)
+    else:
+        controller = LmtpController(handler, hostname=host, port=port, **smtp_options)
     controller.start()
+    if socket is not None:
+        os.chmod(socket, SOCKET_MODE)
     return controller
