@@ -259,6 +259,11 @@ def test_password_reset_gets_self_service_and_pending(store: Store, ctx: IngestC
     (reply,) = outbox(store)
     assert "password" in reply.raw.decode().lower()
     assert outcome.mails_queued == ("auto_reply:password-reset",)
+    # The ticket's history reads in order: the mail that opened it, then what its rules did.
+    kinds = events(store, outcome.ticket_id)
+    assert kinds[0] == "ticket.created"
+    assert kinds.index("rule.matched") < kinds.index("auto_reply.queued")
+    assert kinds.index("ticket.created") < kinds.index("status.changed")
 
 
 def test_phishing_report_is_forwarded_to_security(store: Store, ctx: IngestContext) -> None:

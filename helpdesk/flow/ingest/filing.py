@@ -44,6 +44,7 @@ from helpdesk.values import (
     ParsedMessage,
     Priority,
     RuleInput,
+    SetStatus,
     ThreadMatch,
     ThreadReason,
     TicketStatus,
@@ -152,9 +153,9 @@ def file_message(
                          block=route.block, kind=message_kind, ctx=ctx.actions, now=now)
     elif ctx.rules is not None and ctx.actions is not None:
         fired, applied = _run_rules(session, place, participants, row_id, stored, prepared,
-                                    origin, message_id, ctx, now)
+                                    origin, message_id, ctx, now, events)
         events += applied.events
-    # The mail's events and its rules' in one statement.
+    # The mail's events and its rules' in one statement (unless written already).
     if events:
         conn.execute(rows.INSERT_EVENT, events)
     if (place.kind is OutcomeKind.REPLY and not route.agent_powers and not verdict.automated
@@ -403,7 +404,9 @@ def _run_rules(
     correlation_id: str,
     ctx: IngestContext,
     now: datetime,
+    pending: list[dict[str, object]],
 ) -> tuple[tuple[str, ...], Applied]:
+    """Evaluate the rules and apply what fired; `pending`: the mail's events, not yet written."""
     assert ctx.rules is not None
     verdict = prepared.verdict
     assert ctx.actions is not None
@@ -428,6 +431,11 @@ def _run_rules(
                           searched=prepared.searched)
     if not evaluation.fired and not any(regex_timed_out(t.reasons) for t in evaluation.trace):
         return (), Applied()  # nothing to apply, and nothing to report
+    if any(isinstance(action, SetStatus) for action in evaluation.actions):
+        # A status change writes its event at once (tickets.change_status, shared by
+        # every path): the mail's own events come first in the ticket's history.
+        session.connection().execute(rows.INSERT_EVENT, pending)
+        pending.clear()
     try:
         with session.begin_nested():
             applied = apply_actions(
