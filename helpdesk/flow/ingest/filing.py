@@ -408,8 +408,8 @@ def _run_rules(
 ) -> tuple[tuple[str, ...], Applied]:
     """Evaluate the rules and apply what fired; `pending`: the mail's events, not yet written."""
     assert ctx.rules is not None
-    verdict = prepared.verdict
     assert ctx.actions is not None
+    verdict = prepared.verdict
     if not ctx.rules.rules:
         # No rule can fire: skip reading the ticket and the actions' savepoint,
         # which cost a few milliseconds a mail (issue 13).
@@ -431,7 +431,7 @@ def _run_rules(
                           searched=prepared.searched)
     if not evaluation.fired and not any(regex_timed_out(t.reasons) for t in evaluation.trace):
         return (), Applied()  # nothing to apply, and nothing to report
-    if any(isinstance(action, SetStatus) for action in evaluation.actions):
+    if pending and any(isinstance(action, SetStatus) for action in evaluation.actions):
         # A status change writes its event at once (tickets.change_status, shared by
         # every path): the mail's own events come first in the ticket's history.
         session.connection().execute(rows.INSERT_EVENT, pending)
