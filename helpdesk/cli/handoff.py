@@ -70,8 +70,9 @@ def target(config: Path | None, environ: Mapping[str, str]) -> Target | None:
 def hand_over(where: Target, raw: bytes, sender: str | None, recipient: str) -> Answer | None:
     """Deliver `raw` over LMTP; None when the mail was not handed over and may be stored here.
 
-    None: nobody listens, the daemon does not take `recipient` as ours, or it
-    refused the mail for good (5xx: nothing stored; `ingest` then decides itself).
+    None: nobody listens, the daemon does not take the envelope (a sender it
+    cannot parse, a recipient not ours), or it refused the mail for good (5xx:
+    nothing stored); `ingest` then decides itself, as it always did.
     Once DATA was sent, a lost connection is a temporary failure (451): the
     daemon may have stored it, and dedupe recognises the mail when it comes again.
     """
@@ -82,14 +83,12 @@ def hand_over(where: Target, raw: bytes, sender: str | None, recipient: str) -> 
     sent = False
     try:
         client.ehlo_or_helo_if_needed()
-        code, text = client.mail(sender or "")
-        if code != 250:
-            return Answer(code, text.decode("utf-8", "replace"))
-        code, text = client.rcpt(recipient)
-        if code >= 500:
-            return None
-        if code != 250:
-            return Answer(code, text.decode("utf-8", "replace"))
+        for command, argument in ((client.mail, sender or ""), (client.rcpt, recipient)):
+            code, text = command(argument)
+            if code >= 500:
+                return None  # an envelope the daemon will not take: store it here
+            if code != 250:
+                return Answer(code, text.decode("utf-8", "replace"))
         sent = True
         code, text = client.data(raw)
         # Refused for good (too large, a line too long...): nothing was stored, and
