@@ -81,6 +81,9 @@ def _one(
     except DBAPIError as exc:
         if is_outage(exc):
             raise StoreUnavailable(f"database error: {exc.orig}") from exc
+        known = _stored_meanwhile(session, prepared) if isinstance(exc, IntegrityError) else None
+        if known is not None:
+            return _duplicate(known)
         # The database refused this mail's data (a value too long for an
         # index, bytes it cannot hold, too many ids): the mail's problem.
         error = f"could not be stored: {_first_line(exc.orig)}"
@@ -124,17 +127,20 @@ def _ingest(
     known = queries.message_by_content(session, message_id, msg.content_hash)
     if known is not None:
         return _duplicate(known)
+    return file_message(session, raw, origin, msg, message_id, prepared, ctx)
 
-    try:
-        with session.begin_nested():
-            return file_message(session, raw, origin, msg, message_id, prepared, ctx)
-    except IntegrityError:
-        # Two daemons raced on the same mail: the unique (message_id, content)
-        # constraint lets exactly one of them win.
-        known = queries.message_by_content(session, message_id, msg.content_hash)
-        if known is not None:
-            return _duplicate(known)
-        raise
+
+def _stored_meanwhile(session: Session, prepared: Prepared) -> queries.StoredRef | None:
+    """After a unique violation: the copy another daemon stored while we filed the same mail.
+
+    Two daemons raced on the same mail: the unique (message_id, content)
+    constraint lets exactly one of them win, and the other reports a duplicate.
+    (One savepoint per mail, not two: the mail's own is rolled back by then.)
+    """
+    msg = prepared.msg
+    if msg is None:
+        return None
+    return queries.message_by_content(session, storable_id(msg.message_id), msg.content_hash)
 
 
 def _duplicate(known: queries.StoredRef) -> IngestOutcome:
