@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, String, bindparam, func, insert, literal, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, defer, joinedload, selectinload
+from sqlalchemy.orm import Session, defer, selectinload
 from sqlalchemy.orm.util import identity_key
 
 from helpdesk.store.models import (
@@ -109,15 +109,6 @@ def tickets_by_message_ids(session: Session, message_ids: Sequence[str]) -> dict
     return {mid: ticket_id for mid, (_row, ticket_id) in found.items()}
 
 
-# What actions and templates read of a ticket, loaded with it in two queries
-# instead of one lazy load each.
-TICKET_WITH_RELATIONS = (
-    joinedload(Ticket.requester),
-    joinedload(Ticket.team),
-    selectinload(Ticket.tags),
-)
-
-
 @dataclass(frozen=True, slots=True)
 class TicketState:
     """A ticket as rules and actions read it, loaded by Core (ingest asks for every mail)."""
@@ -188,14 +179,6 @@ def expire_ticket(session: Session, ticket_id: int) -> None:
     ticket = session.identity_map.get(identity_key(Ticket, ticket_id))
     if ticket is not None:
         session.expire(ticket)
-
-
-def ticket_view(session: Session, ticket_id: int) -> TicketView | None:
-    """A frozen snapshot of a ticket for pure logic, or None."""
-    ticket = session.get(Ticket, ticket_id, options=TICKET_WITH_RELATIONS)
-    if ticket is None:
-        return None
-    return view_of(ticket, participants(session, ticket_id))
 
 
 def participants(session: Session, ticket_id: int) -> frozenset[str]:

@@ -368,3 +368,20 @@ def test_mails_of_one_commit_see_each_others_changes(
     assert "actions.failed" not in kinds
     assert kinds.count("tags.added") == 1
     assert kinds.count("priority.changed") == 2
+
+
+def test_a_reopen_in_the_same_commit_reaches_a_loaded_ticket(
+    store: Store, ctx: IngestContext
+) -> None:
+    """A ticket loaded earlier in the transaction sees the reopen that filing writes by Core."""
+    ctx = dataclasses.replace(ctx, rules=None)
+    with store.sessions.begin() as session:
+        first = ingest(session, make_mail(**VPN), Origin("file", path="1.eml"), ctx)
+        held = tickets.set_status(session, first.ticket_id, "resolved", actor="test")
+        assert held.status == "resolved"
+        reply = make_mail(subject=f"Re: [#{first.ticket_id}] VPN keeps dropping",
+                          body="Still broken.\n", message_id="<req-2@mail.example.com>",
+                          in_reply_to="<req-1@mail.example.com>")
+        second = ingest(session, reply, Origin("file", path="2.eml"), ctx)
+        assert second.ticket_id == first.ticket_id
+        assert held.status == "open"

@@ -266,6 +266,7 @@ def _ticket_changes(
     if view is not None and ((reopen and view.status in _FINISHED)
                              or (answered and view.status is TicketStatus.PENDING)):
         conn.execute(rows.REOPEN_TICKET, {"ticket_id": ticket_id, "now": now})
+        queries.expire_ticket(session, ticket_id)
         events.append(
             rows.event(ticket_id, row_id, sender, "status.changed",
                        {"from": view.status.value, "to": TicketStatus.OPEN.value,
@@ -273,6 +274,7 @@ def _ticket_changes(
         )
     elif view is not None:
         conn.execute(rows.TOUCH_TICKET, {"ticket_id": ticket_id, "now": now})
+        queries.expire_ticket(session, ticket_id)
     if verdict.automated:
         events.append(rows.event(ticket_id, row_id, "system", "message.classified",
                                  {"class": verdict.mail_class.value,
