@@ -151,16 +151,25 @@ class Relay:
         smtp, self._smtp = self._smtp, None
         if smtp is None or not smtp.is_connected:
             return
+        transport = smtp.transport
         try:
             await asyncio.wait_for(smtp.quit(), self.settings.timeout)
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
             smtp.close()
+        # After QUIT nothing more is said; a TLS close would wait for the relay's
+        # close_notify, and a loop that ends first (a CLI command) leaves the socket open.
+        if isinstance(transport, asyncio.Transport):
+            transport.abort()
+            await asyncio.sleep(0)  # connection_lost runs and closes the socket
 
     def abort(self) -> None:
         """Drop the connection at once (its state is unknown after a deadline passed)."""
         smtp, self._smtp = self._smtp, None
         if smtp is not None:
+            transport = smtp.transport
             smtp.close()
+            if isinstance(transport, asyncio.Transport):
+                transport.abort()  # a TLS close would wait for the relay's answer
 
     async def _connect(self) -> None:
         self.abort()

@@ -20,7 +20,6 @@ from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from imapclient import IMAPClient
 from sqlalchemy import func, select
@@ -30,6 +29,7 @@ from tests.conftest import Store
 from tests.mailfactory import make_mail
 from tests.servers import free_port
 from tests.servers.dovecot import DovecotServer
+from tests.servers.smtp_controller import ClosingController
 from tests.servers.smtp_sink import RecordingHandler, SmtpSink
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -252,7 +252,7 @@ class _SlowSink(SmtpSink):
         # Not SmtpSink.__init__: its Controller would own an event loop nobody closes.
         self.handler = _SlowHandler(delay)
         self.port = free_port()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.controller = ClosingController(self.handler, hostname="127.0.0.1", port=self.port)
 
 
 def start_sink(delay: float = 0.0) -> SmtpSink:

@@ -16,7 +16,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from pydantic import SecretStr
 from sqlalchemy import select, text
@@ -29,6 +28,7 @@ from tests.conftest import Clock, Store
 from tests.faults.helpers import FAST, items, make_sender, queue
 from tests.faults.relay import ScriptedRelay
 from tests.servers import free_port
+from tests.servers.smtp_controller import ClosingController
 from tests.servers.smtp_sink import RecordingHandler
 
 POLICY = outbox.OutboxPolicy(max_permanent_failures=2)
@@ -230,8 +230,9 @@ def test_tls_and_auth(store: Store, clock: Clock, certificate: tuple[Path, Path]
         # listener the connection is encrypted anyway.
         else {"ssl_context": context, "auth_require_tls": False}
     )
-    controller = Controller(handler, hostname="127.0.0.1", port=port, authenticator=_authenticator,
-                            auth_required=True, **tls_options)  # type: ignore[arg-type]
+    controller = ClosingController(handler, hostname="127.0.0.1", port=port,
+                                   authenticator=_authenticator, auth_required=True,
+                                   **tls_options)
     controller.start()
     try:
         [item_id] = queue(store, now=clock.now)

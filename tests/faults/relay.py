@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import email
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from tests.servers import free_port
+from tests.servers.smtp_controller import ClosingController
 
 
 @dataclass
@@ -115,7 +114,7 @@ class ScriptedRelay:
         if auth:
             options = {"authenticator": self.handler.authenticate, "auth_required": True,
                        "auth_require_tls": False}
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port,
+        self.controller = ClosingController(self.handler, hostname="127.0.0.1", port=self.port,
                                      **options)
 
     def start(self) -> ScriptedRelay:
@@ -123,22 +122,7 @@ class ScriptedRelay:
         return self
 
     def stop(self) -> None:
-        # Close what clients left open (a daemon killed in the middle of DATA) while the
-        # loop still runs: a transport left to the garbage collector surfaces later, in
-        # another test, as an unraisable ResourceWarning.
-        loop = self.controller.loop
-        if loop.is_running():
-            closing = asyncio.run_coroutine_threadsafe(self._close_sessions(), loop)
-            with contextlib.suppress(Exception):
-                closing.result(timeout=5)
         self.controller.stop()
-
-    async def _close_sessions(self) -> None:
-        for server in list(self.handler.sessions):
-            if server.transport is not None:
-                server.transport.close()
-        for _ in range(3):  # let connection_lost run and close the sockets
-            await asyncio.sleep(0)
 
     @property
     def accepted(self) -> list[Accepted]:

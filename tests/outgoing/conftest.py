@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from helpdesk.context import BUILTIN_TEMPLATES
@@ -28,6 +27,7 @@ from helpdesk.smtp import Sender
 from helpdesk.templates import load_templates
 from tests.conftest import Clock, Store
 from tests.servers import free_port
+from tests.servers.smtp_controller import ClosingController
 
 ROOT = Path(__file__).resolve().parents[2]
 SUPPORT = "support@example.com"
@@ -83,8 +83,8 @@ class _Handler:
         return "250 2.0.0 accepted"
 
 
-class _Controller(Controller):
-    def factory(self) -> SMTP:
+class _Controller(ClosingController):
+    def make_smtp(self) -> SMTP:
         return _RecordingSMTP(self.handler, **self.SMTP_kwargs)
 
 

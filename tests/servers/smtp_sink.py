@@ -7,10 +7,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from tests.servers import free_port
+from tests.servers.smtp_controller import ClosingController
 
 
 @dataclass
@@ -45,7 +45,7 @@ class SmtpSink:
     def __init__(self, port: int | None = None) -> None:
         self.handler = RecordingHandler()
         self.port = port or free_port()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.controller = ClosingController(self.handler, hostname="127.0.0.1", port=self.port)
 
     def start(self) -> None:
         self.controller.start()
