@@ -28,7 +28,7 @@ from helpdesk import __version__
 from helpdesk.errors import ConfigError, ConfigProblem, HelpdeskError, StoreUnavailable
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
+    from sqlalchemy import Connection, Engine
     from sqlalchemy.orm import Session, sessionmaker
 
     from helpdesk import context
@@ -83,6 +83,8 @@ class AppContext:
     _settings: Settings | None = None
     _engine: Engine | None = None
     _factory: sessionmaker[Session] | None = field(default=None, repr=False)
+    _schema_checked: bool = False
+    _directory_current: bool = False
     _configured: context.Configured | None = None
 
     @property
@@ -98,6 +100,8 @@ class AppContext:
         self._settings = settings
         self._engine = None
         self._factory = None
+        self._schema_checked = False
+        self._directory_current = False
         self._configured = None
 
     @property
@@ -114,13 +118,10 @@ class AppContext:
         the configuration's teams or agents changed since the last sync)."""
         if self._factory is None:
             from helpdesk.desk import directory
-            from helpdesk.store.db import StoreAccessDenied, check_schema, make_session_factory
+            from helpdesk.store.db import make_session_factory
 
             if check:
-                try:
-                    check_schema(self.engine)
-                except StoreAccessDenied as exc:
-                    raise self.access_denied(exc) from exc
+                self._check_schema()
             self._factory = make_session_factory(self.engine)
             # Commits that queue mail NOTIFY the daemons' senders (PostgreSQL).
             from helpdesk.delivery.wakeup import install_commit_hooks
@@ -129,6 +130,35 @@ class AppContext:
             if check:
                 directory.mirror(self._factory, self.settings.teams, self.settings.agents)
         return self._factory
+
+    def _check_schema(self) -> None:
+        from helpdesk.store.db import StoreAccessDenied, check_schema
+
+        if self._schema_checked:
+            return
+        try:
+            check_schema(self.engine)
+        except StoreAccessDenied as exc:
+            raise self.access_denied(exc) from exc
+        self._schema_checked = True
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A read-only Core connection (helpdesk.store.db.reading) for commands that only
+        read: the ORM is not imported unless the directory must be mirrored first."""
+        from helpdesk.desk import directory
+        from helpdesk.store import db
+
+        self._check_schema()
+        if self._factory is None and not self._directory_current:
+            settings = self.settings
+            with db.reading(self.engine) as conn:
+                current = directory.is_current(conn, settings.teams, settings.agents)
+            if not current:
+                self.sessions()
+            self._directory_current = True
+        with db.reading(self.engine) as conn:
+            yield conn
 
     def access_denied(self, exc: HelpdeskError) -> ConfigError:
         """A refused database login as what it is: a problem in the configuration."""

@@ -15,7 +15,7 @@ from helpdesk.delivery import outbox as outbox_service
 from helpdesk.flow.ingest import ingest
 from helpdesk.settings import load_settings
 from helpdesk.store import db as store_db
-from helpdesk.store import queries
+from helpdesk.store import listing
 from helpdesk.thread import format_tag
 from helpdesk.values import Origin, OutcomeKind
 
@@ -145,7 +145,7 @@ def _run_demo(app: AppContext, config: Path) -> None:
             click.echo(f"  {'':<28}   {extra}")
     click.echo()
     with app.transaction() as session:
-        rows = queries.list_tickets(session, queries.TicketFilter(limit=100))
+        rows = listing.list_tickets(session, listing.TicketFilter(limit=100))
     table(
         ["REF", "STATUS", "TEAM", "PRIO", "REQUESTER", "MSGS", "SUBJECT"],
         [[format_tag(r.id, prefix), r.status, r.team, r.priority, r.requester, r.message_count,

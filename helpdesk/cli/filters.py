@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from helpdesk.store.models import utcnow
+from helpdesk.store.schema import utcnow
 from helpdesk.values import Priority
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -19,8 +19,8 @@ from helpdesk.desk import stats as stats_service
 from helpdesk.report import html as report_html
 from helpdesk.report.data import Report, Series
 from helpdesk.report.spark import fold, sparkline
+from helpdesk.store.listing import TicketFilter, ticket_conditions
 from helpdesk.store.models import utcnow
-from helpdesk.store.queries import TicketFilter, ticket_conditions
 
 NO_TEAM = "(no team)"
 

@@ -10,15 +10,17 @@ import click
 from helpdesk.cli import AppContext, Failure, pass_app
 from helpdesk.cli.filters import ticket_filter_options
 from helpdesk.cli.output import emit_json, fields, table, when
-from helpdesk.desk import staff
-from helpdesk.desk import tickets as ticket_service
-from helpdesk.store import queries
-from helpdesk.store.models import Event, Message, Ticket, utcnow
+from helpdesk.store.schema import utcnow
 from helpdesk.thread import format_tag
 from helpdesk.values import Address, Priority, TicketStatus
 
+# Only `list` is imported with the module: the other commands import the ORM, the
+# desk services and the queries they use when they run (`tickets list` start-up).
 if TYPE_CHECKING:
     from helpdesk.desk.actions import ActionContext
+    from helpdesk.store.listing import TicketSummary
+    from helpdesk.store.models import Event, Message, Ticket
+    from helpdesk.store.queries import Delivery
 
 STATUSES = [s.value for s in TicketStatus]
 PRIORITIES = [p.value for p in Priority]
@@ -34,7 +36,7 @@ def _reference(app: AppContext, ticket_id: int) -> str:
     return format_tag(ticket_id, app.settings.helpdesk.tag_prefix)
 
 
-def summary_json(app: AppContext, s: queries.TicketSummary) -> dict[str, Any]:
+def summary_json(app: AppContext, s: TicketSummary) -> dict[str, Any]:
     return {
         "id": s.id,
         "reference": _reference(app, s.id),
@@ -77,13 +79,15 @@ def list_(
     """List tickets, most recently updated first (--since: updated since then)."""
     if unassigned and assignee:
         raise click.UsageError("--unassigned and --assignee exclude each other")
-    flt = queries.TicketFilter(
+    from helpdesk.store.listing import TicketFilter, list_tickets
+
+    flt = TicketFilter(
         status=statuses or None, team=team, assignee=assignee, requester=requester,
         tags=tags, priority=priority, since=since, unassigned=unassigned, subject=subject,
         limit=limit,
     )
-    with app.transaction() as session:
-        rows = queries.list_tickets(session, flt)
+    with app.reading() as conn:
+        rows = list_tickets(conn, flt)
     if as_json:
         emit_json([summary_json(app, r) for r in rows])
         return
@@ -148,7 +152,7 @@ def event_json(e: Event) -> dict[str, Any]:
     return {"id": e.id, "at": e.created_at, "actor": e.actor, "kind": e.kind, "detail": e.detail}
 
 
-def delivery_json(d: queries.Delivery) -> dict[str, Any]:
+def delivery_json(d: Delivery) -> dict[str, Any]:
     return {
         "outbox_id": d.outbox_id,
         "message_id": d.message_id,
@@ -164,7 +168,7 @@ def delivery_json(d: queries.Delivery) -> dict[str, Any]:
     }
 
 
-def _delivery_words(d: queries.Delivery) -> str:
+def _delivery_words(d: Delivery) -> str:
     """`sent`, `failed: 550 …`, `pending (2 attempts: 451 …)`: the state in a few words."""
     tries = f"{d.attempts} attempt{'s' if d.attempts != 1 else ''}"
     if d.state == "sent":
@@ -177,7 +181,7 @@ def _delivery_words(d: queries.Delivery) -> str:
     return "pending"
 
 
-def _recipients(d: queries.Delivery) -> str:
+def _recipients(d: Delivery) -> str:
     # A recipient whose own state differs from the mail's is named with it.
     return ", ".join(r.address if r.state == d.state else f"{r.address} ({r.state})"
                      for r in d.recipients)
@@ -194,6 +198,8 @@ def show(app: AppContext, ticket_id: int, full: bool, as_json: bool) -> None:
     An agent's mail that was relayed to the requester is shown once, marked
     relayed, with the delivery state of the relayed copy.
     """
+    from helpdesk.desk import tickets as ticket_service
+
     with app.transaction() as session:
         view = ticket_service.conversation(session, ticket_id)
         ticket = view.ticket
@@ -261,6 +267,8 @@ def search(app: AppContext, query: str, statuses: tuple[str, ...], limit: int,
     -word to exclude, e.g. `tickets search 'drucker "3. stock" -toner'` (a query
     that starts with "-" goes after `--`).
     """
+    from helpdesk.desk import tickets as ticket_service
+
     with app.transaction() as session:
         hits = ticket_service.search(session, query, statuses=statuses, limit=limit)
     if as_json:
@@ -288,6 +296,8 @@ def assign(
     app: AppContext, ticket_id: int, agent: str | None, team: str | None, as_json: bool
 ) -> None:
     """Assign a ticket to an agent and/or a team."""
+    from helpdesk.desk import tickets as ticket_service
+
     if agent is None and team is None:
         raise click.UsageError("give --to AGENT_EMAIL, --team TEAM, or both")
     with app.transaction() as session:
@@ -309,6 +319,7 @@ def assign(
 @pass_app
 def status(app: AppContext, ticket_id: int, status: str, quiet: bool, as_json: bool) -> None:
     """Change a ticket's status; resolving it mails the requester the resolution notice."""
+    from helpdesk.desk import tickets as ticket_service
     from helpdesk.desk.notices import Notice  # mail composition: only status changes need it
 
     notice = None
@@ -360,6 +371,8 @@ def _notice_words(notice: dict[str, Any] | None) -> str:
 @pass_app
 def priority(app: AppContext, ticket_id: int, priority: str, as_json: bool) -> None:
     """Set a ticket's priority (as `#priority` does by mail)."""
+    from helpdesk.desk import tickets as ticket_service
+
     with app.transaction() as session:
         ticket = ticket_service.get_unmerged(session, ticket_id)
         changed = ticket_service.change_priority(session, ticket, Priority(priority),
@@ -383,6 +396,8 @@ def priority(app: AppContext, ticket_id: int, priority: str, as_json: bool) -> N
 def tag(app: AppContext, ticket_id: int, tags: tuple[str, ...], remove: bool,
         as_json: bool) -> None:
     """Add tags to a ticket (as `#tag` does by mail), or remove them with --remove."""
+    from helpdesk.desk import tickets as ticket_service
+
     wanted = ticket_service.clean_tags(tags)
     with app.transaction() as session:
         ticket = ticket_service.get_unmerged(session, ticket_id)
@@ -480,6 +495,8 @@ def reply(
     the requester's thread, and goes through the outbox. Without -m or --file,
     $EDITOR opens with the requester's last mail quoted below a marker line.
     """
+    from helpdesk.desk import staff
+    from helpdesk.desk import tickets as ticket_service
     from helpdesk.flow import relay  # templates and mail composition: only replies need them
 
     _check_text_options(message, file)
@@ -538,6 +555,9 @@ def note(
     as_json: bool,
 ) -> None:
     """Add an internal note to a ticket; it is never sent to the requester."""
+    from helpdesk.desk import staff
+    from helpdesk.desk import tickets as ticket_service
+
     _check_text_options(message, file)
     template = None
     with app.transaction() as session:
@@ -574,6 +594,8 @@ def merge(app: AppContext, ticket_id: int, into_id: int, as_json: bool) -> None:
     Its messages stay where they are; its participants and tags are copied.
     INTO_ID must not itself be merged.
     """
+    from helpdesk.desk import tickets as ticket_service
+
     with app.transaction() as session:
         merged = ticket_service.merge(session, ticket_id, into_id, actor=CLI_ACTOR)
         data: dict[str, Any] = {

@@ -25,12 +25,11 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
-    Table,
     bindparam,
     func,
     insert,
@@ -41,13 +40,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, selectinload
 
 from helpdesk.delivery.outbox import FAILED, PENDING, SENT, OutboxPolicy, recipient_row
-from helpdesk.store.models import (
-    Event,
-    OutboxAttempt,
-    OutboxItem,
-    OutboxRecipient,
-    UTCDateTime,
-)
+from helpdesk.store import schema
+from helpdesk.store.models import OutboxItem
+from helpdesk.store.schema import UTCDateTime
 
 # -- claims ------------------------------------------------------------------------
 
@@ -315,8 +310,8 @@ def _answered(
 
 # The statements `record` runs, built once: it runs once per mail the relay
 # accepts, and building SQLAlchemy statements costs more than executing them.
-_OUTBOX = cast(Table, OutboxItem.__table__)
-_RECIPIENTS = cast(Table, OutboxRecipient.__table__)
+_OUTBOX = schema.outbox
+_RECIPIENTS = schema.outbox_recipients
 _LOAD = (
     select(
         _OUTBOX.c.id, _OUTBOX.c.ticket_id, _OUTBOX.c.message_id, _OUTBOX.c.attempts,
@@ -344,8 +339,8 @@ _UPDATE_RECIPIENT = (
     .values({name: bindparam(f"new_{name}", type_=_RECIPIENTS.c[name].type)
              for name in _RECIPIENT_FIELDS})
 )
-_INSERT_ATTEMPT = insert(cast(Table, OutboxAttempt.__table__))
-_INSERT_EVENT = insert(cast(Table, Event.__table__))
+_INSERT_ATTEMPT = insert(schema.outbox_attempts)
+_INSERT_EVENT = insert(schema.events)
 
 
 def record(

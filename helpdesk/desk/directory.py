@@ -15,14 +15,18 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, delete, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from helpdesk.store.models import Agent, AgentAddress, StoreValue, Team, table
+from helpdesk.store.schema import store_values
 from helpdesk.store.upsert import dialect_insert
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from helpdesk.store.models import Agent, Team
 
 # The store value holding the hash of the last mirrored configuration. The
 # version in the hashed text changes when `sync` learns to mirror more, so that
@@ -57,15 +61,20 @@ def fingerprint(teams: Sequence[TeamSpec], agents: Sequence[AgentSpec]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
+_STORED_HASH = select(store_values.c.value).where(store_values.c.key == HASH_KEY)
+
+
+def is_current(conn: Connection, teams: Sequence[TeamSpec], agents: Sequence[AgentSpec]) -> bool:
+    """Whether the store already mirrors exactly these specs (one SELECT, no ORM)."""
+    return conn.execute(_STORED_HASH).scalar() == fingerprint(teams, agents)
+
+
 def ensure_synced(session: Session, teams: Sequence[TeamSpec],
                   agents: Sequence[AgentSpec]) -> bool:
     """Mirror the specs unless the store already mirrors exactly these; True when it synced."""
-    digest = fingerprint(teams, agents)
-    stored = session.connection().execute(
-        select(StoreValue.value).where(StoreValue.key == HASH_KEY)
-    ).scalar()
-    if stored == digest:
+    if is_current(session.connection(), teams, agents):
         return False
+    digest = fingerprint(teams, agents)
     sync(session, teams, agents)
     _store_hash(session, digest)
     return True
@@ -98,7 +107,7 @@ def invalidate(session: Session) -> None:
 
     For commands that change agents or teams the configuration names.
     """
-    session.execute(delete(StoreValue).where(StoreValue.key == HASH_KEY))
+    session.execute(delete(store_values).where(store_values.c.key == HASH_KEY))
 
 
 def sync(session: Session, teams: Sequence[TeamSpec], agents: Sequence[AgentSpec]) -> None:
@@ -107,6 +116,9 @@ def sync(session: Session, teams: Sequence[TeamSpec], agents: Sequence[AgentSpec
     A fixed number of statements to read what exists, whatever the number of
     agents, then one write per change.
     """
+    # The ORM only here: a command on an unchanged configuration never imports it.
+    from helpdesk.store.models import Team
+
     by_name = {t.name: t for t in session.scalars(select(Team))}
     for spec in teams:
         # A lead address is optional in a spec (settings have it, ad-hoc specs may not).
@@ -130,6 +142,10 @@ def sync(session: Session, teams: Sequence[TeamSpec], agents: Sequence[AgentSpec
 
 def _agents_by_address(session: Session, addresses: Sequence[str]) -> dict[str, Agent]:
     """The agents owning any of `addresses`, keyed by each of their addresses."""
+    from sqlalchemy.orm import selectinload
+
+    from helpdesk.store.models import Agent, AgentAddress
+
     if not addresses:
         return {}
     agents = session.scalars(
@@ -143,6 +159,8 @@ def _agents_by_address(session: Session, addresses: Sequence[str]) -> dict[str, 
 
 def _sync_agent(session: Session, spec: AgentSpec, teams: dict[str, Team],
                 known: dict[str, Agent]) -> None:
+    from helpdesk.store.models import Agent, AgentAddress
+
     addresses = [a.lower() for a in spec.addresses]
     agent = next((known[a] for a in addresses if a in known), None)
     if agent is None:
@@ -165,6 +183,6 @@ def _store_hash(session: Session, digest: str) -> None:
     values = {"key": HASH_KEY, "value": digest}
     dialect = session.get_bind().dialect.name
     insert = dialect_insert(dialect)
-    statement = insert(table(StoreValue)).values(**values)
+    statement = insert(store_values).values(**values)
     session.execute(statement.on_conflict_do_update(index_elements=["key"],
                                                     set_={"value": digest}))

@@ -10,7 +10,7 @@ are computed in Python from the selected timestamps, which is cheap at
 help-desk sizes and avoids percentile functions SQLite lacks. A ticket merged
 into another is a duplicate and counts nowhere. Time is a parameter.
 
-The filters of `tickets list` (`queries.TicketFilter`: tags, priority,
+The filters of `tickets list` (`listing.TicketFilter`: tags, priority,
 unassigned, subject, ...) narrow every figure; their `since` sets the start of
 the window instead of `days`.
 """
@@ -40,8 +40,8 @@ from helpdesk.report.data import (
     TeamWeeks,
 )
 from helpdesk.report.fmt import format_duration as format_duration  # re-exported
+from helpdesk.store.listing import TicketFilter, ticket_conditions
 from helpdesk.store.models import Contact, Event, Team, Ticket, TicketTag
-from helpdesk.store.queries import TicketFilter, ticket_conditions
 
 OPEN_STATUS_NAMES: tuple[str, ...] = tuple(s.value for s in OPEN_STATUSES)
 

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import click
 import pytest
+from sqlalchemy import select
 
 from helpdesk.cli import COMMANDS, cli
+from helpdesk.store.models import Team
 from tests.conftest import Store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,6 +85,24 @@ def test_tickets_list_imports_no_alembic_templates_or_mail_transport(
                                  tmp_path)
     assert code == 0, out
     assert out.strip() == "No tickets."
+    assert loaded == []
+
+
+def test_tickets_list_reads_through_core_without_the_orm_once_the_directory_is_mirrored(
+    store: Store, tmp_path: Path
+) -> None:
+    """`tickets list` imports neither the ORM nor the models; a configuration whose teams
+    the store does not mirror yet is mirrored first (through the ORM), then listed."""
+    config = tmp_path / "helpdesk.toml"
+    config.write_text(f'[database]\nurl = "{store.url}"\n\n[[team]]\nname = "network"\n')
+    orm = ["sqlalchemy.orm", "helpdesk.store.models"]
+    code, loaded, out = imported(["--config", str(config), "tickets", "list"], orm, tmp_path)
+    assert (code, out.strip()) == (0, "No tickets.")
+    assert loaded == sorted(orm)  # the new team had to be mirrored
+    with store.sessions() as session:
+        assert session.scalars(select(Team.name)).all() == ["network"]
+    code, loaded, out = imported(["--config", str(config), "tickets", "list"], orm, tmp_path)
+    assert (code, out.strip()) == (0, "No tickets.")
     assert loaded == []
 
 

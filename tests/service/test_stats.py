@@ -9,8 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from helpdesk.desk import stats
+from helpdesk.store.listing import TicketFilter
 from helpdesk.store.models import Agent, AgentAddress, Contact, Team, Ticket, TicketTag
-from helpdesk.store.queries import TicketFilter
 from tests.conftest import Store
 
 NOW = datetime(2026, 3, 31, 12, 0, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""`tickets list` and its filters (queries.list_tickets) on a real store, SQLite and PostgreSQL."""
+"""`tickets list` and its filters (listing.list_tickets) on a real store, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy.orm import Session
 
-from helpdesk.store import queries
+from helpdesk.store import listing
+from helpdesk.store.listing import TicketFilter
 from helpdesk.store.models import Agent, AgentAddress, Contact, Message, Team, Ticket, TicketTag
-from helpdesk.store.queries import TicketFilter
 from tests.conftest import Store
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -56,14 +56,14 @@ def listed(store: Store, desk: dict[str, int], **filters: object) -> list[str]:
     """The keys of the listed tickets, newest first."""
     names = {v: k for k, v in desk.items()}
     with store.sessions() as session:
-        rows = queries.list_tickets(session, TicketFilter(**filters))  # type: ignore[arg-type]
+        rows = listing.list_tickets(session, TicketFilter(**filters))  # type: ignore[arg-type]
     return [names[r.id] for r in rows]
 
 
 def test_newest_first_with_names_and_message_counts(store: Store, desk: dict[str, int]) -> None:
     """Every ticket, most recently updated first; names joined, messages counted per ticket."""
     with store.sessions() as session:
-        rows = queries.list_tickets(session, TicketFilter())
+        rows = listing.list_tickets(session, TicketFilter())
     assert [r.id for r in rows] == [desk[k] for k in ("t6", "t5", "t4", "t3", "t2", "t1")]
     by_id = {r.id: r for r in rows}
     first = by_id[desk["t1"]]
