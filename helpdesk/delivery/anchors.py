@@ -24,7 +24,7 @@ from datetime import datetime
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from helpdesk.mail.conversation import (
@@ -34,6 +34,7 @@ from helpdesk.mail.conversation import (
     root_index,
     thread_guid,
 )
+from helpdesk.store import schema
 from helpdesk.store.models import Message, Ticket
 from helpdesk.values import Direction, MessageKind, ParsedMessage
 
@@ -126,19 +127,26 @@ def header_block(raw: bytes) -> bytes:
     return head[: min(ends)] if ends else head
 
 
+# Core, built once: this runs for every acknowledgement, and an ORM select built per
+# call cost ~0.2 ms.
+_MESSAGES = schema.messages
+_STORED_INDEXES = (
+    select(_MESSAGES.c.thread_index)
+    .where(_MESSAGES.c.ticket_id == bindparam("ticket_id"),
+           _MESSAGES.c.direction == Direction.INCOMING.value,
+           _MESSAGES.c.from_address == bindparam("requester"),
+           _MESSAGES.c.thread_index != "")
+    .order_by(_MESSAGES.c.id)
+    .limit(_ROOT_SEARCH)
+)
+
+
 def ticket_root(session: Session, ticket: Ticket | TicketRef, loop_id: str) -> bytes:
     """The 22-byte header block every index on `ticket` descends from (module docstring)."""
     ref = ref_of(ticket)
     if ref.requester is not None and not ref.fresh:
-        stored = session.scalars(
-            select(Message.thread_index)
-            .where(Message.ticket_id == ref.id,
-                   Message.direction == Direction.INCOMING.value,
-                   Message.from_address == ref.requester,
-                   Message.thread_index != "")
-            .order_by(Message.id)
-            .limit(_ROOT_SEARCH)
-        )
+        stored = session.connection().execute(
+            _STORED_INDEXES, {"ticket_id": ref.id, "requester": ref.requester}).scalars()
         for text in stored:
             index = parse_index(text)
             if index is not None:

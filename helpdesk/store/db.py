@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.pool import QueuePool, StaticPool
 
@@ -56,10 +56,43 @@ def make_engine(url: str, *, echo: bool = False, password: str | None = None) ->
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(url, echo=echo)
-    if password is not None:
-        parsed = parsed.set(password=password)
-    return create_engine(parsed, echo=echo, pool_pre_ping=True, future=True)
+        engine = _sqlite_engine(url, echo=echo)
+    else:
+        if password is not None:
+            parsed = parsed.set(password=password)
+        engine = create_engine(parsed, echo=echo, pool_pre_ping=True, future=True)
+    _plain_savepoints(engine.dialect)
+    return engine
+
+
+def _plain_savepoints(dialect: Dialect) -> None:
+    """Send SAVEPOINT, RELEASE and ROLLBACK TO as plain SQL.
+
+    SQLAlchemy builds each as a statement and compiles it, and as every savepoint
+    has a name of its own its statement cache never hits: ~100 us a statement,
+    and ingest takes one savepoint per mail (two when rules act), which was a
+    tenth of storing a mail. Its names ("sa_savepoint_7") need no quoting; the
+    ORM's bookkeeping (begin_nested) is untouched.
+    """
+    def savepoint(connection: Connection, name: str) -> None:
+        connection.exec_driver_sql(f"SAVEPOINT {_checked(name)}")
+
+    def rollback_to(connection: Connection, name: str) -> None:
+        connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_checked(name)}")
+
+    def release(connection: Connection, name: str) -> None:
+        connection.exec_driver_sql(f"RELEASE SAVEPOINT {_checked(name)}")
+
+    # On this engine's dialect object only (its class is chosen by the URL).
+    setattr(dialect, "do_savepoint", savepoint)  # noqa: B010
+    setattr(dialect, "do_rollback_to_savepoint", rollback_to)  # noqa: B010
+    setattr(dialect, "do_release_savepoint", release)  # noqa: B010
+
+
+def _checked(name: str) -> str:
+    if not name.isidentifier():
+        raise ValueError(f"unexpected savepoint name {name!r}")
+    return name
 
 
 def _sqlite_engine(url: str, *, echo: bool) -> Engine:
