@@ -49,6 +49,12 @@ class Priority(StrEnum):
     URGENT = "urgent"
 
 
+def without_subaddress(address: str) -> str:
+    """``support+vpn@example.org`` → ``support@example.org``."""
+    local, _, domain = address.rpartition("@")
+    return f"{local.split('+', 1)[0]}@{domain}" if local else address
+
+
 @dataclass(frozen=True, slots=True)
 class Address:
     """One mailbox from an address header; `address` is lower-cased for comparison."""

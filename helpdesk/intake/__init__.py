@@ -17,24 +17,36 @@ acknowledges exactly the mails it got outcomes for.
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.orm import Session, sessionmaker
-
-from helpdesk.flow.ingest import IngestContext
-from helpdesk.intake.committer import Committer, Item, store_now
-from helpdesk.intake.pool import PoolClosed, PreparePool
-from helpdesk.mail.prepare import Prepared, prepare_with
-from helpdesk.values import Incoming, IngestOutcome
+if TYPE_CHECKING:
+    from helpdesk.intake.committer import Committer
+    from helpdesk.intake.pool import PoolClosed, PreparePool
+    from helpdesk.intake.sink import (
+        BatchSink,
+        Intake,
+        in_process_sink,
+        prepare_once,
+        store_in_batches,
+    )
 
 __all__ = ["BatchSink", "Committer", "Intake", "PoolClosed", "PreparePool", "header_of",
            "in_process_sink", "prepare_once", "store_in_batches", "too_large"]
 
-BatchSink = Callable[[Sequence[Incoming]], list[IngestOutcome]]
-"""Ingest mails and commit; raises `StoreUnavailable` when the store is down."""
+# Imported on first use: the parsing workers import `helpdesk.intake.pool`, which
+# runs this file first, and must not pull in the store, the ORM and the rules
+# (a worker's memory and its start-up; issue 13 item 7).
+_LAZY = {"Committer": "committer", "PoolClosed": "pool", "PreparePool": "pool",
+         "BatchSink": "sink", "Intake": "sink", "in_process_sink": "sink",
+         "prepare_once": "sink", "store_in_batches": "sink"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
 def header_of(raw: bytes, limit: int = 256 * 1024) -> bytes:
@@ -51,100 +63,3 @@ def too_large(size: int, limit: int) -> str:
     """The quarantine error of a mail over `max_message_bytes`."""
     return (f"too large ({size} bytes; the limit is {limit} bytes, [intake] max_message_bytes); "
             "only its headers are kept")
-
-
-class Intake:
-    """Prepare in worker processes, store in group commits (see the module docstring)."""
-
-    def __init__(
-        self,
-        pool: PreparePool,
-        committer: Committer,
-        context: Callable[[], IngestContext],
-    ) -> None:
-        self.pool = pool
-        self.committer = committer
-        self.context = context
-
-    def __call__(self, incoming: Sequence[Incoming]) -> list[IngestOutcome]:
-        if not incoming:
-            return []
-        config = self.context().prepare
-        prepared = self.pool.prepare_many([item.raw for item in incoming], config,
-                                          [item.envelope_sender for item in incoming])
-        return self.committer.store(_items(incoming, prepared))
-
-    @property
-    def last_progress(self) -> float:
-        """Monotonic time of the last mail prepared or batch committed: a sign of life."""
-        return max(self.pool.last_progress, self.committer.last_commit)
-
-    def close(self) -> None:
-        """Stop both stages: the pool first, so that nothing new reaches the writer."""
-        self.pool.close()
-        self.committer.stop()
-
-
-def store_in_batches(
-    sessions: sessionmaker[Session],
-    ctx: IngestContext,
-    incoming: Iterable[Incoming],
-    pool: PreparePool,
-    *,
-    batch_max: int,
-) -> Iterator[tuple[list[Incoming], list[IngestOutcome]]]:
-    """For a command working through many mails: prepare and commit them batch by batch.
-
-    While one batch is stored (in this thread), the next one is already being
-    prepared by the pool, so the database and the parsing workers work at the
-    same time. Each batch is one transaction; yields (batch, outcomes) after
-    its commit. `StoreUnavailable` ends it: what was yielded is committed.
-    """
-    source = iter(incoming)
-    batches = iter(lambda: list(itertools.islice(source, batch_max)), [])
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-ahead") as ahead:
-
-        def start(batch: list[Incoming]) -> Future[list[Prepared]]:
-            return ahead.submit(pool.prepare_many, [item.raw for item in batch], ctx.prepare,
-                                [item.envelope_sender for item in batch])
-
-        current = next(batches, None)
-        pending = start(current) if current is not None else None
-        while current is not None and pending is not None:
-            prepared = pending.result()
-            following = next(batches, None)
-            pending = start(following) if following is not None else None
-            yield current, store_now(sessions, _items(current, prepared), ctx)
-            current = following
-
-
-def prepare_once(raw: bytes, ctx: IngestContext, *, time_limit: float) -> Prepared:
-    """Prepare one mail in a forked worker under `time_limit` (for a command's single mail)."""
-    with PreparePool(1, time_limit=time_limit, start_method="fork") as pool:
-        return pool.prepare(raw, ctx.prepare)
-
-
-def in_process_sink(sessions: sessionmaker[Session], ctx: IngestContext) -> BatchSink:
-    """A sink without worker processes or a writer thread: prepare here, one transaction.
-
-    No time limit: for tests and for tools that trust their input.
-    """
-
-    def sink(incoming: Sequence[Incoming]) -> list[IngestOutcome]:
-        prepared = [prepare_with(item.raw, parse=ctx.parse, is_own_address=ctx.is_own_address,
-                                 loop_id=ctx.loop_id, trust=ctx.trust,
-                                 envelope_sender=item.envelope_sender) for item in incoming]
-        return store_now(sessions, _items(incoming, prepared), ctx)
-
-    return sink
-
-
-def _items(incoming: Sequence[Incoming], prepared: Sequence[Prepared]) -> list[Item]:
-    items: list[Item] = []
-    for item, result in zip(incoming, prepared, strict=True):
-        if item.problem is not None:
-            # What the source knew before parsing wins; the parse of what bytes
-            # we have still fills the quarantine's subject and sender.
-            result = dataclasses.replace(result, problem=item.problem, detail="")
-        items.append((item.raw, item.origin, result))
-    return items

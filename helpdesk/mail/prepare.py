@@ -28,8 +28,15 @@ from helpdesk.mail.forwarded import ForwardedMail, find_forwarded
 from helpdesk.mail.parse import detach
 from helpdesk.mail.parse import parse as parse_message
 from helpdesk.mail.trust import TrustPolicy, TrustVerdict, agent_trust
-from helpdesk.settings.fields import without_subaddress
-from helpdesk.values import Address, AttachmentPart, MailClass, ParsedMessage, RegexResults, Verdict
+from helpdesk.values import (
+    Address,
+    AttachmentPart,
+    MailClass,
+    ParsedMessage,
+    RegexResults,
+    Verdict,
+    without_subaddress,
+)
 
 __all__ = [
     "BOUNCE_SENDER",

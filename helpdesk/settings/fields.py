@@ -250,12 +250,6 @@ def mailbox_password_env(name: str) -> str:
     return f"HELPDESK_MAILBOX_{re.sub(r'[^A-Z0-9]', '_', name.upper())}_PASSWORD"
 
 
-def without_subaddress(address: str) -> str:
-    """``support+vpn@example.org`` → ``support@example.org``."""
-    local, _, domain = address.rpartition("@")
-    return f"{local.split('+', 1)[0]}@{domain}" if local else address
-
-
 NonEmptyStr = Annotated[str, AfterValidator(_non_empty)]
 Email = Annotated[str, AfterValidator(_email)]
 Domain = Annotated[str, AfterValidator(_domain)]

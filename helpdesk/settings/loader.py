@@ -24,7 +24,6 @@ from helpdesk.settings.fields import (
     _toml_type,
     mailbox_password_env,
     url_has_password,
-    without_subaddress,
 )
 from helpdesk.settings.sections import (
     AgentSettings,
@@ -48,6 +47,7 @@ from helpdesk.settings.sections import (
     ThreadingPolicy,
     _Section,
 )
+from helpdesk.values import without_subaddress
 
 # Looked up at call time (not bound as a default) so tests can point it elsewhere.
 SYSTEM_CONFIG = Path("/etc/helpdesk/helpdesk.toml")

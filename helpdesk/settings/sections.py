@@ -49,8 +49,8 @@ from helpdesk.settings.fields import (
     _not_negative_float,
     _positive,
     _redact_url,
-    without_subaddress,
 )
+from helpdesk.values import without_subaddress
 
 
 class _Section(BaseModel):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import pickle
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -158,3 +161,17 @@ def test_large_attachments_come_back_without_their_bytes() -> None:
     expected = prepare(raw, CONFIG).msg
     assert expected is not None
     assert attach(part, raw) == expected.attachments[0]
+
+
+def test_the_workers_import_no_store_settings_or_templates() -> None:
+    """What the forkserver preloads (`helpdesk.intake.pool`, every worker's memory) leaves
+    out SQLAlchemy, pydantic, Jinja2 and our store: the pure stage needs none of them."""
+    probe = ("import json, sys\nimport helpdesk.intake.pool\n"
+             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('sqlalchemy', 'pydantic', 'jinja2', 'alembic') or m.startswith("
+             "('helpdesk.store', 'helpdesk.settings', 'helpdesk.flow', 'helpdesk.desk')))))\n")
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            cwd=root, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
