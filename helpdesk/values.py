@@ -40,6 +40,14 @@ class TicketStatus(StrEnum):
     CLOSED = "closed"
 
 
+# Tickets someone still has to work on; `helpdesk stats` and `teams list` count these.
+OPEN_STATUSES: tuple[TicketStatus, ...] = (
+    TicketStatus.NEW,
+    TicketStatus.OPEN,
+    TicketStatus.PENDING,
+)
+
+
 class Priority(StrEnum):
     """Ticket priority, lowest first."""
 

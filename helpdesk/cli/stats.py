@@ -20,7 +20,7 @@ from helpdesk.report import html as report_html
 from helpdesk.report.data import Report, Series
 from helpdesk.report.spark import fold, sparkline
 from helpdesk.store.listing import TicketFilter, ticket_conditions
-from helpdesk.store.models import utcnow
+from helpdesk.store.schema import utcnow
 
 NO_TEAM = "(no team)"
 
@@ -55,9 +55,9 @@ def stats(app: AppContext, days: int, top: int, tags: tuple[str, ...], priority:
     # The day-by-day series cost a second pass: only for the page, the JSON
     # and the sparkline, not for the tables piped into another program.
     drawn = html_path is not None or as_json or _on_terminal()
-    with app.transaction() as session:
-        result = stats_service.compute(session, now=now, days=days, top=top, flt=flt)
-        series = (stats_service.compute_series(session, since=result.since, now=result.now,
+    with app.reading() as conn:
+        result = stats_service.compute(conn, now=now, days=days, top=top, flt=flt)
+        series = (stats_service.compute_series(conn, since=result.since, now=result.now,
                                                where=tuple(ticket_conditions(flt)))
                   if drawn else None)
     if html_path is not None and series is not None:

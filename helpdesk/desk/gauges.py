@@ -16,9 +16,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from helpdesk.delivery.outbox import PENDING, SENT, queue_counts
-from helpdesk.desk.tickets import OPEN_STATUSES
 from helpdesk.flow.quarantine import HELD
 from helpdesk.store.models import OutboxItem, QuarantineItem, Team, Ticket
+from helpdesk.values import OPEN_STATUSES
 
 __all__ = ["StoreGauges", "read"]
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from helpdesk.desk.tickets import OPEN_STATUSES
 from helpdesk.errors import InvalidInput, NotFound
 from helpdesk.store import queries
 from helpdesk.store.models import Agent, AgentAddress, Team, Ticket
+from helpdesk.values import OPEN_STATUSES
 
 # The same shape the configuration accepts for an address (settings._EMAIL).
 _ADDRESS = re.compile(r"[^@\s<>]+@[^@\s<>]+")

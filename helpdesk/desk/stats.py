@@ -23,12 +23,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Select, and_, case, func, select
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy import ColumnElement, Connection, Select, and_, case, func, select
 
-from helpdesk.desk.tickets import OPEN_STATUSES
 from helpdesk.report.data import (
     Durations,
     MedianSeconds,
@@ -40,9 +38,19 @@ from helpdesk.report.data import (
     TeamWeeks,
 )
 from helpdesk.report.fmt import format_duration as format_duration  # re-exported
+from helpdesk.store import schema
 from helpdesk.store.listing import TicketFilter, ticket_conditions
-from helpdesk.store.models import Contact, Event, Team, Ticket, TicketTag
+from helpdesk.values import OPEN_STATUSES
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    # Core queries only: `helpdesk stats` runs them on a read-only connection without
+    # importing the ORM; a session works as well.
+    Reader = Connection | Session
+
+_tickets, _teams, _contacts = schema.tickets, schema.teams, schema.contacts
+_tags, _events = schema.ticket_tags, schema.events
 OPEN_STATUS_NAMES: tuple[str, ...] = tuple(s.value for s in OPEN_STATUSES)
 
 
@@ -98,7 +106,7 @@ class Stats:
     filters: tuple[str, ...] = ()
 
 
-def compute(session: Session, *, now: datetime, days: int = 30, top: int = 10,
+def compute(session: Reader, *, now: datetime, days: int = 30, top: int = 10,
             flt: TicketFilter | None = None) -> Stats:
     """The stats for the `days` up to `now` (or since `flt.since`) against as long before.
 
@@ -123,12 +131,12 @@ def compute(session: Session, *, now: datetime, days: int = 30, top: int = 10,
         previous_since=previous_since,
         open_tickets=_open_tickets(session, terms),
         created=_created(session, window),
-        first_response=_median(session, Ticket.first_response_at, window),
-        resolution=_median(session, Ticket.resolved_at, window),
-        tags=_top(session, window, TicketTag.tag,
-                  lambda q: q.join(TicketTag, TicketTag.ticket_id == Ticket.id), top),
-        teams=_top(session, window, Team.name,
-                   lambda q: q.outerjoin(Team, Team.id == Ticket.team_id), top),
+        first_response=_median(session, _tickets.c.first_response_at, window),
+        resolution=_median(session, _tickets.c.resolved_at, window),
+        tags=_top(session, window, _tags.c.tag,
+                  lambda q: q.join(_tags, _tags.c.ticket_id == _tickets.c.id), top),
+        teams=_top(session, window, _teams.c.name,
+                   lambda q: q.outerjoin(_teams, _teams.c.id == _tickets.c.team_id), top),
         domains=_top_domains(session, window, top),
         filters=flt.describe(),
     )
@@ -187,28 +195,29 @@ class _Window:
 
     def current(self) -> ColumnElement[int]:
         """1 for a ticket created in the window, else 0 (summed per group)."""
-        return case((Ticket.created_at >= self.since, 1), else_=0)
+        return case((_tickets.c.created_at >= self.since, 1), else_=0)
 
     def previous(self) -> ColumnElement[int]:
-        return case((Ticket.created_at < self.since, 1), else_=0)
+        return case((_tickets.c.created_at < self.since, 1), else_=0)
 
     def both(self) -> ColumnElement[bool]:
         return and_(
-            Ticket.created_at >= self.previous_since,
-            Ticket.created_at <= self.now,
-            Ticket.merged_into_id.is_(None),
+            _tickets.c.created_at >= self.previous_since,
+            _tickets.c.created_at <= self.now,
+            _tickets.c.merged_into_id.is_(None),
             *self.terms,
         )
 
 
-def _open_tickets(session: Session, terms: tuple[ColumnElement[bool], ...]
+def _open_tickets(session: Reader, terms: tuple[ColumnElement[bool], ...]
                   ) -> tuple[OpenRow, ...]:
     rows = session.execute(
-        select(Team.name, Ticket.status, func.count(Ticket.id))
-        .select_from(Ticket)
-        .outerjoin(Team, Team.id == Ticket.team_id)
-        .where(Ticket.status.in_(OPEN_STATUS_NAMES), Ticket.merged_into_id.is_(None), *terms)
-        .group_by(Team.name, Ticket.status)
+        select(_teams.c.name, _tickets.c.status, func.count(_tickets.c.id))
+        .select_from(_tickets)
+        .outerjoin(_teams, _teams.c.id == _tickets.c.team_id)
+        .where(_tickets.c.status.in_(OPEN_STATUS_NAMES), _tickets.c.merged_into_id.is_(None),
+               *terms)
+        .group_by(_teams.c.name, _tickets.c.status)
     )
     by_team: dict[str | None, dict[str, int]] = {}
     for team, status, count in rows:
@@ -218,7 +227,7 @@ def _open_tickets(session: Session, terms: tuple[ColumnElement[bool], ...]
     return tuple(OpenRow(team, counts) for team, counts in ordered)
 
 
-def _created(session: Session, window: _Window) -> Count:
+def _created(session: Reader, window: _Window) -> Count:
     current, previous = session.execute(
         select(func.coalesce(func.sum(window.current()), 0),
                func.coalesce(func.sum(window.previous()), 0))
@@ -228,13 +237,13 @@ def _created(session: Session, window: _Window) -> Count:
 
 
 def _median(
-    session: Session, column: InstrumentedAttribute[datetime | None], window: _Window,
+    session: Reader, column: ColumnElement[datetime | None], window: _Window,
 ) -> Median:
     rows = session.execute(
-        select(Ticket.created_at, column).where(
-            Ticket.created_at >= window.since,
-            Ticket.created_at <= window.now,
-            Ticket.merged_into_id.is_(None),
+        select(_tickets.c.created_at, column).where(
+            _tickets.c.created_at >= window.since,
+            _tickets.c.created_at <= window.now,
+            _tickets.c.merged_into_id.is_(None),
             column.is_not(None),
             *window.terms,
         )
@@ -247,29 +256,29 @@ def _median(
 
 
 def _top(
-    session: Session,
+    session: Reader,
     window: _Window,
-    key: InstrumentedAttribute[str],
+    key: ColumnElement[str],
     join: Callable[[_Grouped], _Grouped],
     top: int,
 ) -> tuple[Count, ...]:
     query = select(
         key, func.sum(window.current()), func.sum(window.previous())
-    ).select_from(Ticket)
+    ).select_from(_tickets)
     query = join(query).where(window.both()).group_by(key)
     counts = [Count(k, int(c), int(p)) for k, c, p in session.execute(query)]
     return _rank(counts, top)
 
 
-def _top_domains(session: Session, window: _Window, top: int) -> tuple[Count, ...]:
+def _top_domains(session: Reader, window: _Window, top: int) -> tuple[Count, ...]:
     # Grouped by address in SQL (portable); addresses fold into domains here,
     # because SQLite and PostgreSQL split strings with different functions.
     rows = session.execute(
-        select(Contact.address, func.sum(window.current()), func.sum(window.previous()))
-        .select_from(Ticket)
-        .join(Contact, Contact.id == Ticket.requester_id)
+        select(_contacts.c.address, func.sum(window.current()), func.sum(window.previous()))
+        .select_from(_tickets)
+        .join(_contacts, _contacts.c.id == _tickets.c.requester_id)
         .where(window.both())
-        .group_by(Contact.address)
+        .group_by(_contacts.c.address)
     )
     current: Counter[str] = Counter()
     previous: Counter[str] = Counter()
@@ -298,7 +307,7 @@ BACKLOG_EVENT = "status.changed"
 
 
 def compute_series(
-    session: Session, *, since: datetime, now: datetime,
+    session: Reader, *, since: datetime, now: datetime,
     where: Sequence[ColumnElement[bool]] = (),
 ) -> Series:
     """Tickets opened per day by team, the backlog per day, duration percentiles per week."""
@@ -307,11 +316,12 @@ def compute_series(
     days = _days(since, now)
     weeks = _weeks(days)
     rows = session.execute(
-        select(Ticket.created_at, Team.name, Ticket.first_response_at, Ticket.resolved_at)
-        .select_from(Ticket)
-        .outerjoin(Team, Team.id == Ticket.team_id)
-        .where(Ticket.created_at >= since, Ticket.created_at <= now,
-               Ticket.merged_into_id.is_(None), *where)
+        select(_tickets.c.created_at, _teams.c.name, _tickets.c.first_response_at,
+               _tickets.c.resolved_at)
+        .select_from(_tickets)
+        .outerjoin(_teams, _teams.c.id == _tickets.c.team_id)
+        .where(_tickets.c.created_at >= since, _tickets.c.created_at <= now,
+               _tickets.c.merged_into_id.is_(None), *where)
     ).all()
     by_team: dict[str | None, list[int]] = {}
     first_day = days[0]
@@ -432,7 +442,7 @@ def _spread(values: list[float]) -> Spread:
     return Spread(len(values), round(percentile(values, 0.5)), round(percentile(values, 0.9)))
 
 
-def _backlog(session: Session, days: Sequence[date], now: datetime,
+def _backlog(session: Reader, days: Sequence[date], now: datetime,
              where: Sequence[ColumnElement[bool]]) -> tuple[int, ...]:
     """Open tickets at the end of each day (the last: at `now`), from the status events.
 
@@ -446,22 +456,23 @@ def _backlog(session: Session, days: Sequence[date], now: datetime,
     cutoffs = [datetime.combine(d + timedelta(days=1), time(), UTC) for d in days[:-1]]
     cutoffs.append(now + timedelta(microseconds=1))
     start = datetime.combine(days[0], time(), UTC)
-    changed = select(Event.ticket_id).where(Event.kind == BACKLOG_EVENT,
-                                            Event.created_at >= start)
+    changed = select(_events.c.ticket_id).where(_events.c.kind == BACKLOG_EVENT,
+                                            _events.c.created_at >= start)
     candidates = (
-        select(Ticket.id)
-        .where(Ticket.created_at <= now, Ticket.merged_into_id.is_(None), *where,
-               Ticket.status.in_(OPEN_STATUS_NAMES) | Ticket.id.in_(changed))
+        select(_tickets.c.id)
+        .where(_tickets.c.created_at <= now, _tickets.c.merged_into_id.is_(None), *where,
+               _tickets.c.status.in_(OPEN_STATUS_NAMES) | _tickets.c.id.in_(changed))
     )
     tickets = session.execute(
-        select(Ticket.id, Ticket.created_at, Ticket.status).where(Ticket.id.in_(candidates))
+        select(_tickets.c.id, _tickets.c.created_at, _tickets.c.status)
+        .where(_tickets.c.id.in_(candidates))
     ).all()
     changes: dict[int, list[tuple[datetime, dict[str, Any]]]] = {}
     for ticket_id, when, detail in session.execute(
-        select(Event.ticket_id, Event.created_at, Event.detail)
-        .where(Event.kind == BACKLOG_EVENT, Event.created_at >= start,
-               Event.ticket_id.in_(candidates))
-        .order_by(Event.ticket_id, Event.created_at, Event.id)
+        select(_events.c.ticket_id, _events.c.created_at, _events.c.detail)
+        .where(_events.c.kind == BACKLOG_EVENT, _events.c.created_at >= start,
+               _events.c.ticket_id.in_(candidates))
+        .order_by(_events.c.ticket_id, _events.c.created_at, _events.c.id)
     ):
         changes.setdefault(ticket_id, []).append((when, detail))
     delta = [0] * (len(cutoffs) + 1)

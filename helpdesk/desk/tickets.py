@@ -26,12 +26,6 @@ from helpdesk.values import Address, Direction, MessageKind, Priority, TicketSta
 if TYPE_CHECKING:
     from helpdesk.desk.notices import Notice
 
-# Tickets someone still has to work on; `helpdesk stats` and `teams list` count these.
-OPEN_STATUSES: tuple[TicketStatus, ...] = (
-    TicketStatus.NEW,
-    TicketStatus.OPEN,
-    TicketStatus.PENDING,
-)
 
 
 def get(session: Session, ticket_id: int) -> Ticket:
