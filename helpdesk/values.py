@@ -48,6 +48,12 @@ OPEN_STATUSES: tuple[TicketStatus, ...] = (
 )
 
 
+# What became of a quarantined mail (helpdesk.flow.quarantine): waiting for a person,
+# ingested by a retry, replaced by a corrected copy, or dropped by a person.
+QUARANTINE_HELD = "held"
+QUARANTINE_STATES: tuple[str, ...] = ("held", "resolved", "released", "discarded")
+
+
 class Priority(StrEnum):
     """Ticket priority, lowest first."""
 

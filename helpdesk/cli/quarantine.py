@@ -8,15 +8,20 @@ import re
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from helpdesk.cli import AppContext, Failure, pass_app
 from helpdesk.cli.output import emit_json, fields, table, when
-from helpdesk.flow import quarantine as quarantine_service
-from helpdesk.store.models import QuarantineItem
-from helpdesk.values import OutcomeKind
+from helpdesk.values import QUARANTINE_HELD, QUARANTINE_STATES, OutcomeKind
+
+# `list` needs neither the ORM nor the quarantine service: the other commands import
+# them when they run.
+if TYPE_CHECKING:
+    from sqlalchemy import Row
+
+    from helpdesk.store.models import QuarantineItem
 
 _AGE = re.compile(r"\s*(\d+)\s*([mhdw])\s*", re.IGNORECASE)
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -27,7 +32,7 @@ def quarantine() -> None:
     """Mail that could not become a ticket, kept with its error."""
 
 
-def item_json(item: QuarantineItem) -> dict[str, Any]:
+def item_json(item: QuarantineItem | Row[Any]) -> dict[str, Any]:
     return {
         "id": item.id,
         "created_at": item.created_at,
@@ -73,18 +78,19 @@ def parse_age(text: str) -> timedelta:
 @quarantine.command("list")
 @click.option("--all", "show_all", is_flag=True,
               help="Include items already resolved, released or discarded.")
-@click.option("--state", type=click.Choice(quarantine_service.STATES),
+@click.option("--state", type=click.Choice(QUARANTINE_STATES),
               help="Only items in this state (default: held).")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @pass_app
 def list_(app: AppContext, show_all: bool, state: str | None, limit: int, as_json: bool) -> None:
     """List quarantined mail, newest first."""
-    with app.transaction() as session:
-        items = quarantine_service.list_items(
-            session, state=state or (None if show_all else quarantine_service.HELD), limit=limit
-        )
-        data = [item_json(i) for i in items]
+    from helpdesk.store.listing import quarantined
+
+    with app.reading() as conn:
+        rows = quarantined(conn, state=state or (None if show_all else QUARANTINE_HELD),
+                           limit=limit)
+        data = [item_json(row) for row in rows]
     if as_json:
         emit_json(data)
         return
@@ -105,6 +111,8 @@ def list_(app: AppContext, show_all: bool, state: str | None, limit: int, as_jso
 @pass_app
 def show(app: AppContext, item_id: int, raw: bool, as_json: bool) -> None:
     """Show one quarantined message and why it is there."""
+    from helpdesk.flow import quarantine as quarantine_service
+
     with app.transaction() as session:
         item = quarantine_service.get(session, item_id)
         data = item_json(item)
@@ -158,6 +166,7 @@ def _decision(data: dict[str, Any]) -> list[tuple[str, Any]]:
 @pass_app
 def retry(app: AppContext, item_id: int, as_json: bool) -> None:
     """Ingest a quarantined message again (after a fix); exit 1 if it still fails."""
+    from helpdesk.flow import quarantine as quarantine_service
     from helpdesk.flow.ingest import ingest_batch
     from helpdesk.intake import prepare_once
 
@@ -200,6 +209,7 @@ def release(app: AppContext, item_id: int, fixed: Path, by: str | None, as_json:
     message the copy became; the ticket gets a `quarantine.released` event.
     If the copy cannot be ingested either, nothing changes and the exit is 1.
     """
+    from helpdesk.flow import quarantine as quarantine_service
     from helpdesk.flow.ingest import ingest_batch
     from helpdesk.intake import prepare_once
 
@@ -237,6 +247,8 @@ def release(app: AppContext, item_id: int, fixed: Path, by: str | None, as_json:
 @pass_app
 def discard(app: AppContext, item_id: int, by: str | None, note: str, as_json: bool) -> None:
     """Mark a held message as not wanted; it is kept until `quarantine purge`."""
+    from helpdesk.flow import quarantine as quarantine_service
+
     with app.transaction() as session:
         item = quarantine_service.discard(session, item_id, by=by or who(), note=note)
         data = item_json(item)
@@ -253,6 +265,8 @@ def discard(app: AppContext, item_id: int, by: str | None, note: str, as_json: b
 @pass_app
 def purge(app: AppContext, older_than: str, as_json: bool) -> None:
     """Delete discarded messages for good; held ones are never purged."""
+    from helpdesk.flow import quarantine as quarantine_service
+
     age = parse_age(older_than)
     with app.transaction() as session:
         count = quarantine_service.purge(session, older_than=age)

@@ -14,16 +14,16 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from helpdesk.errors import InvalidInput, NotFound
 from helpdesk.store import queries
 from helpdesk.store.models import Event, QuarantineItem, utcnow
-from helpdesk.values import Origin, ParsedMessage
+from helpdesk.values import QUARANTINE_HELD, QUARANTINE_STATES, Origin, ParsedMessage
 
-HELD = "held"
-STATES = ("held", "resolved", "released", "discarded")
+HELD = QUARANTINE_HELD
+STATES = QUARANTINE_STATES
 
 
 def quarantine(
@@ -71,16 +71,6 @@ def get(session: Session, item_id: int) -> QuarantineItem:
     if item is None:
         raise NotFound("quarantined message", item_id)
     return item
-
-
-def list_items(session: Session, *, state: str | None = "held", limit: int = 100) -> list[
-    QuarantineItem
-]:
-    """Quarantined items, newest first; `state=None` lists resolved ones too."""
-    query = select(QuarantineItem).order_by(QuarantineItem.id.desc()).limit(limit)
-    if state:
-        query = query.where(QuarantineItem.state == state)
-    return list(session.scalars(query))
 
 
 def retry_origin(item: QuarantineItem) -> Origin:

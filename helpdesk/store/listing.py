@@ -1,4 +1,5 @@
-"""The ticket listing of `tickets list` (and the filters `stats` shares), in Core alone.
+"""The listings of read-only commands (`tickets list`, `quarantine list`; the filters
+`stats` shares), in Core alone.
 
 No ORM here: `tickets list` runs on a plain connection, so that the command
 does not pay for importing `sqlalchemy.orm` and mapping the models.
@@ -9,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Connection, String, func, literal, select
+from sqlalchemy import ColumnElement, Connection, Row, String, func, literal, select
 
 from helpdesk.store.schema import agent_addresses as _agent_addresses
 from helpdesk.store.schema import contacts as _contacts
 from helpdesk.store.schema import messages as _messages
+from helpdesk.store.schema import quarantine as _quarantine
 from helpdesk.store.schema import teams as _teams
 from helpdesk.store.schema import ticket_tags as _tags
 from helpdesk.store.schema import tickets as _tickets
@@ -168,3 +170,18 @@ def list_tickets(conn: Connection | Session, flt: TicketFilter) -> list[TicketSu
         )
         for row in _connection(conn).execute(query)
     ]
+
+
+# Every column but the mail's bytes and the traceback: a list of a hundred large
+# quarantined mails must not read them all into memory.
+_QUARANTINE_LISTED = [c for c in _quarantine.c if c.name not in ("raw", "detail")]
+
+
+def quarantined(conn: Connection | Session, *, state: str | None = "held",
+                limit: int = 100) -> list[Row[Any]]:
+    """Quarantined items, newest first, without their bytes; `state=None`: every state."""
+    query = select(*_QUARANTINE_LISTED).order_by(_quarantine.c.id.desc()).limit(limit)
+    if state:
+        query = query.where(_quarantine.c.state == state)
+    return list(_connection(conn).execute(query))
+

@@ -11,6 +11,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy import func, select
 
 from helpdesk.cli import cli
+from helpdesk.store import listing
 from helpdesk.store.models import Event, Message, QuarantineItem, utcnow
 from tests.conftest import Store
 from tests.mailfactory import make_mail
@@ -170,3 +171,18 @@ def test_release_reads_the_copy_from_stdin(config: Path) -> None:
                  stdin=make_mail(subject="from stdin"))
     assert result.exit_code == 0, result.output
     assert "released as new_ticket, ticket 1" in result.output
+
+
+def test_list_shows_each_item_without_reading_its_bytes(config: Path, store: Store) -> None:
+    """`quarantine list` gives every field of an item, and reads neither the stored mail nor
+    its traceback (a hundred large quarantined mails would be read into memory)."""
+    item_id = hold(config)
+    [listed] = json.loads(run(config, "quarantine", "list", "--json").output)
+    shown = json.loads(run(config, "quarantine", "show", str(item_id), "--json").output)
+    assert {key: shown[key] for key in listed} == listed
+    assert listed["id"] == item_id
+    assert listed["size"] == len(NO_SENDER)
+    with store.engine.connect() as conn:
+        [row] = listing.quarantined(conn)
+    assert "raw" not in row._fields
+    assert "detail" not in row._fields

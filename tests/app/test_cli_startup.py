@@ -91,12 +91,13 @@ def test_tickets_list_imports_no_alembic_templates_or_mail_transport(
 @pytest.mark.parametrize(("command", "answer"), [
     (["tickets", "list"], "No tickets."),
     (["stats", "--json"], '"open": []'),
+    (["quarantine", "list", "--json"], "[]"),
 ])
 def test_reading_commands_use_core_without_the_orm_once_the_directory_is_mirrored(
     store: Store, tmp_path: Path, command: list[str], answer: str
 ) -> None:
-    """`tickets list` and `stats` import neither the ORM nor the models; a configuration
-    whose teams the store does not mirror yet is mirrored first (through the ORM)."""
+    """`tickets list`, `stats` and `quarantine list` import neither the ORM nor the models;
+    a configuration whose teams the store does not mirror yet is mirrored first (ORM)."""
     config = tmp_path / "helpdesk.toml"
     config.write_text(f'[database]\nurl = "{store.url}"\n\n[[team]]\nname = "network"\n')
     orm = ["sqlalchemy.orm", "helpdesk.store.models"]
