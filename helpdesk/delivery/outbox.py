@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, defer, selectinload
 
 from helpdesk.delivery.wakeup import mark_queued
 from helpdesk.errors import InvalidInput, NotFound
@@ -203,12 +203,13 @@ def list_items(
     ticket_id: int | None = None,
     limit: int = 100,
 ) -> list[OutboxItem]:
-    """Outbox rows, newest first, their recipients loaded."""
+    """Outbox rows, newest first, their recipients loaded; the mail's bytes only if asked for
+    (a list of a thousand forwards with attachments must not read them all)."""
     query = (
         select(OutboxItem)
         .order_by(OutboxItem.id.desc())
         .limit(limit)
-        .options(selectinload(OutboxItem.recipients))
+        .options(selectinload(OutboxItem.recipients), defer(OutboxItem.raw))
     )
     if states:
         query = query.where(OutboxItem.state.in_(list(states)))
