@@ -13,7 +13,6 @@ stores the mail itself as before; the exit codes are the same either way.
 from __future__ import annotations
 
 import re
-import smtplib
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -76,6 +75,10 @@ def hand_over(where: Target, raw: bytes, sender: str | None, recipient: str) -> 
     Once DATA was sent, a lost connection is a temporary failure (451): the
     daemon may have stored it, and dedupe recognises the mail when it comes again.
     """
+    if not where.socket.is_socket():
+        return None  # no daemon here: spare the pipe importing smtplib and ssl
+    import smtplib
+
     try:
         client = smtplib.LMTP(str(where.socket), timeout=TIMEOUT_S)
     except OSError:

@@ -30,7 +30,6 @@ plain fork unsafe.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import multiprocessing
 import queue
@@ -123,6 +122,10 @@ def _die_with_parent() -> None:
     """Linux: have the kernel SIGKILL this worker when its parent process ends."""
     if not sys.platform.startswith("linux"):
         return
+    # Imported here, in the worker: ctypes costs a command that parses one piped mail
+    # tens of milliseconds, and only a Linux worker needs it.
+    import ctypes
+
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
