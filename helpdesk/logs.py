@@ -16,13 +16,18 @@ any thread become events as well, rather than raw text on stderr.
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import logging
 import sys
 import threading
-from types import TracebackType
-from typing import Literal, TextIO
+from collections.abc import Sequence
+from types import ModuleType, TracebackType
+from typing import TYPE_CHECKING, Literal, TextIO
 
-import structlog
+if TYPE_CHECKING:
+    import structlog
 
 LogFormat = Literal["auto", "console", "json"]
 
@@ -63,6 +68,9 @@ def configure_logging(
     `hooks`: also log uncaught exceptions (main thread and worker threads) as
     `process.crashed` / `thread.crashed` events; for the long-running daemon.
     """
+    _cancel_deferred()  # before the import below, which would run it
+    import structlog
+
     out = stream or sys.stderr
     if fmt == "auto":
         fmt = "console" if out.isatty() else "json"
@@ -94,7 +102,7 @@ def configure_logging(
     handler.setFormatter(formatter)
     # Libraries' INFO is chatter about their own workings (a line per SMTP
     # command); it is worth seeing only when debugging us.
-    handler.addFilter(_ForeignFilter(logging.INFO if level <= logging.DEBUG else logging.WARNING))
+    handler.addFilter(_ForeignFilter(_threshold(level)))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -107,6 +115,8 @@ def configure_logging(
 
 
 def _log_uncaught_exceptions() -> None:
+    import structlog
+
     log = structlog.get_logger("helpdesk.crash")
 
     def in_thread(args: threading.ExceptHookArgs) -> None:
@@ -125,3 +135,124 @@ def _log_uncaught_exceptions() -> None:
 
     threading.excepthook = in_thread
     sys.excepthook = in_main
+
+
+# -- configured when first used --------------------------------------------------------
+
+
+def configure_when_used(fmt: LogFormat = "auto", level: int = logging.INFO,
+                        stream: TextIO | None = None) -> None:
+    """`configure_logging`, put off until something logs: structlog is imported, or a
+    library logs what the configured handler would show.
+
+    Why: importing structlog (and rich, where it is installed) is a tenth of the
+    start-up of a reading command such as `tickets list`, which logs nothing. Whatever
+    logs first has logging configured before its record is rendered, so no event is
+    ever printed by structlog's unconfigured defaults.
+    """
+    if "structlog" in sys.modules:
+        configure_logging(fmt, level, stream)
+        return
+    global _pending
+    _cancel_deferred()
+    pending = _Deferred(fmt, level, stream)
+    _pending = pending
+    sys.meta_path.insert(0, pending.finder)
+    root = logging.getLogger()
+    root.handlers[:] = [pending.handler]
+    root.setLevel(level)
+    # Python warnings become records on `py.warnings` and so configure logging too.
+    logging.captureWarnings(False)
+    logging.captureWarnings(True)
+
+
+_pending: _Deferred | None = None
+
+
+def _cancel_deferred() -> None:
+    global _pending
+    pending, _pending = _pending, None
+    if pending is not None:
+        pending.cancel()
+
+
+class _Deferred:
+    """One deferred configuration, done at most once, by whichever trigger comes first."""
+
+    def __init__(self, fmt: LogFormat, level: int, stream: TextIO | None) -> None:
+        self.args = (fmt, level, stream)
+        self.lock = threading.Lock()
+        self.done = False
+        self.finder = _OnImport(self)
+        self.handler = _FirstRecord(self, _threshold(level))
+
+    def cancel(self) -> None:
+        with self.lock:
+            self.done = True
+        if self.finder in sys.meta_path:
+            sys.meta_path.remove(self.finder)
+
+    def configure(self) -> None:
+        with self.lock:
+            if self.done:
+                return
+            self.done = True
+        if self.finder in sys.meta_path:
+            sys.meta_path.remove(self.finder)
+        fmt, level, stream = self.args
+        configure_logging(fmt, level, stream)
+
+
+class _OnImport(importlib.abc.MetaPathFinder):
+    """Finds structlog as the other finders do, and configures logging once it has loaded."""
+
+    def __init__(self, deferred: _Deferred) -> None:
+        self.deferred = deferred
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "structlog":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and isinstance(spec.loader, importlib.abc.Loader):
+            spec.loader = _ThenConfigure(spec.loader, self.deferred)
+        return spec
+
+
+class _ThenConfigure(importlib.abc.Loader):
+    """structlog's own loader, followed by the deferred configuration."""
+
+    def __init__(self, loader: importlib.abc.Loader, deferred: _Deferred) -> None:
+        self.loader = loader
+        self.deferred = deferred
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self.loader.exec_module(module)
+        self.deferred.configure()
+
+    def __getattr__(self, name: str) -> object:  # resource readers and the like
+        return getattr(self.loader, name)
+
+
+class _FirstRecord(logging.Handler):
+    """Stands in for the real handler: the first record it would show configures logging."""
+
+    def __init__(self, deferred: _Deferred, threshold: int) -> None:
+        super().__init__()
+        self.deferred = deferred
+        self.addFilter(_ForeignFilter(threshold))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.deferred.configure()
+        for handler in logging.getLogger().handlers:
+            if handler is not self and record.levelno >= handler.level:
+                handler.handle(record)
+
+
+def _threshold(level: int) -> int:
+    """Libraries' records shown from this level on (see configure_logging)."""
+    return logging.INFO if level <= logging.DEBUG else logging.WARNING

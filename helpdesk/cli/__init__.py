@@ -289,10 +289,10 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: int) -> None:
     """An e-mail help desk: every message to support@ becomes a threaded ticket."""
     import logging
 
-    from helpdesk.logs import configure_logging
+    from helpdesk.logs import configure_when_used
 
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    configure_logging("auto", level)
+    configure_when_used("auto", level)
     app = AppContext(config_path=config_path)
     ctx.obj = app
     ctx.call_on_close(app.close)

@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import smtplib
+import subprocess
 import sys
 import threading
 import warnings
@@ -29,6 +30,7 @@ from tests.servers import free_port, missing_server
 from tests.servers.dovecot import USERS, DovecotServer, available
 from tests.servers.smtp_sink import SmtpSink
 
+ROOT = Path(__file__).resolve().parents[2]
 EVENT_NAME = re.compile(r"[a-z_]+\.[a-z_]+")
 
 
@@ -111,6 +113,61 @@ def test_a_crashing_thread_is_an_event_not_a_traceback_on_stderr(
     assert events[0]["thread"] == "imap-support"
     assert "RuntimeError: worker fell over" in events[0]["exception"]
     assert capsys.readouterr().err == ""
+
+
+# A fresh interpreter (structlog not imported yet) whose logging is configured when used.
+DEFERRED = """
+import logging, sys, warnings
+from helpdesk.logs import configure_when_used
+configure_when_used("json", logging.{level})
+{steps}
+print("STRUCTLOG", "structlog" in sys.modules, file=sys.stderr)
+"""
+
+DEFERRED_STEPS = {
+    "our event": 'import structlog\nstructlog.get_logger("helpdesk.t").warning("ticket.merged", '
+                 'ticket_id=3)',
+    "a library's warning": 'logging.getLogger("imapclient").warning("Server said BYE")',
+    "a python warning": 'warnings.warn("old API", DeprecationWarning)',
+    "then the daemon's own": 'from helpdesk.logs import configure_logging\n'
+                             'configure_logging("json", logging.INFO, stream=sys.stdout)\n'
+                             'import structlog\n'
+                             'structlog.get_logger("helpdesk.t").info("daemon.started")',
+}
+
+
+def run_deferred(steps: str, level: str = "INFO") -> tuple[list[dict[str, Any]], bool]:
+    """The JSON events a fresh process printed, and whether it imported structlog."""
+    script = DEFERRED.format(level=level, steps=steps)
+    done = subprocess.run([sys.executable, "-W", "always", "-c", script], capture_output=True,
+                          text=True, timeout=60, check=True,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+    lines = (done.stdout + done.stderr).splitlines()
+    marker = lines.pop()
+    return parse_lines("\n".join(lines)), marker == "STRUCTLOG True"
+
+
+@pytest.mark.parametrize("case", list(DEFERRED_STEPS))
+def test_logging_configured_when_used_renders_the_first_record_as_an_event(case: str) -> None:
+    """The CLI puts logging off until something logs: that first record is already an event."""
+    events, imported = run_deferred(DEFERRED_STEPS[case])
+    assert imported
+    expected = {
+        "our event": [("ticket.merged", None)],
+        "a library's warning": [(FOREIGN_EVENT, "imapclient")],
+        "a python warning": [(FOREIGN_EVENT, "py.warnings")],
+        "then the daemon's own": [("daemon.started", None)],
+    }[case]
+    assert [(e["event"], e.get("logger")) for e in events] == expected
+    if case == "our event":
+        assert (events[0]["ticket_id"], events[0]["level"]) == (3, "warning")
+
+
+def test_nothing_logged_nothing_imported() -> None:
+    """A command that logs nothing (libraries' INFO is below the line) never imports structlog."""
+    events, imported = run_deferred('logging.getLogger("sqlalchemy.engine").info("BEGIN")',
+                                    level="WARNING")
+    assert (events, imported) == ([], False)
 
 
 @pytest.mark.slow
