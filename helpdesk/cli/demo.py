@@ -11,7 +11,7 @@ import click
 
 from helpdesk.cli import AppContext, pass_app
 from helpdesk.cli.output import table
-from helpdesk.delivery import outbox as outbox_service
+from helpdesk.delivery import views
 from helpdesk.flow.ingest import ingest
 from helpdesk.settings import load_settings
 from helpdesk.store import db as store_db
@@ -151,8 +151,8 @@ def _run_demo(app: AppContext, config: Path) -> None:
         [[format_tag(r.id, prefix), r.status, r.team, r.priority, r.requester, r.message_count,
           r.subject] for r in reversed(rows)],
     )
-    with app.transaction() as session:
-        queued = outbox_service.list_items(session, limit=100)
+    with app.reading() as conn:
+        queued = views.list_outbox(conn, limit=100)
     if queued:
         click.echo("\nQueued in the outbox (sent by `helpdesk run` or `helpdesk outbox send`):")
         for item in reversed(queued):

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-import email
-import email.policy
-import os
-import socket
 import sys
-from email.message import EmailMessage
-from email.parser import BytesHeaderParser
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from helpdesk import context
 from helpdesk.cli import EX_TEMPFAIL, AppContext, pass_app
 from helpdesk.cli.output import emit_json, fields, table, when
-from helpdesk.delivery import outbox as outbox_service
-from helpdesk.smtp import Sender
-from helpdesk.store.models import OutboxAttempt, OutboxItem, utcnow
+from helpdesk.delivery import views
+
+# Only `list` is served with the module: the other commands import the ORM, the
+# sender (aiosmtplib) and the mail parser when they run (issue 13: start-up).
+if TYPE_CHECKING:
+    from email.message import EmailMessage
+
+    from helpdesk.store.models import OutboxAttempt
 
 STATES = ["pending", "sent", "failed"]
 
@@ -29,29 +26,32 @@ def outbox() -> None:
     """Outgoing mail: queued, sent and failed."""
 
 
-def subject_of(item: OutboxItem) -> str:
+def subject_of(item: views.OutboxLike) -> str:
     """The subject; read from the mail itself for rows queued before it was stored."""
     if item.subject is not None:
         return item.subject
-    headers = BytesHeaderParser(policy=email.policy.default).parsebytes(item.raw)
+    import email.policy
+    from email.parser import BytesHeaderParser
+
+    headers = BytesHeaderParser(policy=email.policy.default).parsebytes(item.raw or b"")
     return str(headers.get("Subject", ""))
 
 
-def item_json(item: OutboxItem, relay_problem: str | None = None) -> dict[str, Any]:
+def item_json(item: views.OutboxLike, relay_problem: str | None = None) -> dict[str, Any]:
     """One row for `--json` (and `tickets show`): state per recipient included."""
     return {
         "id": item.id,
         "ticket_id": item.ticket_id,
         "kind": item.kind,
         "state": item.state,
-        "delivery": outbox_service.delivery_summary(item),
+        "delivery": views.delivery_summary(item),
         "subject": subject_of(item),
         "from": item.envelope_from,
         "to": item.envelope_to,
         "recipients": [
             {"address": r.address, "state": r.state, "attempts": r.attempts,
              "last_reply": r.last_reply, "sent_at": r.sent_at}
-            for r in outbox_service.recipient_views(item)
+            for r in views.recipient_views(item)
         ],
         "message_id": item.message_id,
         "attempts": item.attempts,
@@ -68,10 +68,10 @@ def _relay(app: AppContext) -> str:
     return f"{app.settings.smtp.host}:{app.settings.smtp.port}"
 
 
-def relay_problem(app: AppContext) -> outbox_service.RelayStatus | None:
+def relay_problem(app: AppContext) -> views.RelayStatus | None:
     """The configured relay's recorded problem, if the senders last saw one."""
-    with app.transaction() as session:
-        found = outbox_service.relay_status(session, _relay(app))
+    with app.reading() as conn:
+        found = views.relay_status(conn, _relay(app))
     return found[0] if found and not found[0].ok else None
 
 
@@ -87,10 +87,9 @@ def list_(app: AppContext, states: tuple[str, ...], ticket_id: int | None, limit
     """List outgoing mail, newest first; a relay problem is shown above the list."""
     problem = relay_problem(app)
     problem_text = f"{problem.problem}: {problem.error}" if problem else None
-    with app.transaction() as session:
-        found = outbox_service.list_items(session, states=states, ticket_id=ticket_id,
-                                          limit=limit)
-        data = [item_json(i, problem_text) for i in found]
+    with app.reading() as conn:
+        found = views.list_outbox(conn, states=states, ticket_id=ticket_id, limit=limit)
+    data = [item_json(i, problem_text) for i in found]
     if as_json:
         emit_json(data)
         return
@@ -114,6 +113,12 @@ def list_(app: AppContext, states: tuple[str, ...], ticket_id: int | None, limit
 @pass_app
 def show(app: AppContext, item_id: int, raw: bool, as_json: bool) -> None:
     """One outgoing mail: envelope, state per recipient, attempts, headers and body."""
+    import email
+    import email.policy
+    from email.message import EmailMessage
+
+    from helpdesk.delivery import outbox as outbox_service
+
     problem = relay_problem(app)
     with app.transaction() as session:
         item = outbox_service.get_item(session, item_id)
@@ -148,7 +153,7 @@ def _body_text(message: EmailMessage) -> str:
     return "\n".join([text.rstrip("\n"), *names]).strip("\n")
 
 
-def _print_show(data: dict[str, Any], problem: outbox_service.RelayStatus | None) -> None:
+def _print_show(data: dict[str, Any], problem: views.RelayStatus | None) -> None:
     pending = data["state"] == "pending"
     fields([
         ("Outbox item", data["id"]),
@@ -185,6 +190,8 @@ def _print_show(data: dict[str, Any], problem: outbox_service.RelayStatus | None
 @pass_app
 def retry(app: AppContext, item_id: int) -> None:
     """Queue a failed mail again, due now, to the recipients it did not reach."""
+    from helpdesk.delivery import outbox as outbox_service
+
     with app.transaction() as session:
         item = outbox_service.retry(session, item_id)
         to = ", ".join(outbox_service.pending_recipients(item))
@@ -196,6 +203,15 @@ def retry(app: AppContext, item_id: int) -> None:
 @pass_app
 def send(app: AppContext, as_json: bool) -> None:
     """Deliver every due mail once (what the daemon's sender does continuously)."""
+    import asyncio
+    import os
+    import socket
+
+    from helpdesk import context
+    from helpdesk.delivery import outbox as outbox_service
+    from helpdesk.smtp import Sender
+    from helpdesk.store.schema import utcnow
+
     factory = app.sessions()
     sender = Sender(
         factory,

@@ -39,7 +39,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, selectinload
 
-from helpdesk.delivery.outbox import FAILED, PENDING, SENT, OutboxPolicy, recipient_row
+from helpdesk.delivery.outbox import OutboxPolicy, recipient_row
+from helpdesk.delivery.views import FAILED, PENDING, SENT
 from helpdesk.store import schema
 from helpdesk.store.models import OutboxItem
 from helpdesk.store.schema import UTCDateTime

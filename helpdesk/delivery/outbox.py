@@ -6,25 +6,25 @@ ticket in the caller's transaction, so the mail exists exactly when the change
 that caused it does; its commit wakes the senders (`helpdesk.delivery.wakeup`).
 
 The sender's side (claims, results per recipient) is `helpdesk.delivery.claims`.
-Here: queueing, `retry`, and what `outbox list/show` and `helpdesk status`
-show: each recipient's state, the attempts, the queue's counts, and the
-relay's own state (`relay_status`): problems of the relay itself (down, TLS,
-AUTH, MAIL FROM refused) are not the mail's fault, so they are kept there and
-the mail stays queued untouched.
+Here: queueing, `retry`, the attempts and the queue's counts. What people see
+without the ORM (each recipient's state, the listing, the relay's own state)
+is `helpdesk.delivery.views`: problems of the relay itself (down, TLS, AUTH,
+MAIL FROM refused) are not the mail's fault, so they are kept there and the
+mail stays queued untouched.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, defer, selectinload
+from sqlalchemy.orm import Session, selectinload
 
+from helpdesk.delivery.views import FAILED, PENDING, SENT
 from helpdesk.delivery.wakeup import mark_queued
 from helpdesk.errors import InvalidInput, NotFound
 from helpdesk.mail.compose import compose, make_message_id
@@ -38,8 +38,6 @@ from helpdesk.store.models import (
     utcnow,
 )
 from helpdesk.values import Direction, OutgoingMail
-
-PENDING, SENT, FAILED = "pending", "sent", "failed"
 
 
 @dataclass(frozen=True)
@@ -196,28 +194,6 @@ def retry(session: Session, item_id: int, *, now: datetime | None = None) -> Out
 # -- looking at the outbox -----------------------------------------------------------
 
 
-def list_items(
-    session: Session,
-    *,
-    states: Sequence[str] | None = None,
-    ticket_id: int | None = None,
-    limit: int = 100,
-) -> list[OutboxItem]:
-    """Outbox rows, newest first, their recipients loaded; the mail's bytes only if asked for
-    (a list of a thousand forwards with attachments must not read them all)."""
-    query = (
-        select(OutboxItem)
-        .order_by(OutboxItem.id.desc())
-        .limit(limit)
-        .options(selectinload(OutboxItem.recipients), defer(OutboxItem.raw))
-    )
-    if states:
-        query = query.where(OutboxItem.state.in_(list(states)))
-    if ticket_id is not None:
-        query = query.where(OutboxItem.ticket_id == ticket_id)
-    return list(session.scalars(query))
-
-
 def get_item(session: Session, item_id: int) -> OutboxItem:
     """One outbox row with its recipients; NotFound if there is none."""
     item = session.get(OutboxItem, item_id, options=[selectinload(OutboxItem.recipients)])
@@ -261,78 +237,7 @@ def queue_counts(session: Session, *, now: datetime) -> QueueCounts:
     return QueueCounts(due=due, retrying=retrying, failed=failed)
 
 
-@dataclass(frozen=True)
-class RecipientView:
-    """One recipient's delivery state, for `outbox list/show` and `tickets show`."""
-
-    address: str
-    state: str
-    attempts: int
-    last_reply: str | None
-    sent_at: datetime | None
-
-
-def recipient_views(item: OutboxItem) -> list[RecipientView]:
-    """Each recipient's state; rows sent before per-recipient state existed show the row's."""
-    if item.recipients:
-        return [RecipientView(r.address, r.state, r.attempts, r.last_reply, r.sent_at)
-                for r in item.recipients]
-    return [RecipientView(a, item.state, item.attempts, item.last_error, item.sent_at)
-            for a in item.envelope_to]
-
-
-def delivery_summary(item: OutboxItem) -> str:
-    """The row's state in words: `sent`, `pending`, or `partly delivered: 1 of 2 sent, ...`."""
-    views = recipient_views(item)
-    sent = sum(1 for v in views if v.state == SENT)
-    if sent == 0 or sent == len(views):
-        return item.state
-    rest = []
-    retrying = sum(1 for v in views if v.state == PENDING)
-    failed = sum(1 for v in views if v.state == FAILED)
-    if retrying:
-        rest.append(f"{retrying} retrying")
-    if failed:
-        rest.append(f"{failed} failed")
-    return f"partly delivered: {sent} of {len(views)} sent, {', '.join(rest)}"
-
-
 # -- the relay's own state -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RelayStatus:
-    """What a sender last saw of the relay; `problem` is None when it worked."""
-
-    relay: str
-    state: str
-    problem: str | None
-    error: str | None
-    since: datetime
-    checked_at: datetime
-    next_try_at: datetime | None
-    holder: str
-
-    @property
-    def ok(self) -> bool:
-        return self.state == "ok"
-
-    def describe(self) -> str:
-        """One line for people: `relay HOST:PORT failing since ...: auth: 535 ...`."""
-        if self.ok:
-            return f"relay {self.relay} ok (checked {self.checked_at:%Y-%m-%d %H:%M})"
-        retry = f", next try {self.next_try_at:%H:%M:%S}" if self.next_try_at else ""
-        return (f"relay {self.relay} failing since {self.since:%Y-%m-%d %H:%M}: "
-                f"{self.problem}: {self.error}{retry}; mail stays queued")
-
-
-def relay_status(session: Session, relay: str | None = None) -> list[RelayStatus]:
-    """The relay state the senders recorded (one relay, or all), for `outbox list` and status."""
-    query = select(RelayState).order_by(RelayState.relay)
-    if relay is not None:
-        query = query.where(RelayState.relay == relay)
-    return [RelayStatus(r.relay, r.state, r.problem, r.error, r.since, r.checked_at,
-                        r.next_try_at, r.holder) for r in session.scalars(query)]
 
 
 def set_relay_state(

@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from helpdesk.delivery.outbox import PENDING, SENT, queue_counts
+from helpdesk.delivery.outbox import queue_counts
+from helpdesk.delivery.views import PENDING, SENT
 from helpdesk.flow.quarantine import HELD
 from helpdesk.store.models import OutboxItem, QuarantineItem, Team, Ticket
 from helpdesk.values import OPEN_STATUSES

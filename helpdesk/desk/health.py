@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from helpdesk.delivery import outbox as outbox_service
+from helpdesk.delivery import views
 from helpdesk.flow import mailboxes
 from helpdesk.settings import Settings
 from helpdesk.store.models import MailboxState, QuarantineItem, Ticket
@@ -48,7 +49,7 @@ class Health:
     sources: tuple[SourceHealth, ...]
     daemons: tuple[str, ...]
     outbox: outbox_service.QueueCounts
-    relays: tuple[outbox_service.RelayStatus, ...]
+    relays: tuple[views.RelayStatus, ...]
     quarantine_held: int
     oldest_unanswered: tuple[int, datetime] | None
     warnings: tuple[str, ...]
@@ -125,7 +126,7 @@ def health(session: Session, settings: Settings, now: datetime,
         sources=tuple(sources(session, settings, now)),
         daemons=tuple(mailboxes.live_daemons(session, now)),
         outbox=outbox_service.queue_counts(session, now=now),
-        relays=tuple(outbox_service.relay_status(session)),
+        relays=tuple(views.relay_status(session)),
         quarantine_held=int(held),
         oldest_unanswered=oldest_unanswered(session),
         warnings=warnings,

@@ -92,12 +92,14 @@ def test_tickets_list_imports_no_alembic_templates_or_mail_transport(
     (["tickets", "list"], "No tickets."),
     (["stats", "--json"], '"open": []'),
     (["quarantine", "list", "--json"], "[]"),
+    (["outbox", "list", "--json"], "[]"),
 ])
 def test_reading_commands_use_core_without_the_orm_once_the_directory_is_mirrored(
     store: Store, tmp_path: Path, command: list[str], answer: str
 ) -> None:
-    """`tickets list`, `stats` and `quarantine list` import neither the ORM, the models nor
-    structlog; a configuration whose teams the store does not mirror yet is mirrored first."""
+    """`tickets list`, `stats`, `quarantine list` and `outbox list` import neither the ORM,
+    the models nor structlog; a configuration whose teams the store does not mirror yet is
+    mirrored first."""
     config = tmp_path / "helpdesk.toml"
     config.write_text(f'[database]\nurl = "{store.url}"\n\n[[team]]\nname = "network"\n')
     orm = ["sqlalchemy.orm", "helpdesk.store.models"]
@@ -107,9 +109,10 @@ def test_reading_commands_use_core_without_the_orm_once_the_directory_is_mirrore
     assert loaded == sorted(orm)  # the new team had to be mirrored
     with store.sessions() as session:
         assert session.scalars(select(Team.name)).all() == ["network"]
-    # Nor structlog: the command logs nothing, and logging is configured only when used.
-    code, loaded, out = imported(["--config", str(config), *command], [*orm, "structlog"],
-                                 tmp_path)
+    # Nor structlog (the command logs nothing, and logging is configured only when used),
+    # nor the SMTP client.
+    code, loaded, out = imported(["--config", str(config), *command],
+                                 [*orm, "structlog", "aiosmtplib"], tmp_path)
     assert code == 0, out
     assert answer in out
     assert loaded == []

@@ -20,7 +20,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from pydantic import SecretStr
 from sqlalchemy import select, text
 
-from helpdesk.delivery import claims, outbox
+from helpdesk.delivery import claims, outbox, views
 from helpdesk.settings import SmtpSettings
 from helpdesk.smtp import Sender
 from helpdesk.store.models import OutboxItem
@@ -83,7 +83,7 @@ def test_relay_down_is_not_the_mails_fault_and_mail_goes_once_it_is_up(
         assert item.next_attempt_at == clock.now
         assert item.claimed_by is None, "the claims were given back"
     with store.sessions() as session:
-        [status] = outbox.relay_status(session)
+        [status] = views.relay_status(session)
     assert (status.state, status.problem) == ("failing", "unreachable")
     assert "Connect" in (status.error or "")
     assert asyncio.run(s.run_once()) == 0, "backing off: the relay is not tried at once"
@@ -95,7 +95,7 @@ def test_relay_down_is_not_the_mails_fault_and_mail_goes_once_it_is_up(
     finally:
         server.stop()
     with store.sessions() as session:
-        [status] = outbox.relay_status(session)
+        [status] = views.relay_status(session)
     assert status.ok
 
 
@@ -248,7 +248,7 @@ def test_tls_and_auth(store: Store, clock: Clock, certificate: tuple[Path, Path]
         with store.sessions() as session:
             waiting = session.scalars(select(OutboxItem).where(OutboxItem.id != item_id)).one()
             assert (waiting.state, waiting.attempts, waiting.last_error) == ("pending", 0, None)
-            [status] = outbox.relay_status(session)
+            [status] = views.relay_status(session)
         assert (status.problem, "535" in (status.error or "")) == ("auth", True)
     finally:
         controller.stop()
@@ -266,7 +266,7 @@ def test_tls_failure_is_the_relays_problem(
     assert relay.accepted == []
     assert states(store) == [("pending", 0)]
     with store.sessions() as session:
-        [status] = outbox.relay_status(session)
+        [status] = views.relay_status(session)
     assert status.problem == "tls"
 
 
@@ -283,7 +283,7 @@ def test_mail_from_refused_is_the_relays_problem(
     assert asyncio.run(s.run_once()) == 0
     assert states(store) == [("pending", 0)]
     with store.sessions() as session:
-        [status] = outbox.relay_status(session)
+        [status] = views.relay_status(session)
     assert (status.problem, status.error) == ("sender_refused", reply)
     time.sleep(FAST.cap)
     assert asyncio.run(s.run_once()) == 1

@@ -11,7 +11,7 @@ import pytest
 from alembic import command
 from sqlalchemy import text
 
-from helpdesk.delivery import outbox
+from helpdesk.delivery import views
 from helpdesk.store.db import alembic_config, head_revision, upgrade
 from tests.conftest import Store
 from tests.faults.helpers import assert_exactly_once, items, make_sender
@@ -67,8 +67,8 @@ def test_rows_queued_before_0005_are_sent_once_to_each_recipient(
     assert [r.state for r in failed.recipients] == ["failed", "failed"]
     assert pending.subject == "Ihre Anfrage über VPN"
     assert failed.subject is None
-    assert outbox.delivery_summary(sent) == "sent"
-    assert [v.state for v in outbox.recipient_views(sent)] == ["sent", "sent"]
+    assert views.delivery_summary(sent) == "sent"
+    assert [v.state for v in views.recipient_views(sent)] == ["sent", "sent"]
 
     s = make_sender(store, relay)
     assert asyncio.run(s.run_once()) == 1

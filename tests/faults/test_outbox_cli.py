@@ -7,14 +7,15 @@ import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import inspect, select
+from sqlalchemy import event, select
 
 from helpdesk.cli import cli
 from helpdesk.cli import outbox as outbox_cli
-from helpdesk.delivery import outbox as outbox_service
+from helpdesk.delivery import views
 from helpdesk.store.models import OutboxItem
 from tests.conftest import Store
 from tests.faults.helpers import items, make_sender, make_ticket, queue
@@ -152,17 +153,36 @@ def test_a_refusing_relay_is_shown_and_outbox_send_exits_75(
 
 
 def test_the_list_reads_no_mail_bytes_unless_a_row_has_no_stored_subject(store: Store) -> None:
-    """`outbox list` loads rows without their raw mail; a row queued before subjects were
-    stored still shows the subject, read from its bytes."""
+    """`outbox list` reads rows without their raw mail; a row queued before subjects were
+    stored still shows the subject, read from its bytes (those of that row alone)."""
     queue(store, 2)
     with store.sessions() as session:
         old = session.scalars(select(OutboxItem).order_by(OutboxItem.id)).first()
         assert old is not None
         old.subject = None  # as rows queued before revision 0005
+        old_id = old.id
         session.commit()
+    statements: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        statements.append((statement, parameters))
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        with store.engine.connect() as conn:
+            listed = views.list_outbox(conn)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+    assert [item.raw is not None for item in listed] == [False, True]  # newest first
+    subjects = [outbox_cli.subject_of(item) for item in listed]
+    assert all(subjects), subjects
+    reading_raw = [(sql, params) for sql, params in statements if "outbox.raw" in sql]
+    assert len(reading_raw) == 1, statements
+    params = reading_raw[0][1]
+    assert list(params.values() if isinstance(params, dict) else params) == [old_id]
+    # The same fields as through the ORM's row, recipients included.
     with store.sessions() as session:
-        listed = outbox_service.list_items(session)
-        assert all("raw" in inspect(item).unloaded for item in listed)
-        subjects = [outbox_cli.subject_of(item) for item in listed]
-        assert all(subjects), subjects
-        assert ["raw" in inspect(item).unloaded for item in listed] == [True, False]
+        for item in listed:
+            orm = session.get(OutboxItem, item.id)
+            assert orm is not None
+            assert outbox_cli.item_json(item) == outbox_cli.item_json(orm)

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import create_engine, select
 from structlog.testing import capture_logs
 
-from helpdesk.delivery import outbox
+from helpdesk.delivery import outbox, views
 from helpdesk.store import db
 from helpdesk.store.models import Event
 from tests.conftest import Clock, Store
@@ -63,7 +63,7 @@ def test_a_greylisted_cc_is_retried_and_the_others_get_the_mail_once(
     assert item.state == "pending"
     assert {r.address: r.state for r in item.recipients} == {
         "user0@example.org": "sent", "carl@example.org": "pending"}
-    assert outbox.delivery_summary(item) == "partly delivered: 1 of 2 sent, 1 retrying"
+    assert views.delivery_summary(item) == "partly delivered: 1 of 2 sent, 1 retrying"
     assert "carl@example.org: 450 4.2.0 greylisted" in (item.last_error or "")
     assert item.next_attempt_at > clock.now
 
@@ -71,7 +71,7 @@ def test_a_greylisted_cc_is_retried_and_the_others_get_the_mail_once(
     clock.advance(minutes=2)
     assert asyncio.run(s.run_once()) == 1
     [item] = items(store)
-    assert (item.state, outbox.delivery_summary(item)) == ("sent", "sent")
+    assert (item.state, views.delivery_summary(item)) == ("sent", "sent")
     assert relay.accepted[1].recipients == ["carl@example.org"], "the To was not sent again"
     assert sorted(relay.deliveries().values()) == [1, 1]
     assert_exactly_once(store, relay)
@@ -91,7 +91,7 @@ def test_a_refused_recipient_is_dead_lettered_and_noted_on_the_ticket(
     assert asyncio.run(s.run_once()) == 1
     [item] = items(store)
     assert item.state == "sent"
-    assert outbox.delivery_summary(item) == "partly delivered: 2 of 3 sent, 1 failed"
+    assert views.delivery_summary(item) == "partly delivered: 2 of 3 sent, 1 failed"
     clock.advance(hours=2)
     assert asyncio.run(s.run_once()) == 0
     assert len(relay.accepted) == 1
@@ -289,7 +289,7 @@ def test_auth_refused_keeps_mail_queued_shows_the_problem_and_logs_once(store: S
                         assert (item.state, item.attempts, item.last_error) == (
                             "pending", 0, None)
                     with store.sessions() as session:
-                        [status] = outbox.relay_status(session)
+                        [status] = views.relay_status(session)
                     assert (status.state, status.problem) == ("failing", "auth")
                     assert "535" in (status.error or "")
                     assert "mail stays queued" in status.describe()
@@ -305,7 +305,7 @@ def test_auth_refused_keeps_mail_queued_shows_the_problem_and_logs_once(store: S
         assert len(relay.accepted) == 3
         assert_exactly_once(store, relay)
         with store.sessions() as session:
-            [status] = outbox.relay_status(session)
+            [status] = views.relay_status(session)
         assert status.ok
     finally:
         relay.stop()
