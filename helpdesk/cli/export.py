@@ -27,7 +27,7 @@ from helpdesk.cli.output import to_jsonable
 from helpdesk.cli.tickets import delivery_json, event_json, message_json, ticket_json
 from helpdesk.errors import NotFound
 from helpdesk.mail.mbox import mbox_entry
-from helpdesk.store import queries
+from helpdesk.store import detail, queries
 from helpdesk.store.db import snapshot
 from helpdesk.store.models import Message, utcnow
 
@@ -99,7 +99,7 @@ def _json(app: AppContext, session: Session, ids: list[int], out: IO[bytes],
                 "messages": [_message(m) for m in ticket.messages],
                 "events": [event_json(e) for e in events[ticket.id]],
                 "outgoing": [delivery_json(d)
-                             for d in queries.ticket_deliveries(session, ticket.id)],
+                             for d in detail.deliveries(session, ticket.id)],
             }
             out.write((b"\n" if first else b",\n") + _dumps(record).encode())
             first = False

@@ -18,9 +18,9 @@ from helpdesk.values import Address, Priority, TicketStatus
 # desk services and the queries they use when they run (`tickets list` start-up).
 if TYPE_CHECKING:
     from helpdesk.desk.actions import ActionContext
+    from helpdesk.store.detail import Delivery, EventRow, MessageRow, TicketHead
     from helpdesk.store.listing import TicketSummary
     from helpdesk.store.models import Event, Message, Ticket
-    from helpdesk.store.queries import Delivery
 
 STATUSES = [s.value for s in TicketStatus]
 PRIORITIES = [p.value for p in Priority]
@@ -105,26 +105,42 @@ def list_(
 
 
 def ticket_json(app: AppContext, ticket: Ticket) -> dict[str, Any]:
+    """A ticket loaded through the ORM, as `head_json` shows it."""
+    from helpdesk.store.detail import TicketHead
+
+    return head_json(app, TicketHead(
+        id=ticket.id, subject=ticket.subject, status=ticket.status, priority=ticket.priority,
+        team=ticket.team.name if ticket.team else None,
+        assignee=ticket.assignee.primary_address if ticket.assignee else None,
+        requester=ticket.requester.address if ticket.requester else None,
+        tags=tuple(sorted(t.tag for t in ticket.tags)),
+        created_at=ticket.created_at, updated_at=ticket.updated_at,
+        first_response_at=ticket.first_response_at, resolved_at=ticket.resolved_at,
+        merged_into_id=ticket.merged_into_id, message_count=len(ticket.messages),
+    ))
+
+
+def head_json(app: AppContext, ticket: TicketHead) -> dict[str, Any]:
     return {
         "id": ticket.id,
         "reference": _reference(app, ticket.id),
         "subject": ticket.subject,
         "status": ticket.status,
         "priority": ticket.priority,
-        "team": ticket.team.name if ticket.team else None,
-        "assignee": ticket.assignee.primary_address if ticket.assignee else None,
-        "requester": ticket.requester.address if ticket.requester else None,
-        "tags": sorted(t.tag for t in ticket.tags),
+        "team": ticket.team,
+        "assignee": ticket.assignee,
+        "requester": ticket.requester,
+        "tags": sorted(ticket.tags),
         "created_at": ticket.created_at,
         "updated_at": ticket.updated_at,
         "first_response_at": ticket.first_response_at,
         "resolved_at": ticket.resolved_at,
         "merged_into": ticket.merged_into_id,
-        "message_count": len(ticket.messages),
+        "message_count": ticket.message_count,
     }
 
 
-def message_json(m: Message) -> dict[str, Any]:
+def message_json(m: Message | MessageRow) -> dict[str, Any]:
     return {
         "id": m.id,
         "kind": m.kind,
@@ -148,7 +164,7 @@ def message_json(m: Message) -> dict[str, Any]:
     }
 
 
-def event_json(e: Event) -> dict[str, Any]:
+def event_json(e: Event | EventRow) -> dict[str, Any]:
     return {"id": e.id, "at": e.created_at, "actor": e.actor, "kind": e.kind, "detail": e.detail}
 
 
@@ -198,19 +214,22 @@ def show(app: AppContext, ticket_id: int, full: bool, as_json: bool) -> None:
     An agent's mail that was relayed to the requester is shown once, marked
     relayed, with the delivery state of the relayed copy.
     """
-    from helpdesk.desk import tickets as ticket_service
+    from helpdesk.errors import NotFound
+    from helpdesk.store import detail
 
-    with app.transaction() as session:
-        view = ticket_service.conversation(session, ticket_id)
-        ticket = view.ticket
-        data = ticket_json(app, ticket)
-        data["messages"] = [
-            {**message_json(e.message), "relayed": e.relayed,
-             "delivery": delivery_json(e.delivery) if e.delivery else None}
-            for e in view.entries
-        ]
-        data["outgoing"] = [delivery_json(d) for d in view.deliveries]
-        data["events"] = [event_json(e) for e in ticket_service.events(session, ticket_id)]
+    with app.reading() as conn:
+        view = detail.conversation(conn, ticket_id)
+    if view is None:
+        raise NotFound("ticket", ticket_id)
+    ticket = view.ticket
+    data = head_json(app, ticket)
+    data["messages"] = [
+        {**message_json(e.message), "relayed": e.relayed,
+         "delivery": delivery_json(e.delivery) if e.delivery else None}
+        for e in view.entries
+    ]
+    data["outgoing"] = [delivery_json(d) for d in view.deliveries]
+    data["events"] = [event_json(e) for e in view.events]
     if as_json:
         emit_json(data)
         return
@@ -248,8 +267,8 @@ def show(app: AppContext, ticket_id: int, full: bool, as_json: bool) -> None:
     click.echo()
     click.echo(click.style("Events", bold=True))
     for e in data["events"]:
-        detail = ", ".join(f"{k}={v}" for k, v in e["detail"].items())
-        click.echo(f"  {when(e['at'])}  {e['kind']:<22} {e['actor']}  {detail}")
+        said = ", ".join(f"{k}={v}" for k, v in e["detail"].items())
+        click.echo(f"  {when(e['at'])}  {e['kind']:<22} {e['actor']}  {said}")
 
 
 @tickets.command("search")

@@ -59,51 +59,6 @@ def events(session: Session, ticket_id: int) -> list[Event]:
     )
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One mail of a ticket's thread as people read it.
-
-    An agent's mail that was relayed to the requester is one entry: the
-    agent's mail, `relayed`, with the delivery of the relayed copy (the copy
-    itself is not a second entry). An outgoing mail carries its own delivery.
-    """
-
-    message: Message
-    relayed: bool
-    delivery: queries.Delivery | None
-
-
-@dataclass(frozen=True)
-class Conversation:
-    """A ticket, its thread (each mail once) and all its outgoing mail with delivery state."""
-
-    ticket: Ticket
-    entries: tuple[Entry, ...]
-    deliveries: tuple[queries.Delivery, ...]
-
-
-def conversation(session: Session, ticket_id: int) -> Conversation:
-    """The ticket as `tickets show` presents it; NotFound when there is none."""
-    ticket = get(session, ticket_id)
-    deliveries = queries.ticket_deliveries(session, ticket_id)
-    by_message_id = {d.message_id: d for d in deliveries}
-    relays = queries.relayed_copies(session, ticket_id)
-    copies = set(relays.values())
-    entries: list[Entry] = []
-    for message in ticket.messages:
-        outgoing = message.direction == Direction.OUTGOING.value
-        if outgoing and message.message_id in copies:
-            continue  # shown as the agent's mail it relays
-        relay = relays.get(message.id)
-        sent_as = relay or (message.message_id if outgoing else None)
-        entries.append(Entry(
-            message=message,
-            relayed=relay is not None or (outgoing and message.kind == MessageKind.AGENT_REPLY),
-            delivery=by_message_id.get(sent_as) if sent_as else None,
-        ))
-    return Conversation(ticket, tuple(entries), tuple(deliveries))
-
-
 def search(
     session: Session, query: str, *, statuses: Sequence[str] = (), limit: int = 20
 ) -> list[full_text.SearchHit]:

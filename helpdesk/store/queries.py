@@ -20,7 +20,6 @@ from helpdesk.store.models import (
     Contact,
     Event,
     Message,
-    OutboxItem,
     Participant,
     QuarantineItem,
     Team,
@@ -332,70 +331,6 @@ def ticket_tags(session: Session, ticket_id: int) -> list[str]:
     return list(
         session.scalars(select(TicketTag.tag).where(TicketTag.ticket_id == ticket_id)).all()
     )
-
-
-@dataclass(frozen=True)
-class RecipientState:
-    """Where one recipient of an outgoing mail stands: pending, sent or failed."""
-
-    address: str
-    state: str
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One outgoing mail of a ticket and its delivery state (an outbox row)."""
-
-    outbox_id: int
-    message_id: str
-    kind: str
-    subject: str
-    state: str
-    attempts: int
-    last_error: str | None
-    next_attempt_at: datetime
-    created_at: datetime
-    sent_at: datetime | None
-    recipients: tuple[RecipientState, ...]
-
-
-def ticket_deliveries(session: Session, ticket_id: int) -> list[Delivery]:
-    """The outgoing mail of a ticket, oldest first, with its delivery state."""
-    rows = session.execute(
-        select(OutboxItem, Message.subject)
-        .outerjoin(Message, (Message.message_id == OutboxItem.message_id)
-                   & (Message.direction == Direction.OUTGOING.value)
-                   & (Message.ticket_id == OutboxItem.ticket_id))
-        .where(OutboxItem.ticket_id == ticket_id)
-        .order_by(OutboxItem.id)
-    )
-    return [
-        Delivery(
-            outbox_id=item.id, message_id=item.message_id, kind=item.kind,
-            subject=subject or "", state=item.state, attempts=item.attempts,
-            last_error=item.last_error, next_attempt_at=item.next_attempt_at,
-            created_at=item.created_at, sent_at=item.sent_at,
-            recipients=_recipient_states(item),
-        )
-        for item, subject in rows
-    ]
-
-
-def _recipient_states(item: OutboxItem) -> tuple[RecipientState, ...]:
-    # The outbox keeps one state per row today: every recipient shares it. Per-recipient
-    # delivery state replaces this one function.
-    return tuple(RecipientState(address, item.state) for address in item.envelope_to)
-
-
-def relayed_copies(session: Session, ticket_id: int) -> dict[int, str]:
-    """Agents' mails relayed to the requester: the incoming row id -> the relay's Message-ID."""
-    rows = session.execute(
-        select(Event.message_row_id, Event.detail)
-        .where(Event.ticket_id == ticket_id, Event.kind == "reply.relayed",
-               Event.message_row_id.is_not(None))
-    )
-    return {row_id: str(detail["message_id"]) for row_id, detail in rows
-            if row_id is not None and isinstance(detail, dict) and detail.get("message_id")}
 
 
 def export_ticket_ids(

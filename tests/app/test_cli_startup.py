@@ -16,6 +16,7 @@ from sqlalchemy import select
 from helpdesk.cli import COMMANDS, cli
 from helpdesk.store.models import Team
 from tests.conftest import Store
+from tests.mailfactory import make_mail
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,6 +116,22 @@ def test_reading_commands_use_core_without_the_orm_once_the_directory_is_mirrore
                                  [*orm, "structlog", "aiosmtplib"], tmp_path)
     assert code == 0, out
     assert answer in out
+    assert loaded == []
+
+
+def test_tickets_show_reads_without_the_orm(store: Store, tmp_path: Path) -> None:
+    """`tickets show` imports neither the ORM, the models nor structlog."""
+    config = tmp_path / "helpdesk.toml"
+    config.write_text(f'[database]\nurl = "{store.url}"\n\n[[team]]\nname = "network"\n')
+    mail = tmp_path / "one.eml"
+    mail.write_bytes(make_mail(subject="Printer on fire"))
+    code, _loaded, out = imported(["--config", str(config), "ingest", str(mail)], [], tmp_path)
+    assert code == 0, out
+    watched = ["sqlalchemy.orm", "helpdesk.store.models", "structlog", "aiosmtplib"]
+    code, loaded, out = imported(["--config", str(config), "tickets", "show", "1", "--json"],
+                                 watched, tmp_path)
+    assert code == 0, out
+    assert json.loads(out)["subject"] == "Printer on fire"
     assert loaded == []
 
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import event, insert, select, update
 
 from helpdesk.cli.tickets import _delivery_words
-from helpdesk.store.queries import Delivery, RecipientState
+from helpdesk.store import detail, schema
+from helpdesk.store.detail import Delivery, RecipientState
 from tests.app.test_cli_tickets_reply import conversation, run, write_config
 from tests.conftest import Store
 from tests.mailfactory import make_mail
@@ -130,3 +134,51 @@ def test_delivery_state_in_words(state: str, attempts: int, error: str | None,
                                  words: str) -> None:
     """Each state reads as a few words, with the error the server gave."""
     assert _delivery_words(delivery(state, attempts, error)) == words
+
+
+def test_each_recipient_shows_its_own_delivery_state(config: Path, store: Store) -> None:
+    """A mail that reached one recipient and was refused for another shows each one's state,
+    in the JSON and in words, not the row's state for both."""
+    conversation(config)
+    outbox, recipients = schema.outbox, schema.outbox_recipients
+    with store.engine.begin() as conn:
+        item_id, to = conn.execute(select(outbox.c.id, outbox.c.envelope_to)
+                                   .order_by(outbox.c.id)).first() or (None, None)
+        assert item_id is not None
+        conn.execute(update(recipients).where(recipients.c.outbox_id == item_id)
+                     .values(state="sent"))
+        conn.execute(insert(recipients).values(outbox_id=item_id, address="boss@example.com",
+                                               state="failed", attempts=1,
+                                               permanent_failures=1))
+        conn.execute(update(outbox).where(outbox.c.id == item_id).values(state="sent"))
+    first = next(d for d in show(config)["outgoing"] if d["outbox_id"] == item_id)
+    assert first["recipients"] == [{"address": to[0], "state": "sent"},
+                                   {"address": "boss@example.com", "state": "failed"}]
+    text = run(config, "tickets", "show", "1").output
+    line = next(line for line in text.splitlines() if "boss@example.com" in line)
+    assert f"{to[0]}, boss@example.com (failed)" in line
+
+
+def test_show_reads_no_mail_bytes(config: Path, store: Store) -> None:
+    """The thread, its attachments and its outgoing mail are shown from their stored fields:
+    no statement reads a raw mail or an attachment's content."""
+    conversation(config)
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        with store.engine.connect() as conn:
+            view = detail.conversation(conn, 1)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+    assert view is not None
+    assert len(view.entries) >= 2
+    assert view.deliveries
+    assert statements
+    bytes_read = re.compile(r"\b(messages\.raw|outbox\.raw|attachments\.content)\b")
+    assert [s for s in statements if bytes_read.search(s)] == []
+    with store.engine.connect() as conn:
+        assert detail.conversation(conn, 999) is None
