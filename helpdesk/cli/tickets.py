@@ -286,10 +286,11 @@ def search(app: AppContext, query: str, statuses: tuple[str, ...], limit: int,
     -word to exclude, e.g. `tickets search 'drucker "3. stock" -toner'` (a query
     that starts with "-" goes after `--`).
     """
-    from helpdesk.desk import tickets as ticket_service
+    from helpdesk.store import search as full_text
 
-    with app.transaction() as session:
-        hits = ticket_service.search(session, query, statuses=statuses, limit=limit)
+    parsed = full_text.parse_query(query)
+    with app.reading() as conn:
+        hits = full_text.search(conn, parsed, statuses=statuses, limit=limit)
     if as_json:
         emit_json([{"id": h.ticket_id, "reference": _reference(app, h.ticket_id),
                     "subject": h.subject, "status": h.status, "priority": h.priority,

@@ -28,13 +28,12 @@ from helpdesk.delivery.views import FAILED, PENDING, SENT
 from helpdesk.delivery.wakeup import mark_queued
 from helpdesk.errors import InvalidInput, NotFound
 from helpdesk.mail.compose import compose, make_message_id
+from helpdesk.store import schema
 from helpdesk.store.models import (
-    Message,
     OutboxAttempt,
     OutboxItem,
     OutboxRecipient,
     RelayState,
-    table,
     utcnow,
 )
 from helpdesk.values import Direction, OutgoingMail
@@ -72,10 +71,10 @@ class Queued:
 # Prebuilt Core statements: every acknowledgement, forward and notification goes
 # through here inside ingest's group commit, where the ORM's unit of work cost
 # more than composing the mail.
-_OUTBOX = table(OutboxItem)
+_OUTBOX = schema.outbox
 _INSERT_ITEM = insert(_OUTBOX).returning(_OUTBOX.c.id)
-_INSERT_RECIPIENTS = insert(table(OutboxRecipient))
-_INSERT_MESSAGE = insert(table(Message))
+_INSERT_RECIPIENTS = insert(schema.outbox_recipients)
+_INSERT_MESSAGE = insert(schema.messages)
 
 
 def enqueue(

@@ -12,7 +12,8 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from helpdesk.store.models import StoreValue, table
+from helpdesk.store import schema
+from helpdesk.store.models import StoreValue
 from helpdesk.store.upsert import dialect_insert
 
 KEY_NAME = "message_id_signing_key"
@@ -26,7 +27,7 @@ def signing_key(session: Session, configured: str | None = None) -> bytes:
     insert = dialect_insert(conn.dialect.name)
     # Two processes starting at once both try; ON CONFLICT keeps the first key.
     conn.execute(
-        insert(table(StoreValue))
+        insert(schema.store_values)
         .values(key=KEY_NAME, value=secrets.token_hex(32))
         .on_conflict_do_nothing()
     )

@@ -25,8 +25,8 @@ from helpdesk.desk import notices, tickets
 from helpdesk.desk.notices import AUTO_GENERATED, AUTO_REPLIED, AutomaticFields
 from helpdesk.errors import InvalidInput
 from helpdesk.rules.regexes import regex_timed_out
-from helpdesk.store import queries
-from helpdesk.store.models import AutoReplyLog, Event, Ticket, TicketTag, table
+from helpdesk.store import queries, schema
+from helpdesk.store.models import Ticket
 from helpdesk.templates import (
     RenderedTemplate,
     TemplateRenderError,
@@ -60,11 +60,11 @@ LIMIT_NOTICE = (
     "\n\n-- \nThis is the last automatic reply you will receive from us today; "
     "we have read every message you sent and will answer in person."
 )
-_INSERT_EVENT = insert(table(Event))
-_INSERT_AUTO_REPLY = insert(table(AutoReplyLog))
-_INSERT_TAG = insert(table(TicketTag))
+_INSERT_EVENT = insert(schema.events)
+_INSERT_AUTO_REPLY = insert(schema.auto_replies)
+_INSERT_TAG = insert(schema.ticket_tags)
 _UPDATE_TICKET = (
-    update(table(Ticket)).where(table(Ticket).c.id == bindparam("ticket_id"))
+    update(schema.tickets).where(schema.tickets.c.id == bindparam("ticket_id"))
 )
 
 

@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 
 from helpdesk.delivery import anchors, outbox
 from helpdesk.mail.classify import is_noreply_address
-from helpdesk.store import queries
-from helpdesk.store.models import AutoReplyLog, Event, Message, Suppression, Ticket, table
+from helpdesk.store import queries, schema
+from helpdesk.store.models import AutoReplyLog, Event, Message, Ticket
 from helpdesk.templates import (
     RenderedTemplate,
     TemplateRenderError,
@@ -189,12 +189,12 @@ def suppressed_until(session: Session, address: str, now: datetime) -> datetime 
 # Asked for every automatic mail inside ingest's group commit: Core statements.
 _AUTO_REPLIES_SINCE = (
     select(func.count())
-    .select_from(table(AutoReplyLog))
-    .where(table(AutoReplyLog).c.address == bindparam("address"),
-           table(AutoReplyLog).c.sent_at > bindparam("since"))
+    .select_from(schema.auto_replies)
+    .where(schema.auto_replies.c.address == bindparam("address"),
+           schema.auto_replies.c.sent_at > bindparam("since"))
 )
-_SUPPRESSED_UNTIL = select(table(Suppression).c.until).where(
-    table(Suppression).c.address == bindparam("address"))
+_SUPPRESSED_UNTIL = select(schema.suppressions.c.until).where(
+    schema.suppressions.c.address == bindparam("address"))
 _GUARDS = select(_SUPPRESSED_UNTIL.scalar_subquery(), _AUTO_REPLIES_SINCE.scalar_subquery())
 
 

@@ -26,7 +26,8 @@ from sqlalchemy.orm import Session
 from helpdesk.delivery import anchors, outbox
 from helpdesk.desk.actions import ActionContext
 from helpdesk.desk.notices import AUTO_GENERATED
-from helpdesk.store.models import Agent, AgentAddress, Contact, Event, Team, Ticket, table
+from helpdesk.store import schema
+from helpdesk.store.models import Ticket
 from helpdesk.templates import RenderedTemplate
 from helpdesk.thread import format_tag, with_tag
 from helpdesk.values import Address, MessageKind, OutgoingMail, ParsedMessage
@@ -86,16 +87,16 @@ def customer_replied(
     return to.address
 
 
-_tickets, _agents, _teams = table(Ticket), table(Agent), table(Team)
-_contacts = table(Contact)
+_tickets, _agents, _teams = schema.tickets, schema.agents, schema.teams
+_contacts = schema.contacts
 _NOTIFY_TARGET = (
     select(
         _tickets.c.subject, _tickets.c.created_at, _contacts.c.address.label("requester"),
         _tickets.c.assignee_id, _agents.c.name.label("agent_name"), _agents.c.active,
         _agents.c.notify,
-        select(table(AgentAddress).c.address)
-        .where(table(AgentAddress).c.agent_id == _tickets.c.assignee_id)
-        .order_by(table(AgentAddress).c.id).limit(1).scalar_subquery().label("agent_address"),
+        select(schema.agent_addresses.c.address)
+        .where(schema.agent_addresses.c.agent_id == _tickets.c.assignee_id)
+        .order_by(schema.agent_addresses.c.id).limit(1).scalar_subquery().label("agent_address"),
         _teams.c.name.label("team_name"), _teams.c.address.label("team_address"),
     )
     .outerjoin(_contacts, _contacts.c.id == _tickets.c.requester_id)
@@ -103,7 +104,7 @@ _NOTIFY_TARGET = (
     .outerjoin(_teams, _teams.c.id == _tickets.c.team_id)
     .where(_tickets.c.id == bindparam("ticket_id"))
 )
-_INSERT_EVENT = insert(table(Event))
+_INSERT_EVENT = insert(schema.events)
 
 
 def _recipient(ticket: Any) -> Address | None:

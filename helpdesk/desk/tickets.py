@@ -18,9 +18,9 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, selectinload
 
 from helpdesk.errors import InvalidInput, NotFound
-from helpdesk.store import queries
+from helpdesk.store import queries, schema
 from helpdesk.store import search as full_text
-from helpdesk.store.models import Event, Message, Participant, Ticket, TicketTag, table, utcnow
+from helpdesk.store.models import Event, Message, Participant, Ticket, TicketTag, utcnow
 from helpdesk.values import Address, Direction, MessageKind, Priority, TicketStatus
 
 if TYPE_CHECKING:
@@ -428,4 +428,4 @@ def _log(
         "kind": kind, "detail": detail, "created_at": when})
 
 
-_INSERT_EVENT = insert(table(Event))
+_INSERT_EVENT = insert(schema.events)

@@ -40,7 +40,7 @@ from helpdesk.rules.timers import (
     raise_priority,
     state_key,
 )
-from helpdesk.store import queries
+from helpdesk.store import queries, schema
 from helpdesk.store.models import (
     TIMER_STALE,
     Event,
@@ -48,8 +48,6 @@ from helpdesk.store.models import (
     Suppression,
     Ticket,
     TicketTag,
-    TimerFiring,
-    table,
 )
 from helpdesk.store.upsert import dialect_insert
 from helpdesk.templates import RenderedTemplate, TemplateRenderError, build_context, fallback
@@ -67,9 +65,9 @@ SIGNATURE_KEY = "timers.signature"
 # pass after an upgrade or a change of the timers looks at every open ticket).
 CHUNK = 500
 
-_tickets = table(Ticket)
-_firings = table(TimerFiring)
-_tags = table(TicketTag)
+_tickets = schema.tickets
+_firings = schema.timer_firings
+_tags = schema.ticket_tags
 _SET_DEADLINE = (
     update(_tickets)
     .where(_tickets.c.id == bindparam("ticket_id"))
@@ -278,7 +276,7 @@ def _reset_if_changed(session: Session, timers: Sequence[Timer]) -> None:
         .values(timer_due_at=TIMER_STALE)
     )
     insert = dialect_insert(conn.dialect.name)
-    conn.execute(insert(table(StoreValue)).values(key=SIGNATURE_KEY, value=signature)
+    conn.execute(insert(schema.store_values).values(key=SIGNATURE_KEY, value=signature)
                  .on_conflict_do_update(index_elements=["key"], set_={"value": signature}))
     log.info("timers.deadlines_reset", tickets=result.rowcount,
              reason="first pass" if stored is None else "the timers changed")

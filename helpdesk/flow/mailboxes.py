@@ -44,7 +44,8 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from helpdesk.errors import HelpdeskError
-from helpdesk.store.models import DaemonBeat, ImapFetchFailure, MailboxState, table, utcnow
+from helpdesk.store import schema
+from helpdesk.store.models import DaemonBeat, ImapFetchFailure, MailboxState, utcnow
 from helpdesk.store.upsert import dialect_insert
 
 COUNTERS = ("fetched", "ingested", "duplicates", "quarantined", "errors")
@@ -321,7 +322,7 @@ def heartbeat(session: Session, holder: str, ttl: timedelta, now: datetime, *,
               "expires_at": clock + ttl, "pool": pool_key(pool)}
     dialect = session.get_bind().dialect.name
     insert = dialect_insert(dialect)
-    statement = insert(table(DaemonBeat)).values(**values)
+    statement = insert(schema.daemons).values(**values)
     session.execute(statement.on_conflict_do_update(
         index_elements=["holder"],
         set_={"seen_at": clock, "expires_at": clock + ttl, "pool": values["pool"]},

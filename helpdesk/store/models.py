@@ -9,9 +9,8 @@ attributes and the relationships. Schema changes go through Alembic
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table
 from sqlalchemy.orm import DeclarativeBase, Mapped, relationship
 
 from helpdesk.store import schema
@@ -423,8 +422,3 @@ class StoreValue(Base):
 
     key: Mapped[str]
     value: Mapped[str]
-
-
-def table(model: type[Base]) -> Table:
-    """The Core table behind a model, for the hot paths that skip the ORM."""
-    return cast(Table, model.__table__)

@@ -13,11 +13,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer, selectinload
 from sqlalchemy.orm.util import identity_key
 
+from helpdesk.store import schema
 from helpdesk.store.models import (
     Agent,
     AgentAddress,
     Attachment,
-    Contact,
     Event,
     Message,
     Participant,
@@ -25,7 +25,6 @@ from helpdesk.store.models import (
     Team,
     Ticket,
     TicketTag,
-    table,
 )
 from helpdesk.store.upsert import dialect_insert
 from helpdesk.values import Direction, Origin, Priority, TicketStatus, TicketView
@@ -40,7 +39,7 @@ class StoredRef:
     message_id: str
 
 
-_messages = table(Message)
+_messages = schema.messages
 _REF_COLUMNS = (_messages.c.id, _messages.c.ticket_id, _messages.c.message_id)
 _BY_ORIGIN = (
     select(*_REF_COLUMNS)
@@ -121,23 +120,23 @@ class TicketState:
     fresh: bool = False
 
 
-_teams = table(Team)
-_contacts = table(Contact)
-_tags_t = table(TicketTag)
+_teams = schema.teams
+_contacts = schema.contacts
+_tags_t = schema.ticket_tags
 _PRIMARY_ADDRESS = (
-    select(table(AgentAddress).c.address)
-    .where(table(AgentAddress).c.agent_id == table(Ticket).c.assignee_id)
-    .order_by(table(AgentAddress).c.id)
+    select(schema.agent_addresses.c.address)
+    .where(schema.agent_addresses.c.agent_id == schema.tickets.c.assignee_id)
+    .order_by(schema.agent_addresses.c.id)
     .limit(1)
     .scalar_subquery()
 )
 _TICKET_STATE = (
-    select(table(Ticket), _contacts.c.address.label("requester_address"),
+    select(schema.tickets, _contacts.c.address.label("requester_address"),
            _contacts.c.name.label("requester_name"), _teams.c.name.label("team_name"),
            _PRIMARY_ADDRESS.label("assignee_address"))
-    .outerjoin(_contacts, _contacts.c.id == table(Ticket).c.requester_id)
-    .outerjoin(_teams, _teams.c.id == table(Ticket).c.team_id)
-    .where(table(Ticket).c.id == bindparam("ticket_id"))
+    .outerjoin(_contacts, _contacts.c.id == schema.tickets.c.requester_id)
+    .outerjoin(_teams, _teams.c.id == schema.tickets.c.team_id)
+    .where(schema.tickets.c.id == bindparam("ticket_id"))
 )
 _TAGS = select(_tags_t.c.tag).where(_tags_t.c.ticket_id == bindparam("ticket_id"))
 
@@ -202,15 +201,15 @@ def view_of(ticket: Ticket, participants: frozenset[str] = frozenset()) -> Ticke
     )
 
 
-_tickets = table(Ticket)
+_tickets = schema.tickets
 _THREAD_VIEW = (
     select(_tickets.c.id, _tickets.c.status, _tickets.c.subject, _tickets.c.merged_into_id,
-           table(Contact).c.address)
-    .outerjoin(table(Contact), table(Contact).c.id == _tickets.c.requester_id)
+           schema.contacts.c.address)
+    .outerjoin(schema.contacts, schema.contacts.c.id == _tickets.c.requester_id)
     .where(_tickets.c.id == bindparam("ticket_id"))
 )
-_PARTICIPANTS = select(table(Participant).c.address).where(
-    table(Participant).c.ticket_id == bindparam("ticket_id")
+_PARTICIPANTS = select(schema.participants.c.address).where(
+    schema.participants.c.ticket_id == bindparam("ticket_id")
 )
 
 
@@ -231,7 +230,7 @@ def thread_view(session: Session, ticket_id: int) -> TicketView | None:
     )
 
 
-_AGENT_ADDRESSES = select(table(AgentAddress).c.address)
+_AGENT_ADDRESSES = select(schema.agent_addresses.c.address)
 
 
 def is_agent_address(session: Session, address: str) -> bool:
@@ -299,7 +298,7 @@ def contact(session: Session, address: str, name: str, now: datetime) -> tuple[i
 
 @functools.cache
 def _add_participant(dialect: str) -> Any:
-    return dialect_insert(dialect)(table(Participant)).on_conflict_do_nothing()
+    return dialect_insert(dialect)(schema.participants).on_conflict_do_nothing()
 
 
 def add_participants(session: Session, ticket_id: int, people: Sequence[tuple[str, str]]) -> None:

@@ -27,13 +27,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import Connection, bindparam, func, select, text
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
 
 from helpdesk.errors import HelpdeskError, InvalidInput
-from helpdesk.store.models import Message, UTCDateTime
+from helpdesk.store.schema import UTCDateTime, messages
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 FTS_TABLE = "messages_fts"
 PG_COLUMN = "search"
@@ -174,14 +177,18 @@ ENOUGH = 2_000
 
 
 def search(
-    session: Session, query: SearchQuery, *, statuses: Sequence[str] = (), limit: int = 20
+    reader: Connection | Session, query: SearchQuery, *, statuses: Sequence[str] = (),
+    limit: int = 20,
 ) -> list[SearchHit]:
-    """The best `limit` tickets for `query`, best first, each with its best message."""
-    postgres = session.get_bind().dialect.name == "postgresql"
+    """The best `limit` tickets for `query`, best first, each with its best message.
+
+    On a plain (read-only) connection, `tickets search` imports no ORM."""
+    session = reader if isinstance(reader, Connection) else reader.connection()
+    postgres = session.dialect.name == "postgresql"
     q = websearch_text(query) if postgres else fts5_expression(query)
     params: dict[str, object] = {"q": q, "limit": limit, "statuses": list(statuses)}
     try:
-        newest = session.scalar(select(func.max(Message.id))) or 0
+        newest = session.scalar(select(func.max(messages.c.id))) or 0
         for window in (*WINDOWS, None):
             floor = 0 if window is None else max(0, newest - window)
             key = (bool(statuses), floor > 0)

@@ -14,7 +14,8 @@ from sqlalchemy import select, update
 
 from helpdesk.cli import export as export_cli
 from helpdesk.mail.mbox import mbox_entry, unquote
-from helpdesk.store.models import Message, OutboxItem, Ticket, table
+from helpdesk.store import schema
+from helpdesk.store.models import Message, OutboxItem
 from tests.app.test_cli_tickets_reply import run, write_config
 from tests.conftest import Store
 from tests.mailfactory import make_mail
@@ -123,7 +124,7 @@ def test_json_has_tickets_messages_events_and_attachment_metadata(config: Path) 
 def test_since_and_one_ticket(config: Path, store: Store) -> None:
     """--since takes the tickets active since then; --ticket one; both at once is a usage error."""
     with store.engine.begin() as conn:
-        conn.execute(update(table(Ticket)).where(table(Ticket).c.id == 1)
+        conn.execute(update(schema.tickets).where(schema.tickets.c.id == 1)
                      .values(updated_at=datetime(2020, 1, 1, tzinfo=UTC)))
     since = json.loads(run(config, "export", "--since", "2021-01-01", "--format", "json").output)
     assert [t["id"] for t in since["tickets"]] == [2]

@@ -119,8 +119,8 @@ def test_reading_commands_use_core_without_the_orm_once_the_directory_is_mirrore
     assert loaded == []
 
 
-def test_tickets_show_reads_without_the_orm(store: Store, tmp_path: Path) -> None:
-    """`tickets show` imports neither the ORM, the models nor structlog."""
+def test_tickets_show_and_search_read_without_the_orm(store: Store, tmp_path: Path) -> None:
+    """`tickets show` and `tickets search` import neither the ORM, the models nor structlog."""
     config = tmp_path / "helpdesk.toml"
     config.write_text(f'[database]\nurl = "{store.url}"\n\n[[team]]\nname = "network"\n')
     mail = tmp_path / "one.eml"
@@ -132,6 +132,11 @@ def test_tickets_show_reads_without_the_orm(store: Store, tmp_path: Path) -> Non
                                  watched, tmp_path)
     assert code == 0, out
     assert json.loads(out)["subject"] == "Printer on fire"
+    assert loaded == []
+    code, loaded, out = imported(["--config", str(config), "tickets", "search", "fire",
+                                  "--json"], watched, tmp_path)
+    assert code == 0, out
+    assert [hit["id"] for hit in json.loads(out)] == [1]
     assert loaded == []
 
 

@@ -16,9 +16,8 @@ from helpdesk.delivery import outbox
 from helpdesk.desk import tickets
 from helpdesk.errors import HelpdeskError, InvalidInput
 from helpdesk.flow.ingest import IngestContext, ingest
-from helpdesk.store import search
+from helpdesk.store import schema, search
 from helpdesk.store.db import head_revision, upgrade
-from helpdesk.store.models import Message, Ticket, table
 from helpdesk.values import Address, MessageKind, Origin, OutgoingMail
 from tests.conftest import Clock, Store
 from tests.mailfactory import make_mail
@@ -226,11 +225,11 @@ def test_internal_notes_count_our_automatic_mail_does_not(store: Store, clock: C
 
 def test_changed_and_deleted_mail_follow_the_index(store: Store, desk: dict[str, int]) -> None:
     """An edited message is found by its new words only; a deleted ticket's mail is gone."""
-    messages = table(Message)
+    messages = schema.messages
     with store.sessions.begin() as session:
         session.execute(messages.update().where(messages.c.ticket_id == desk["sv"])
                         .values(text="Kopiatorn är trasig.", new_text="Kopiatorn är trasig."))
-        session.execute(table(Ticket).delete().where(table(Ticket).c.id == desk["fi"]))
+        session.execute(schema.tickets.delete().where(schema.tickets.c.id == desk["fi"]))
     assert ids(find(store, "kopiatorn")) == [desk["sv"]]
     assert find(store, "våning") == []
     assert ids(find(store, "skrivaren")) == [desk["sv"]]  # still in the subject
@@ -283,10 +282,10 @@ def test_postgres_uses_the_gin_index(store: Store) -> None:
     rng = random.Random(8)
     words = [f"w{n}" for n in range(2000)]
     with store.engine.begin() as conn:
-        conn.execute(insert(table(Ticket)), [
+        conn.execute(insert(schema.tickets), [
             {"id": i, "subject": "s", "status": "open", "priority": "normal",
              "created_at": NOW, "updated_at": NOW} for i in range(1, 501)])
-        conn.execute(insert(table(Message)), [
+        conn.execute(insert(schema.messages), [
             {"ticket_id": 1 + i % 500, "direction": "in", "kind": "customer",
              "message_id": f"m{i}@x", "content_hash": str(i), "subject": "s",
              "text": " ".join(rng.choices(words, k=60)), "new_text": "", "received_at": NOW}
@@ -314,10 +313,10 @@ def test_a_sqlite_without_fts5_gets_a_clear_message(store: Store,
     def no_fts5(*args: object, **kw: object) -> None:
         raise OperationalError("SELECT", {}, Exception("no such module: fts5"))
 
-    with store.sessions() as session:
-        monkeypatch.setattr(session, "execute", no_fts5)
+    with store.engine.connect() as conn:
+        monkeypatch.setattr(conn, "execute", no_fts5)
         with pytest.raises(search.SearchUnavailable, match="lacks; use a Python built with"):
-            search.search(session, search.parse_query("printer"))
+            search.search(conn, search.parse_query("printer"))
 
 
 def migration() -> ModuleType:

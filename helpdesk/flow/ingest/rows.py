@@ -11,7 +11,7 @@ from datetime import datetime
 
 from sqlalchemy import bindparam, insert, update
 
-from helpdesk.store.models import Attachment, Event, Message, Ticket, table
+from helpdesk.store import schema
 from helpdesk.values import (
     AttachmentPart,
     Direction,
@@ -28,11 +28,11 @@ from helpdesk.values import (
 # kilobyte-long ids, and an index entry must stay well under PostgreSQL's limit.
 MAX_MESSAGE_ID = 500
 
-TICKETS = table(Ticket)
-MESSAGES = table(Message)
-ATTACHMENTS = table(Attachment)
+TICKETS = schema.tickets
+MESSAGES = schema.messages
+ATTACHMENTS = schema.attachments
 INSERT_TICKET = insert(TICKETS).returning(TICKETS.c.id)
-INSERT_EVENT = insert(table(Event))
+INSERT_EVENT = insert(schema.events)
 TOUCH_TICKET = (
     update(TICKETS)
     .where(TICKETS.c.id == bindparam("ticket_id"))
