@@ -16,6 +16,7 @@ any thread become events as well, rather than raw text on stderr.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -189,18 +190,21 @@ class _Deferred:
     def cancel(self) -> None:
         with self.lock:
             self.done = True
-        if self.finder in sys.meta_path:
-            sys.meta_path.remove(self.finder)
+        _unhook(self.finder)
 
     def configure(self) -> None:
         with self.lock:
             if self.done:
                 return
             self.done = True
-        if self.finder in sys.meta_path:
-            sys.meta_path.remove(self.finder)
+        _unhook(self.finder)
         fmt, level, stream = self.args
         configure_logging(fmt, level, stream)
+
+
+def _unhook(finder: importlib.abc.MetaPathFinder) -> None:
+    with contextlib.suppress(ValueError):  # gone already (the other trigger came first)
+        sys.meta_path.remove(finder)
 
 
 class _OnImport(importlib.abc.MetaPathFinder):
@@ -213,7 +217,7 @@ class _OnImport(importlib.abc.MetaPathFinder):
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         if fullname != "structlog":
             return None
-        sys.meta_path.remove(self)
+        _unhook(self)
         spec = importlib.util.find_spec(fullname)
         if spec is not None and isinstance(spec.loader, importlib.abc.Loader):
             spec.loader = _ThenConfigure(spec.loader, self.deferred)
