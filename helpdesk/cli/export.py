@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from helpdesk import __version__
 from helpdesk.cli import AppContext, pass_app
 from helpdesk.cli.output import to_jsonable
-from helpdesk.cli.tickets import delivery_json, event_json, message_json, ticket_json
+from helpdesk.cli.ticket_json import delivery_json, event_json, message_json, ticket_json
 from helpdesk.errors import NotFound
 from helpdesk.mail.mbox import mbox_entry
 from helpdesk.store import detail, queries

@@ -10,17 +10,25 @@ import click
 from helpdesk.cli import AppContext, Failure, pass_app
 from helpdesk.cli.filters import ticket_filter_options
 from helpdesk.cli.output import emit_json, fields, table, when
+from helpdesk.cli.ticket_json import (
+    delivery_json,
+    delivery_words,
+    event_json,
+    head_json,
+    message_json,
+    recipient_words,
+    reference,
+    summary_json,
+    ticket_json,
+)
 from helpdesk.store.schema import utcnow
-from helpdesk.thread import format_tag
 from helpdesk.values import Address, Priority, TicketStatus
 
 # Only `list` is imported with the module: the other commands import the ORM, the
 # desk services and the queries they use when they run (`tickets list` start-up).
 if TYPE_CHECKING:
     from helpdesk.desk.actions import ActionContext
-    from helpdesk.store.detail import Delivery, EventRow, MessageRow, TicketHead
-    from helpdesk.store.listing import TicketSummary
-    from helpdesk.store.models import Event, Message, Ticket
+    from helpdesk.store.models import Message, Ticket
 
 STATUSES = [s.value for s in TicketStatus]
 PRIORITIES = [p.value for p in Priority]
@@ -30,26 +38,6 @@ CLI_ACTOR = "cli"
 @click.group()
 def tickets() -> None:
     """Inspect and change tickets."""
-
-
-def _reference(app: AppContext, ticket_id: int) -> str:
-    return format_tag(ticket_id, app.settings.helpdesk.tag_prefix)
-
-
-def summary_json(app: AppContext, s: TicketSummary) -> dict[str, Any]:
-    return {
-        "id": s.id,
-        "reference": _reference(app, s.id),
-        "subject": s.subject,
-        "status": s.status,
-        "priority": s.priority,
-        "team": s.team,
-        "assignee": s.assignee,
-        "requester": s.requester,
-        "created_at": s.created_at,
-        "updated_at": s.updated_at,
-        "message_count": s.message_count,
-    }
 
 
 @tickets.command("list")
@@ -97,110 +85,11 @@ def list_(
     table(
         ["REF", "STATUS", "PRIO", "TEAM", "ASSIGNEE", "REQUESTER", "MSGS", "UPDATED", "SUBJECT"],
         [
-            [_reference(app, r.id), r.status, r.priority, r.team, r.assignee, r.requester,
+            [reference(app, r.id), r.status, r.priority, r.team, r.assignee, r.requester,
              r.message_count, when(r.updated_at), r.subject]
             for r in rows
         ],
     )
-
-
-def ticket_json(app: AppContext, ticket: Ticket) -> dict[str, Any]:
-    """A ticket loaded through the ORM, as `head_json` shows it."""
-    from helpdesk.store.detail import TicketHead
-
-    return head_json(app, TicketHead(
-        id=ticket.id, subject=ticket.subject, status=ticket.status, priority=ticket.priority,
-        team=ticket.team.name if ticket.team else None,
-        assignee=ticket.assignee.primary_address if ticket.assignee else None,
-        requester=ticket.requester.address if ticket.requester else None,
-        tags=tuple(sorted(t.tag for t in ticket.tags)),
-        created_at=ticket.created_at, updated_at=ticket.updated_at,
-        first_response_at=ticket.first_response_at, resolved_at=ticket.resolved_at,
-        merged_into_id=ticket.merged_into_id, message_count=len(ticket.messages),
-    ))
-
-
-def head_json(app: AppContext, ticket: TicketHead) -> dict[str, Any]:
-    return {
-        "id": ticket.id,
-        "reference": _reference(app, ticket.id),
-        "subject": ticket.subject,
-        "status": ticket.status,
-        "priority": ticket.priority,
-        "team": ticket.team,
-        "assignee": ticket.assignee,
-        "requester": ticket.requester,
-        "tags": sorted(ticket.tags),
-        "created_at": ticket.created_at,
-        "updated_at": ticket.updated_at,
-        "first_response_at": ticket.first_response_at,
-        "resolved_at": ticket.resolved_at,
-        "merged_into": ticket.merged_into_id,
-        "message_count": ticket.message_count,
-    }
-
-
-def message_json(m: Message | MessageRow) -> dict[str, Any]:
-    return {
-        "id": m.id,
-        "kind": m.kind,
-        "direction": m.direction,
-        "from": m.from_address,
-        "from_name": m.from_name,
-        "to": m.to_addresses,
-        "cc": m.cc_addresses,
-        "date": m.sent_at or m.received_at,
-        "received_at": m.received_at,
-        "subject": m.subject,
-        "message_id": m.message_id,
-        "text": m.text,
-        "new_text": m.new_text,
-        "defects": [d for d in m.defects.split(", ") if d],
-        "attachments": [
-            {"id": a.id, "filename": a.filename, "content_type": a.content_type,
-             "size": a.size, "sha256": a.sha256, "inline": a.inline}
-            for a in m.attachments
-        ],
-    }
-
-
-def event_json(e: Event | EventRow) -> dict[str, Any]:
-    return {"id": e.id, "at": e.created_at, "actor": e.actor, "kind": e.kind, "detail": e.detail}
-
-
-def delivery_json(d: Delivery) -> dict[str, Any]:
-    return {
-        "outbox_id": d.outbox_id,
-        "message_id": d.message_id,
-        "kind": d.kind,
-        "subject": d.subject,
-        "state": d.state,
-        "attempts": d.attempts,
-        "last_error": d.last_error,
-        "next_attempt_at": d.next_attempt_at if d.state == "pending" else None,
-        "created_at": d.created_at,
-        "sent_at": d.sent_at,
-        "recipients": [{"address": r.address, "state": r.state} for r in d.recipients],
-    }
-
-
-def _delivery_words(d: Delivery) -> str:
-    """`sent`, `failed: 550 …`, `pending (2 attempts: 451 …)`: the state in a few words."""
-    tries = f"{d.attempts} attempt{'s' if d.attempts != 1 else ''}"
-    if d.state == "sent":
-        return f"sent {when(d.sent_at)}"
-    if d.state == "failed":
-        return f"failed after {tries}: {d.last_error or 'no error recorded'}"
-    if d.attempts:
-        error = f": {d.last_error}" if d.last_error else ""
-        return f"pending, {tries}, next {when(d.next_attempt_at)}{error}"
-    return "pending"
-
-
-def _recipients(d: Delivery) -> str:
-    # A recipient whose own state differs from the mail's is named with it.
-    return ", ".join(r.address if r.state == d.state else f"{r.address} ({r.state})"
-                     for r in d.recipients)
 
 
 @tickets.command("show")
@@ -253,7 +142,7 @@ def show(app: AppContext, ticket_id: int, full: bool, as_json: bool) -> None:
         if entry.relayed:
             head += " · relayed"
         if entry.delivery is not None:
-            head += f" · {_delivery_words(entry.delivery)}"
+            head += f" · {delivery_words(entry.delivery)}"
         click.echo(click.style(head, fg="cyan"))
         click.echo((m["text"] if full else m["new_text"] or m["text"]).rstrip() or "(no text)")
         for a in m["attachments"]:
@@ -262,7 +151,7 @@ def show(app: AppContext, ticket_id: int, full: bool, as_json: bool) -> None:
         click.echo()
         click.echo(click.style("Outgoing mail", bold=True))
         table(["OUTBOX", "KIND", "STATE", "TRIES", "TO", "DELIVERY"],
-              [[d.outbox_id, d.kind, d.state, d.attempts, _recipients(d), _delivery_words(d)]
+              [[d.outbox_id, d.kind, d.state, d.attempts, recipient_words(d), delivery_words(d)]
                for d in view.deliveries])
     click.echo()
     click.echo(click.style("Events", bold=True))
@@ -292,7 +181,7 @@ def search(app: AppContext, query: str, statuses: tuple[str, ...], limit: int,
     with app.reading() as conn:
         hits = full_text.search(conn, parsed, statuses=statuses, limit=limit)
     if as_json:
-        emit_json([{"id": h.ticket_id, "reference": _reference(app, h.ticket_id),
+        emit_json([{"id": h.ticket_id, "reference": reference(app, h.ticket_id),
                     "subject": h.subject, "status": h.status, "priority": h.priority,
                     "updated_at": h.updated_at, "score": round(h.score, 6),
                     "message_row_id": h.message_row_id, "snippet": h.snippet} for h in hits])
@@ -301,7 +190,7 @@ def search(app: AppContext, query: str, statuses: tuple[str, ...], limit: int,
         click.echo("No tickets match.")
         return
     for h in hits:
-        click.echo(f"{click.style(_reference(app, h.ticket_id), bold=True)} {h.status:<8} "
+        click.echo(f"{click.style(reference(app, h.ticket_id), bold=True)} {h.status:<8} "
                    f"{when(h.updated_at)}  {h.subject}")
         click.echo(f"    {h.snippet}")
 
@@ -441,7 +330,7 @@ def _editor_template(app: AppContext, ticket: Ticket, heading: str, last: Messag
     """What $EDITOR opens with: room to write, the scissors, and the customer's last mail."""
     lines = ["", "", SCISSORS, "# Do not modify or remove the line above.",
              "# Everything below it is ignored.", "#",
-             f"# {heading} {_reference(app, ticket.id)} {ticket.subject}"]
+             f"# {heading} {reference(app, ticket.id)} {ticket.subject}"]
     if ticket.requester is not None:
         lines.append(f"# Requester: {ticket.requester.address}")
     if last is not None:
@@ -540,11 +429,11 @@ def reply(
                                  ctx=actions, now=utcnow())
         if item is None:
             # Raising rolls the transaction back: nothing is recorded as answered.
-            raise Failure(f"{_reference(app, ticket_id)} has no requester or copied person to "
+            raise Failure(f"{reference(app, ticket_id)} has no requester or copied person to "
                           "reply to; nothing was queued (use `tickets note` to record text)")
         data: dict[str, Any] = {
             "ticket_id": ticket_id,
-            "reference": _reference(app, ticket_id),
+            "reference": reference(app, ticket_id),
             "outbox_id": item.id,
             "message_id": item.message_id,
             "from": agent.name,
@@ -596,7 +485,7 @@ def note(
             text=text, domain=app.settings.helpdesk.domain, now=utcnow(),
         )
         data: dict[str, Any] = {"ticket_id": ticket_id,
-                                "reference": _reference(app, ticket_id), **message_json(row)}
+                                "reference": reference(app, ticket_id), **message_json(row)}
     if as_json:
         emit_json(data)
     else:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, insert, select, update
 
-from helpdesk.cli.tickets import _delivery_words
+from helpdesk.cli.ticket_json import delivery_words
 from helpdesk.store import detail, schema
 from helpdesk.store.detail import Delivery, RecipientState
 from tests.app.test_cli_tickets_reply import conversation, run, write_config
@@ -133,7 +133,7 @@ def delivery(state: str, attempts: int, error: str | None) -> Delivery:
 def test_delivery_state_in_words(state: str, attempts: int, error: str | None,
                                  words: str) -> None:
     """Each state reads as a few words, with the error the server gave."""
-    assert _delivery_words(delivery(state, attempts, error)) == words
+    assert delivery_words(delivery(state, attempts, error)) == words
 
 
 def test_each_recipient_shows_its_own_delivery_state(config: Path, store: Store) -> None:
