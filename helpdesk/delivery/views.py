@@ -21,7 +21,7 @@ from helpdesk.store import schema
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-__all__ = ["OutboxRow", "RecipientRow", "RecipientView", "RelayStatus", "delivery_summary",
+__all__ = ["OutboxLike", "OutboxRow", "RecipientView", "RelayStatus", "delivery_summary",
            "list_outbox", "recipient_views", "relay_status"]
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
@@ -115,17 +115,6 @@ def delivery_summary(item: OutboxLike) -> str:
 
 
 @dataclass(frozen=True)
-class RecipientRow:
-    """One row of `outbox_recipients`, as listed."""
-
-    address: str
-    state: str
-    attempts: int
-    last_reply: str | None
-    sent_at: datetime | None
-
-
-@dataclass(frozen=True)
 class OutboxRow:
     """One outbox row as `outbox list` shows it; `raw` only where `subject` is not stored."""
 
@@ -142,7 +131,7 @@ class OutboxRow:
     last_error: str | None
     created_at: datetime
     sent_at: datetime | None
-    recipients: tuple[RecipientRow, ...]
+    recipients: tuple[RecipientView, ...]
     raw: bytes | None = None
 
 
@@ -163,7 +152,7 @@ def list_outbox(conn: Connection | Session, *, states: Sequence[str] | None = No
         query = query.where(_outbox.c.ticket_id == ticket_id)
     rows = conn.execute(query).mappings().all()
     ids = [row["id"] for row in rows]
-    recipients: dict[int, list[RecipientRow]] = {}
+    recipients: dict[int, list[RecipientView]] = {}
     raws: dict[int, bytes] = {}
     if ids:
         for r in conn.execute(
@@ -172,7 +161,7 @@ def list_outbox(conn: Connection | Session, *, states: Sequence[str] | None = No
             .where(_recipients.c.outbox_id.in_(ids)).order_by(_recipients.c.id)
         ):
             recipients.setdefault(r.outbox_id, []).append(
-                RecipientRow(r.address, r.state, r.attempts, r.last_reply, r.sent_at))
+                RecipientView(r.address, r.state, r.attempts, r.last_reply, r.sent_at))
         unnamed = [row["id"] for row in rows if row["subject"] is None]
         if unnamed:
             raws = {r.id: r.raw for r in conn.execute(
