@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as `python bench/scale.py`
     sys.path.insert(0, str(ROOT))
 
+from bench._common import byte_compile  # noqa: E402
 from bench.scale_fill import (  # noqa: E402
     INGEST_MAILS,
     Cluster,
@@ -343,6 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         create_database(empty_url)
         empty = write_config(workdir, "empty", empty_url)
         migrate_and_sync(empty)
+        byte_compile(ROOT)
+        if args.baseline:
+            byte_compile(Path(args.baseline))
         baseline = prepare_baseline(url, workdir, args.baseline) if args.baseline else None
         _, done = helpdesk(big, ("tickets", "--help"), source=None)
         search = "  search " in done.stdout.decode(errors="replace")

@@ -19,7 +19,8 @@ Beside each figure it prints the same command run from another git ref's code
 (default `main`) in the same run, so machine load affects both alike: the
 ref's tree is exported with `git archive` into a temporary directory (git
 state is not touched) and run with the same interpreter and installed
-libraries, that tree first on PYTHONPATH. Each side has its own SQLite
+libraries, that tree first on PYTHONPATH. Both trees are byte-compiled first,
+as an installed package is. Each side has its own SQLite
 store, migrated by its own code. Runs alternate between the two sides.
 
 The figures are information, never a pass/fail: the exit code is 0.
@@ -47,6 +48,7 @@ if __package__ in (None, ""):  # run as `python bench/startup.py`
     sys.path.insert(0, str(ROOT))
 
 from bench import mailgen  # noqa: E402
+from bench._common import byte_compile  # noqa: E402
 
 _MESSAGE_ID = re.compile(rb"(?im)^message-id:\s*<")
 TARGETS = {"--version": 0.15, "--help": 0.15, "tickets list": 0.35, "ingest < one.eml": 0.30,
@@ -115,6 +117,7 @@ def export_ref(ref: str, into: Path) -> Path | None:
 def prepare(side: Side, mails: list[bytes]) -> None:
     """The side's own shipped config, rules and templates; a migrated store with some tickets."""
     side.home.mkdir(parents=True)
+    byte_compile(side.code)
     shutil.copy(side.code / "config.example.toml", side.config)
     shutil.copytree(side.code / "rules", side.home / "rules")
     shutil.copytree(side.code / "templates", side.home / "templates")
