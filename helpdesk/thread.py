@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from helpdesk.names import format_tag as format_tag  # re-exported: its users import it here
 from helpdesk.values import (
     ParsedMessage,
     ThreadMatch,
@@ -58,11 +59,6 @@ def find_tag(subject: str, prefix: str = "#") -> int | None:
     """The ticket number in the first `[#N]` tag of `subject`, or None."""
     match = _tag_pattern(prefix).search(subject)
     return int(match.group(1)) if match else None
-
-
-def format_tag(ticket_id: int, prefix: str = "#") -> str:
-    """The reference people see and type: `[#1042]`."""
-    return f"[{prefix}{ticket_id}]"
 
 
 def with_tag(subject: str, ticket_id: int, prefix: str = "#") -> str:

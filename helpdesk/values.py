@@ -1,4 +1,5 @@
-"""Values that cross layers: frozen dataclasses and enums, nothing else.
+"""Values that cross layers: frozen dataclasses and enums, nothing else (the enums the
+store keeps and the CLI shows live in `helpdesk.names`, re-exported here).
 
 Everything here is plain data. Pure stages (parse, thread, rules) take and
 return these; services turn them into rows; the CLI renders them.
@@ -11,62 +12,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-
-class Direction(StrEnum):
-    """Which way a message travelled."""
-
-    INCOMING = "in"
-    OUTGOING = "out"
-
-
-class MessageKind(StrEnum):
-    """What a stored message is to the ticket (design.md §3)."""
-
-    CUSTOMER = "customer"
-    AGENT_REPLY = "agent_reply"
-    NOTE = "note"
-    AUTO_REPLY = "auto_reply"
-    FORWARD = "forward"
-    SYSTEM = "system"
-
-
-class TicketStatus(StrEnum):
-    """Life cycle of a ticket; `resolved` reopens on a requester reply, `closed` is final."""
-
-    NEW = "new"
-    OPEN = "open"
-    PENDING = "pending"
-    RESOLVED = "resolved"
-    CLOSED = "closed"
-
-
-# Tickets someone still has to work on; `helpdesk stats` and `teams list` count these.
-OPEN_STATUSES: tuple[TicketStatus, ...] = (
-    TicketStatus.NEW,
-    TicketStatus.OPEN,
-    TicketStatus.PENDING,
-)
-
-
-# What became of a quarantined mail (helpdesk.flow.quarantine): waiting for a person,
-# ingested by a retry, replaced by a corrected copy, or dropped by a person.
-QUARANTINE_HELD = "held"
-QUARANTINE_STATES: tuple[str, ...] = ("held", "resolved", "released", "discarded")
-
-
-class Priority(StrEnum):
-    """Ticket priority, lowest first."""
-
-    LOW = "low"
-    NORMAL = "normal"
-    HIGH = "high"
-    URGENT = "urgent"
-
-
-def without_subaddress(address: str) -> str:
-    """``support+vpn@example.org`` → ``support@example.org``."""
-    local, _, domain = address.rpartition("@")
-    return f"{local.split('+', 1)[0]}@{domain}" if local else address
+# Re-exported (`X as X`): most of the code imports these from here.
+from helpdesk.names import OPEN_STATUSES as OPEN_STATUSES
+from helpdesk.names import QUARANTINE_HELD as QUARANTINE_HELD
+from helpdesk.names import QUARANTINE_STATES as QUARANTINE_STATES
+from helpdesk.names import Direction as Direction
+from helpdesk.names import MessageKind as MessageKind
+from helpdesk.names import Priority as Priority
+from helpdesk.names import TicketStatus as TicketStatus
+from helpdesk.names import without_subaddress as without_subaddress
 
 
 @dataclass(frozen=True, slots=True)

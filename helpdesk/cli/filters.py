@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 import click
 
+from helpdesk.names import Priority
 from helpdesk.store.schema import utcnow
-from helpdesk.values import Priority
 
 F = TypeVar("F", bound=Callable[..., Any])
 

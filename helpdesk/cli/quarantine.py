@@ -14,7 +14,7 @@ import click
 
 from helpdesk.cli import AppContext, Failure, pass_app
 from helpdesk.cli.output import emit_json, fields, table, when
-from helpdesk.values import QUARANTINE_HELD, QUARANTINE_STATES, OutcomeKind
+from helpdesk.names import QUARANTINE_HELD, QUARANTINE_STATES
 
 # `list` needs neither the ORM nor the quarantine service: the other commands import
 # them when they run.
@@ -169,6 +169,7 @@ def retry(app: AppContext, item_id: int, as_json: bool) -> None:
     from helpdesk.flow import quarantine as quarantine_service
     from helpdesk.flow.ingest import ingest_batch
     from helpdesk.intake import prepare_once
+    from helpdesk.values import OutcomeKind
 
     ctx = app.ingest_context()
     limit = app.settings.intake.message_time_limit
@@ -212,6 +213,7 @@ def release(app: AppContext, item_id: int, fixed: Path, by: str | None, as_json:
     from helpdesk.flow import quarantine as quarantine_service
     from helpdesk.flow.ingest import ingest_batch
     from helpdesk.intake import prepare_once
+    from helpdesk.values import OutcomeKind
 
     raw = sys.stdin.buffer.read() if str(fixed) == "-" else fixed.read_bytes()
     ctx = app.ingest_context()

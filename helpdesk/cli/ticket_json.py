@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from helpdesk.cli import AppContext
 from helpdesk.cli.output import when
-from helpdesk.thread import format_tag
+from helpdesk.names import format_tag
 
 if TYPE_CHECKING:
     from helpdesk.store.detail import Delivery, EventRow, MessageRow, TicketHead

@@ -21,8 +21,8 @@ from helpdesk.cli.ticket_json import (
     summary_json,
     ticket_json,
 )
+from helpdesk.names import Priority, TicketStatus
 from helpdesk.store.schema import utcnow
-from helpdesk.values import Address, Priority, TicketStatus
 
 # Only `list` is imported with the module: the other commands import the ORM, the
 # desk services and the queries they use when they run (`tickets list` start-up).
@@ -407,6 +407,7 @@ def reply(
     from helpdesk.desk import staff
     from helpdesk.desk import tickets as ticket_service
     from helpdesk.flow import relay  # templates and mail composition: only replies need them
+    from helpdesk.values import Address
 
     _check_text_options(message, file)
     template = None
@@ -466,6 +467,7 @@ def note(
     """Add an internal note to a ticket; it is never sent to the requester."""
     from helpdesk.desk import staff
     from helpdesk.desk import tickets as ticket_service
+    from helpdesk.values import Address
 
     _check_text_options(message, file)
     template = None

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Connection, Select, and_, case, func, select
 
+from helpdesk.names import OPEN_STATUSES
 from helpdesk.report.data import (
     Durations,
     MedianSeconds,
@@ -40,7 +41,6 @@ from helpdesk.report.data import (
 from helpdesk.report.fmt import format_duration as format_duration  # re-exported
 from helpdesk.store import schema
 from helpdesk.store.listing import TicketFilter, ticket_conditions
-from helpdesk.values import OPEN_STATUSES
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from helpdesk import configfile
 from helpdesk.errors import ConfigError, ConfigProblem
+from helpdesk.names import without_subaddress
 from helpdesk.settings.fields import (
     _URL,
     DATABASE_PASSWORD_ENV,
@@ -47,7 +48,6 @@ from helpdesk.settings.sections import (
     ThreadingPolicy,
     _Section,
 )
-from helpdesk.values import without_subaddress
 
 # Looked up at call time (not bound as a default) so tests can point it elsewhere.
 SYSTEM_CONFIG = Path("/etc/helpdesk/helpdesk.toml")

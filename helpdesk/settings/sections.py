@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from helpdesk.configfile import MAX_MESSAGE_BYTES
+from helpdesk.names import without_subaddress
 from helpdesk.settings.fields import (
     _EMAIL,
     DEFAULT_DATABASE_URL,
@@ -50,7 +51,6 @@ from helpdesk.settings.fields import (
     _positive,
     _redact_url,
 )
-from helpdesk.values import without_subaddress
 
 
 class _Section(BaseModel):

@@ -111,9 +111,9 @@ def test_reading_commands_use_core_without_the_orm_once_the_directory_is_mirrore
     with store.sessions() as session:
         assert session.scalars(select(Team.name)).all() == ["network"]
     # Nor structlog (the command logs nothing, and logging is configured only when used),
-    # nor the SMTP client.
+    # nor the SMTP client, nor the dataclasses of `values` (`names` has what they show).
     code, loaded, out = imported(["--config", str(config), *command],
-                                 [*orm, "structlog", "aiosmtplib"], tmp_path)
+                                 [*orm, "structlog", "aiosmtplib", "helpdesk.values"], tmp_path)
     assert code == 0, out
     assert answer in out
     assert loaded == []
