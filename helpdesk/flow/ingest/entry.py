@@ -39,13 +39,25 @@ def ingest(session: Session, raw: bytes, origin: Origin, ctx: IngestContext) -> 
 def ingest_batch(
     session: Session, items: Sequence[tuple[bytes, Origin, Prepared]], ctx: IngestContext
 ) -> list[IngestOutcome]:
-    """Store prepared mails in the caller's transaction, each in a savepoint of its own.
+    """Store prepared mails in the caller's transaction; a failing mail is quarantined alone.
 
-    One mail's failure (data the database refuses, a bug) rolls back that
-    mail's savepoint and quarantines it; the others are unaffected. A failure
-    of the store itself raises `StoreUnavailable`, and the caller's
-    transaction, the whole batch, must not be committed or acknowledged.
+    One mail's failure (data the database refuses, a bug) costs that mail
+    alone: it is quarantined and the others are stored as if it had not been
+    there. A failure of the store itself raises `StoreUnavailable`, and the
+    caller's transaction, the whole batch, must not be committed or
+    acknowledged.
+
+    Stored optimistically: the whole batch in one savepoint first. A savepoint
+    a mail costs two statements and a nested ORM transaction, about a tenth of
+    the writer's time, and mails almost never fail here (the pure stage has
+    quarantined the bad ones already). Only when a mail does fail is the
+    batch's savepoint rolled back and the batch stored again, each mail in a
+    savepoint of its own, so that the failing one is found and quarantined.
     """
+    if len(items) > 1:
+        stored = _all_in_one_savepoint(session, items, ctx)
+        if stored is not None:
+            return stored
     return [_one(session, raw, origin, prepared, ctx) for raw, origin, prepared in items]
 
 
@@ -69,6 +81,24 @@ def log_ingested(outcome: IngestOutcome, origin: Origin, *, size: int, seconds: 
         size=size,
         duration_ms=round(seconds * 1000, 2),
     )
+
+
+def _all_in_one_savepoint(
+    session: Session, items: Sequence[tuple[bytes, Origin, Prepared]], ctx: IngestContext
+) -> list[IngestOutcome] | None:
+    """Every mail of the batch in one savepoint; None (and nothing kept) if any mail fails."""
+    try:
+        with session.begin_nested():
+            return [_ingest(session, raw, origin, prepared, ctx, guard_actions=False)
+                    for raw, origin, prepared in items]
+    except DBAPIError as exc:
+        if is_outage(exc):
+            raise StoreUnavailable(f"database error: {exc.orig}") from exc
+        error = f"{type(exc).__name__}: {_first_line(exc.orig)}"
+    except Exception as exc:  # noqa: BLE001 - the pass a savepoint a mail finds and reports it
+        error = f"{type(exc).__name__}: {_first_line(exc)}"
+    log.info("ingest.batch_split", mails=len(items), error=error)
+    return None
 
 
 def _one(
@@ -111,7 +141,8 @@ def _first_line(value: object) -> str:
 
 
 def _ingest(
-    session: Session, raw: bytes, origin: Origin, prepared: Prepared, ctx: IngestContext
+    session: Session, raw: bytes, origin: Origin, prepared: Prepared, ctx: IngestContext,
+    *, guard_actions: bool = True,
 ) -> IngestOutcome:
     # The cheapest check first: this exact server copy was stored before a crash
     # stopped us from moving it on the server.
@@ -127,7 +158,8 @@ def _ingest(
     known = queries.message_by_content(session, message_id, msg.content_hash)
     if known is not None:
         return _duplicate(known)
-    return file_message(session, raw, origin, msg, message_id, prepared, ctx)
+    return file_message(session, raw, origin, msg, message_id, prepared, ctx,
+                        guard_actions=guard_actions)
 
 
 def _stored_meanwhile(session: Session, prepared: Prepared) -> queries.StoredRef | None:

@@ -102,8 +102,16 @@ def file_message(
     message_id: str,
     prepared: Prepared,
     ctx: IngestContext,
+    *,
+    guard_actions: bool = True,
 ) -> IngestOutcome:
-    """Store a new (not duplicate) mail on its ticket, or on a new ticket, in `session`."""
+    """Store a new (not duplicate) mail on its ticket, or on a new ticket, in `session`.
+
+    With `guard_actions`, the rules' actions run in a savepoint of their own: a
+    failing action is recorded on the ticket and the mail is stored without
+    its effects. Without (ingest's optimistic pass over a whole batch), a
+    failing action raises, and the batch is stored again with the guard on.
+    """
     now = ctx.clock()
     verdict = prepared.verdict
     early: list[dict[str, object]] = []
@@ -153,7 +161,8 @@ def file_message(
                          block=route.block, kind=message_kind, ctx=ctx.actions, now=now)
     elif ctx.rules is not None and ctx.actions is not None:
         fired, applied = _run_rules(session, place, participants, row_id, stored, prepared,
-                                    origin, message_id, ctx, now, events)
+                                    origin, message_id, ctx, now, events,
+                                    guard_actions=guard_actions)
         events += applied.events
     # The mail's events and its rules' in one statement (unless written already).
     if events:
@@ -407,6 +416,8 @@ def _run_rules(
     ctx: IngestContext,
     now: datetime,
     pending: list[dict[str, object]],
+    *,
+    guard_actions: bool,
 ) -> tuple[tuple[str, ...], Applied]:
     """Evaluate the rules and apply what fired; `pending`: the mail's events, not yet written."""
     assert ctx.rules is not None
@@ -438,13 +449,19 @@ def _run_rules(
         # every path): the mail's own events come first in the ticket's history.
         session.connection().execute(rows.INSERT_EVENT, pending)
         pending.clear()
+    def apply() -> Applied:
+        assert ctx.actions is not None
+        return apply_actions(
+            session, ticket_id=ticket_id, message_row_id=row_id, msg=msg, verdict=verdict,
+            evaluation=evaluation, ctx=ctx.actions, now=now, correlation_id=correlation_id,
+            state=state,
+        )
+
+    if not guard_actions:
+        return evaluation.fired, apply()
     try:
         with session.begin_nested():
-            applied = apply_actions(
-                session, ticket_id=ticket_id, message_row_id=row_id, msg=msg, verdict=verdict,
-                evaluation=evaluation, ctx=ctx.actions, now=now, correlation_id=correlation_id,
-                state=state,
-            )
+            applied = apply()
     except Exception as exc:
         if isinstance(exc, DBAPIError) and is_outage(exc):
             raise
