@@ -449,6 +449,7 @@ def _run_rules(
         # every path): the mail's own events come first in the ticket's history.
         session.connection().execute(rows.INSERT_EVENT, pending)
         pending.clear()
+
     def apply() -> Applied:
         assert ctx.actions is not None
         return apply_actions(
