@@ -59,7 +59,7 @@ from helpdesk.desk import directory, timers
 from helpdesk.errors import ConfigError, HelpdeskError
 from helpdesk.flow import mailboxes
 from helpdesk.flow.ingest import IngestContext
-from helpdesk.intake import Committer, Intake, PreparePool
+from helpdesk.intake import Commit, Committer, Intake, PreparePool
 from helpdesk.observe import NULL_OBSERVER, Observer
 from helpdesk.rules import RuleError
 from helpdesk.settings import MailboxSettings, MaildirSettings, Settings, load_settings
@@ -217,13 +217,22 @@ class Daemon:
         return self.ctx
 
     def _sink(self, incoming: Sequence[Incoming]) -> list[IngestOutcome]:
+        return self._stage(incoming)()
+
+    def _stage(self, incoming: Sequence[Incoming]) -> Commit:
+        """Prepare `incoming` now; the returned call commits it (and tells the metrics)."""
         assert self.intake is not None
-        outcomes = self.intake(incoming)
-        if self.metrics is not None:
-            # Committed: the moment that ends the arrival-to-commit latency.
-            with contextlib.suppress(Exception):
-                self.metrics.observer.committed(incoming, outcomes, self.clock())
-        return outcomes
+        commit = self.intake.stage(incoming)
+
+        def committed() -> list[IngestOutcome]:
+            outcomes = commit()
+            if self.metrics is not None:
+                # Committed: the moment that ends the arrival-to-commit latency.
+                with contextlib.suppress(Exception):
+                    self.metrics.observer.committed(incoming, outcomes, self.clock())
+            return outcomes
+
+        return committed
 
     def _committed(self, outcomes: list[IngestOutcome]) -> None:
         """After each group commit (in the writer thread)."""
@@ -271,7 +280,7 @@ class Daemon:
                               lease_ttl=timedelta(seconds=s.daemon.lease_seconds),
                               clock=self.clock,
                               max_message_bytes=s.intake.max_message_bytes,
-                              share_of=pool)
+                              share_of=pool, stage=self._stage)
 
         return Worker(f"imap:{mailbox.name}", make, stuck_after=stuck_after(s),
                       on_problem=self._worker_problem(mailbox.name))

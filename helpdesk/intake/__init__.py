@@ -25,21 +25,23 @@ if TYPE_CHECKING:
     from helpdesk.intake.pool import PoolClosed, PreparePool
     from helpdesk.intake.sink import (
         BatchSink,
+        Commit,
         Intake,
+        Stage,
         in_process_sink,
         prepare_once,
         store_in_batches,
     )
 
-__all__ = ["BatchSink", "Committer", "Intake", "PoolClosed", "PreparePool", "header_of",
-           "in_process_sink", "prepare_once", "store_in_batches", "too_large"]
+__all__ = ["BatchSink", "Commit", "Committer", "Intake", "PoolClosed", "PreparePool", "Stage",
+           "header_of", "in_process_sink", "prepare_once", "store_in_batches", "too_large"]
 
 # Imported on first use: the parsing workers import `helpdesk.intake.pool`, which
 # runs this file first, and must not pull in the store, the ORM and the rules
 # (a worker's memory and its start-up; issue 13 item 7).
 _LAZY = {"Committer": "committer", "PoolClosed": "pool", "PreparePool": "pool",
-         "BatchSink": "sink", "Intake": "sink", "in_process_sink": "sink",
-         "prepare_once": "sink", "store_in_batches": "sink"}
+         "BatchSink": "sink", "Commit": "sink", "Intake": "sink", "Stage": "sink",
+         "in_process_sink": "sink", "prepare_once": "sink", "store_in_batches": "sink"}
 
 
 def __getattr__(name: str) -> Any:

@@ -18,6 +18,12 @@ from helpdesk.values import Incoming, IngestOutcome
 BatchSink = Callable[[Sequence[Incoming]], list[IngestOutcome]]
 """Ingest mails and commit; raises `StoreUnavailable` when the store is down."""
 
+Commit = Callable[[], list[IngestOutcome]]
+Stage = Callable[[Sequence[Incoming]], Commit]
+"""A `BatchSink` in two steps: prepare the mails now, and return the call that stores and
+commits them. A source that has the next batch in hand while one commits prepares it
+meanwhile, and calls the commits in its own order."""
+
 
 class Intake:
     """Prepare in worker processes, store in group commits (see the module docstring)."""
@@ -33,12 +39,17 @@ class Intake:
         self.context = context
 
     def __call__(self, incoming: Sequence[Incoming]) -> list[IngestOutcome]:
+        return self.stage(incoming)()
+
+    def stage(self, incoming: Sequence[Incoming]) -> Commit:
+        """Prepare `incoming` in the workers now; the returned call stores and commits it."""
         if not incoming:
-            return []
+            return list
         config = self.context().prepare
         prepared = self.pool.prepare_many([item.raw for item in incoming], config,
                                           [item.envelope_sender for item in incoming])
-        return self.committer.store(_items(incoming, prepared))
+        items = _items(incoming, prepared)
+        return lambda: self.committer.store(items)
 
     @property
     def last_progress(self) -> float:

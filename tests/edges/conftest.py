@@ -104,7 +104,7 @@ def make_source() -> Iterator[SourceFactory]:
         **overrides: Any,
     ) -> ImapSource:
         options = {k: overrides.pop(k) for k in ("lease_ttl", "clock", "idle_timeout", "backoff",
-                                                 "max_message_bytes")
+                                                 "max_message_bytes", "stage")
                    if k in overrides}
         options.setdefault("backoff", fast_backoff())
         source = ImapSource(mailbox_settings(server, **overrides), sink, store.sessions,

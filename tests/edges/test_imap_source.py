@@ -5,7 +5,7 @@ from __future__ import annotations
 import ssl
 import threading
 import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -400,6 +400,50 @@ def test_next_batch_is_fetched_while_one_commits_and_acks_wait_for_commits(
     assert folder_count(imap, "INBOX") == 4
     assert state(store).last_uid == 4
     assert len(stored_ids(store)) == 4
+
+
+def test_with_a_stage_the_next_batch_is_prepared_while_one_commits(
+    dovecot: DovecotServer, imap: Any, store: Store, sink: Sink, make_source: SourceFactory,
+) -> None:
+    """Given a stage (the daemon's intake: prepare now, commit later), batch 2 is fetched
+    and prepared while batch 1 commits; batches still commit in UID order, each is moved
+    only after its own commit, and a commit that fails leaves its batch and the later ones
+    on the server."""
+    prepared: list[list[int | None]] = []
+    second_prepared = threading.Event()
+    processed_at_commit: list[int] = []
+    overlapped: list[bool] = []
+
+    def stage(batch: Sequence[Incoming]) -> Callable[[], list[IngestOutcome]]:
+        prepared.append([item.origin.uid for item in batch])
+        if len(prepared) == 2:
+            second_prepared.set()
+
+        def commit() -> list[IngestOutcome]:
+            processed_at_commit.append(folder_count(imap, "Processed"))
+            if len(processed_at_commit) == 1:
+                overlapped.append(second_prepared.wait(SLOW_CI))
+            if len(processed_at_commit) == 3:
+                raise StoreUnavailable("the store went away")
+            return sink(batch)
+
+        return commit
+
+    append_all(imap, "INBOX", mails(8))
+    source = make_source(dovecot, store, sink, batch_size=2, stage=stage)
+    with pytest.raises(StoreUnavailable):
+        source.run_once()
+    assert overlapped == [True]  # batch 2 was prepared during batch 1's commit
+    assert prepared == [[1, 2], [3, 4], [5, 6], [7, 8]]
+    assert processed_at_commit == [0, 2, 4]
+    assert folder_count(imap, "Processed") == 4
+    assert folder_count(imap, "INBOX") == 4
+    assert state(store).last_uid == 4
+    assert len(stored_ids(store)) == 4
+
+    assert source.run_once() == 4  # the store is back: the rest, once
+    assert folder_count(imap, "INBOX") == 0
+    assert len(stored_ids(store)) == 8
 
 
 def test_login_refused_is_logged_once_and_retried(

@@ -37,7 +37,7 @@ from helpdesk.flow import mailboxes
 from helpdesk.flow.mailboxes import LeaseLost
 from helpdesk.intake import header_of, too_large
 from helpdesk.settings import AfterProcessing, MailboxSettings
-from helpdesk.sources.base import Sink, SourceStats
+from helpdesk.sources.base import Sink, SourceStats, Stage
 from helpdesk.sources.imap.fetching import (
     Fetched,
     Link,
@@ -141,10 +141,13 @@ class FolderPass:
         now: Callable[[], Any],
         log: Any,
         holder: str | None = None,
+        stage: Stage | None = None,
     ) -> None:
         self.settings = settings
         self.name = settings.name
         self.sink = sink
+        # With a stage, a batch is prepared in this thread while the one before commits.
+        self.stage = stage
         self.state = state
         self.stats = stats
         self.max_message_bytes = max_message_bytes
@@ -157,9 +160,10 @@ class FolderPass:
     def run(self, link: Link, uidvalidity: int, uids: list[int], progress: Progress) -> int:
         """Work through `uids` batch by batch; returns how many were acknowledged.
 
-        Pipelined: while one batch is parsed and committed (in a thread of its
-        own), the next one is fetched; a batch is acknowledged only once its
-        commit is done, and batches are acknowledged in UID order.
+        Pipelined: while one batch is committed (in a thread of its own), the
+        next one is fetched and, given a `stage`, prepared (parsed in the
+        workers); a batch is acknowledged only once its commit is done, and
+        batches are committed and acknowledged in UID order.
         """
         processed = 0
         in_flight: tuple[_Batch, Future[list[IngestOutcome]]] | None = None
@@ -167,12 +171,13 @@ class FolderPass:
             try:
                 for batch, arrived in self._planned(link, uids, progress):
                     fetched = self._collect(link, uidvalidity, batch, arrived)
+                    commit = self._prepared(fetched)
                     if in_flight is not None:
                         settled, in_flight = in_flight, None
                         processed += self._settle(link, *settled, progress)
                         if not self._going_on(progress):
                             break  # told to stop meanwhile: what was fetched comes again
-                    in_flight = (fetched, store.submit(self._store, fetched))
+                    in_flight = (fetched, store.submit(commit))
                 if in_flight is not None:
                     settled, in_flight = in_flight, None
                     processed += self._settle(link, *settled, progress)
@@ -228,9 +233,14 @@ class FolderPass:
                     (uid, dataclasses.replace(item, arrived_at=arrived.get(uid))))
         return collected
 
-    def _store(self, batch: _Batch) -> list[IngestOutcome]:
-        """The one commit of a batch (in the store thread)."""
-        return self.sink([item for _, item in batch.incoming]) if batch.incoming else []
+    def _prepared(self, batch: _Batch) -> Callable[[], list[IngestOutcome]]:
+        """The batch's one commit, to run in the store thread; prepared now if we can."""
+        incoming = [item for _, item in batch.incoming]
+        if not incoming:
+            return list
+        if self.stage is not None:
+            return self.stage(incoming)
+        return lambda: self.sink(incoming)
 
     def _settle(self, link: Link, batch: _Batch, stored: Future[list[IngestOutcome]],
                 progress: Progress) -> int:

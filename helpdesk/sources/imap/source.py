@@ -53,7 +53,7 @@ from helpdesk.errors import StoreUnavailable
 from helpdesk.flow import mailboxes
 from helpdesk.flow.mailboxes import LeaseLost
 from helpdesk.settings import AfterProcessing, MailboxSettings, Tls
-from helpdesk.sources.base import Backoff, Sink, SourceStats
+from helpdesk.sources.base import Backoff, Sink, SourceStats, Stage
 from helpdesk.sources.imap.fetching import Link
 from helpdesk.sources.imap.passes import FolderPass, Progress
 from helpdesk.sources.imap.protocol import (
@@ -104,6 +104,7 @@ class ImapSource:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         share_of: Sequence[str] | None = None,
         log: Any = log,
+        stage: Stage | None = None,
     ) -> None:
         self.settings = settings
         self.name = settings.name
@@ -135,6 +136,7 @@ class ImapSource:
             settings, sink, self._state, self.stats,
             max_message_bytes=max_message_bytes, may_go_on=self._may_go_on,
             ensure_folder=self._ensure_folder, now=clock, log=self._log, holder=holder,
+            stage=stage,
         )
 
     # -- one pass ------------------------------------------------------------
