@@ -7,7 +7,8 @@ Two stages (design.md §1, issues 9, 12 and 13):
    mails at once, each under `message_time_limit`, before any transaction
    opens;
 2. **store** (the database): dedupe, thread, store, rules, actions, outbox —
-   in group commits (`committer.Committer`), a savepoint per mail.
+   in group commits (`committer.Committer`); one mail's failure quarantines
+   that mail alone (`helpdesk.flow.ingest.ingest_batch`).
 
 `Intake` is the `BatchSink` every source calls: it takes `Incoming` mails and
 returns one `IngestOutcome` per mail once they are committed, or raises

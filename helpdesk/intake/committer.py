@@ -4,9 +4,10 @@ A commit costs far more than storing one more mail in it (an fsync on
 PostgreSQL, a WAL write on SQLite), so the committer takes what every source
 has handed it — all of one IMAP fetch batch, several LMTP deliveries at once,
 a Maildir's new files — up to `batch_max` mails, waits up to `batch_ms` for
-more when fewer are there, and stores them in ONE transaction, each mail in a
-savepoint of its own (`helpdesk.flow.ingest.ingest_batch`): one mail's failure
-quarantines that mail alone.
+more when fewer are there, and stores them in ONE transaction
+(`helpdesk.flow.ingest.ingest_batch`: one savepoint for the batch, and a
+savepoint a mail only when one fails): one mail's failure quarantines that
+mail alone.
 
 Only after the commit are the callers' futures resolved, so a source
 acknowledges a mail (IMAP move, Maildir rename, LMTP 250) only once it is
