@@ -141,13 +141,9 @@ class Conversation:
     events: tuple[EventRow, ...]
 
 
-def _connection(conn: Connection | Session) -> Connection:
-    return conn if isinstance(conn, Connection) else conn.connection()
-
-
 def conversation(conn: Connection | Session, ticket_id: int) -> Conversation | None:
     """The ticket as `tickets show` presents it; None when there is none."""
-    c = _connection(conn)
+    c = schema.connection_of(conn)
     head = _head(c, ticket_id)
     if head is None:
         return None
@@ -230,7 +226,7 @@ def events(conn: Connection | Session, ticket_id: int) -> list[EventRow]:
     """The audit trail of a ticket, oldest first."""
     e = schema.events.c
     return [EventRow(r.id, r.created_at, r.actor, r.kind, r.detail)
-            for r in _connection(conn).execute(
+            for r in schema.connection_of(conn).execute(
                 select(e.id, e.created_at, e.actor, e.kind, e.detail)
                 .where(e.ticket_id == ticket_id).order_by(e.id))]
 
@@ -238,7 +234,7 @@ def events(conn: Connection | Session, ticket_id: int) -> list[EventRow]:
 def deliveries(conn: Connection | Session, ticket_id: int) -> list[Delivery]:
     """The outgoing mail of a ticket, oldest first, each recipient with its own state
     (rows queued before per-recipient state existed: the row's state for each)."""
-    c = _connection(conn)
+    c = schema.connection_of(conn)
     o, m, r = schema.outbox, schema.messages, schema.outbox_recipients
     rows = c.execute(
         select(o.c.id, o.c.message_id, o.c.kind, m.c.subject, o.c.state, o.c.attempts,
@@ -272,7 +268,7 @@ def deliveries(conn: Connection | Session, ticket_id: int) -> list[Delivery]:
 def relayed_copies(conn: Connection | Session, ticket_id: int) -> dict[int, str]:
     """Agents' mails relayed to the requester: the incoming row id -> the relay's Message-ID."""
     e = schema.events.c
-    rows = _connection(conn).execute(
+    rows = schema.connection_of(conn).execute(
         select(e.message_row_id, e.detail)
         .where(e.ticket_id == ticket_id, e.kind == "reply.relayed",
                e.message_row_id.is_not(None))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import ColumnElement, Connection, Row, String, func, literal, select
 
 from helpdesk.store.schema import agent_addresses as _agent_addresses
+from helpdesk.store.schema import connection_of
 from helpdesk.store.schema import contacts as _contacts
 from helpdesk.store.schema import messages as _messages
 from helpdesk.store.schema import quarantine as _quarantine
@@ -24,10 +25,6 @@ from helpdesk.store.schema import tickets as _tickets
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
-
-
-def _connection(conn: Connection | Session) -> Connection:
-    return conn if isinstance(conn, Connection) else conn.connection()
 
 
 @dataclass(frozen=True)
@@ -168,7 +165,7 @@ def list_tickets(conn: Connection | Session, flt: TicketFilter) -> list[TicketSu
             created_at=row.created_at, updated_at=row.updated_at,
             message_count=int(row.message_count),
         )
-        for row in _connection(conn).execute(query)
+        for row in connection_of(conn).execute(query)
     ]
 
 
@@ -183,5 +180,5 @@ def quarantined(conn: Connection | Session, *, state: str | None = "held",
     query = select(*_QUARANTINE_LISTED).order_by(_quarantine.c.id.desc()).limit(limit)
     if state:
         query = query.where(_quarantine.c.state == state)
-    return list(_connection(conn).execute(query))
+    return list(connection_of(conn).execute(query))
 

@@ -11,12 +11,14 @@ outside tests.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
     Column,
+    Connection,
     DateTime,
     ForeignKey,
     Index,
@@ -32,6 +34,9 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Dialect
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 # Named constraints make Alembic migrations portable between SQLite and PostgreSQL.
 NAMING = {
@@ -73,6 +78,11 @@ Blob = LargeBinary()
 def utcnow() -> datetime:
     """Default for timestamp columns; services pass explicit times where tests need a clock."""
     return datetime.now(UTC)
+
+
+def connection_of(reader: Connection | Session) -> Connection:
+    """The Core connection to read through: a reading command's own, or a session's."""
+    return reader if isinstance(reader, Connection) else reader.connection()
 
 
 # `tickets.timer_due_at` holds this when the ticket changed since its timer deadline was

@@ -33,7 +33,7 @@ from sqlalchemy import Connection, bindparam, func, select, text
 from sqlalchemy.exc import OperationalError
 
 from helpdesk.errors import HelpdeskError, InvalidInput
-from helpdesk.store.schema import UTCDateTime, messages
+from helpdesk.store.schema import UTCDateTime, connection_of, messages
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -183,7 +183,7 @@ def search(
     """The best `limit` tickets for `query`, best first, each with its best message.
 
     On a plain (read-only) connection, `tickets search` imports no ORM."""
-    session = reader if isinstance(reader, Connection) else reader.connection()
+    session = connection_of(reader)
     postgres = session.dialect.name == "postgresql"
     q = websearch_text(query) if postgres else fts5_expression(query)
     params: dict[str, object] = {"q": q, "limit": limit, "statuses": list(statuses)}
