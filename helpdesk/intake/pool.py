@@ -4,7 +4,7 @@ Why processes (issue 12 §11): a runaway regular expression or parser holds the
 GIL, so a thread with a time limit can neither stop it nor keep the daemon's
 other threads (mailboxes, the sender, signal handling) running beside it. A
 worker process can be killed. The daemon and `helpdesk ingest` send each mail's
-bytes to a worker, which runs `helpdesk.mail.prepare.prepare` and sends the
+bytes to a worker (`helpdesk.intake.worker`), which runs `prepare` and sends the
 `Prepared` result back, its large attachments without their bytes (the store
 decodes them from the raw mail it holds: `prepare.detach_payloads`).
 
@@ -30,23 +30,20 @@ plain fork unsafe.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import multiprocessing
 import queue
 import signal
-import sys
 import threading
 import time
-import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
 import structlog
 
-from helpdesk.mail.prepare import PrepareConfig, Prepared, detach_payloads, prepare
-from helpdesk.rules.regexes import presearch
+from helpdesk.intake.worker import PrepareFunction, prepare_and_search, serve
+from helpdesk.mail.prepare import PrepareConfig, Prepared
 
 log = structlog.get_logger()
 
@@ -57,7 +54,6 @@ _CLOSE_CHECK = 0.2
 # A worker is replaced after this many mails, so that the memory a huge mail
 # left fragmented in it goes back to the system.
 DEFAULT_MAX_TASKS = 2000
-_PR_SET_PDEATHSIG = 1
 
 
 class PoolClosed(Exception):
@@ -68,75 +64,12 @@ class _WorkerLost(Exception):
     """The worker process died under a mail."""
 
 
-PrepareFunction = Callable[[bytes, PrepareConfig, str | None], Prepared]
-
-
-def prepare_and_search(raw: bytes, config: PrepareConfig,
-                       envelope_sender: str | None = None) -> Prepared:
-    """`prepare`, then the rules' regexes searched in the mail's subject and body.
-
-    Rule regexes are most of what the rules cost; searched here, in a worker,
-    they run beside the other mails' parsing instead of in the one writer.
-    """
-    prepared = prepare(raw, config, envelope_sender)
-    msg = prepared.msg
-    if not config.rule_patterns or msg is None or prepared.problem is not None:
-        return prepared
-    try:
-        searched = presearch(config.rule_patterns, msg.subject, msg.new_text or msg.text)
-    except Exception:  # noqa: BLE001 - an optimisation: the writer searches itself
-        return prepared
-    return dataclasses.replace(prepared, searched=searched)
-
-
-def _serve(conn: Connection, function: PrepareFunction) -> None:
-    """A worker's life: prepare each mail it is sent until its pipe closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent()
-    while True:
-        try:
-            config, envelope_sender = conn.recv()
-            raw = conn.recv_bytes()
-        except (EOFError, OSError):
-            return
-        started = time.perf_counter()
-        try:
-            result = function(raw, config, envelope_sender)
-        except Exception as exc:  # noqa: BLE001 - prepare promises not to raise; report, don't die
-            result = Prepared.failed(f"internal error while parsing: {exc!r}",
-                                     traceback.format_exc(limit=8))
-        # Large attachments stay behind: the store decodes them from the raw mail.
-        result = _with_seconds(detach_payloads(result), time.perf_counter() - started)
-        try:
-            conn.send(result)
-        except (BrokenPipeError, OSError):
-            return
-
-
-def _with_seconds(result: Prepared, seconds: float) -> Prepared:
-    return dataclasses.replace(result, seconds=seconds)
-
-
-def _die_with_parent() -> None:
-    """Linux: have the kernel SIGKILL this worker when its parent process ends."""
-    if not sys.platform.startswith("linux"):
-        return
-    # Imported here, in the worker: ctypes costs a command that parses one piped mail
-    # tens of milliseconds, and only a Linux worker needs it.
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
 class _Worker:
     """One worker process and our end of its pipe."""
 
     def __init__(self, context: Any, function: PrepareFunction) -> None:
         ours, theirs = context.Pipe(duplex=True)
-        self.process = context.Process(target=_serve, args=(theirs, function), daemon=True,
+        self.process = context.Process(target=serve, args=(theirs, function), daemon=True,
                                        name="helpdesk-prepare")
         self.process.start()
         theirs.close()
@@ -215,7 +148,7 @@ class PreparePool:
         self._context = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
             # The server imports the pure stage once; every worker forks from it.
-            self._context.set_forkserver_preload(["helpdesk.intake.pool"])
+            self._context.set_forkserver_preload(["helpdesk.intake.worker"])
         self._idle: queue.SimpleQueue[_Worker | None] = queue.SimpleQueue()
         self._closing = threading.Event()
         self._lock = threading.Lock()

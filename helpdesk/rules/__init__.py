@@ -14,21 +14,25 @@ interpreter).
 
 from __future__ import annotations
 
-from helpdesk.rules.conditions import CONDITIONS, ConditionKind, Facts
-from helpdesk.rules.engine import evaluate
-from helpdesk.rules.files import load_rules, rule_files
-from helpdesk.rules.schema import (
-    ACTION_KEYS,
-    AnyOf,
-    Condition,
-    ConditionGroup,
-    KnownNames,
-    Rule,
-    RuleError,
-    RuleProblem,
-    RuleSet,
-    build_rule_set,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from helpdesk.rules.conditions import CONDITIONS, ConditionKind, Facts
+    from helpdesk.rules.engine import evaluate
+    from helpdesk.rules.files import load_rules, rule_files
+    from helpdesk.rules.schema import (
+        ACTION_KEYS,
+        AnyOf,
+        Condition,
+        ConditionGroup,
+        KnownNames,
+        Rule,
+        RuleError,
+        RuleProblem,
+        RuleSet,
+        build_rule_set,
+    )
 
 __all__ = [
     "ACTION_KEYS",
@@ -48,3 +52,18 @@ __all__ = [
     "load_rules",
     "rule_files",
 ]
+
+# Imported on first use: a parsing worker needs only `regexes` (for `presearch`),
+# and importing it runs this file first (a worker's memory; issue 13 item 7).
+_LAZY = {"CONDITIONS": "conditions", "ConditionKind": "conditions", "Facts": "conditions",
+         "evaluate": "engine", "load_rules": "files", "rule_files": "files",
+         **{name: "schema" for name in ("ACTION_KEYS", "AnyOf", "Condition", "ConditionGroup",
+                                        "KnownNames", "Rule", "RuleError", "RuleProblem",
+                                        "RuleSet", "build_rule_set")}}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

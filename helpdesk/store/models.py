@@ -18,8 +18,6 @@ from helpdesk.store.schema import NAMING, TIMER_STALE, UTCDateTime, utcnow
 
 __all__ = ["NAMING", "TIMER_STALE", "UTCDateTime", "utcnow"]
 
-schema.dialect_indexes()
-
 
 class Base(DeclarativeBase):
     """Declarative base over the Core tables' metadata."""

@@ -200,9 +200,9 @@ def dialect_indexes() -> None:
     """Add the indexes that carry PostgreSQL options to the tables (once).
 
     Declaring such an index makes SQLAlchemy load its PostgreSQL dialect, every
-    driver's module of it (~25 ms of a command's start-up); the commands that
-    only read through Core on SQLite never need them. The ORM models call this,
-    so Alembic, the tests and every writer see the whole schema.
+    driver's module of it (~25 ms of a command's start-up), and no command
+    needs them: the migrations create them. Alembic's environment calls this,
+    and so does the test that compares the migrations with the schema.
     """
     if "ix_tickets_subject_trgm" in {ix.name for ix in tickets.indexes}:
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing.forkserver
 import pickle
 import subprocess
 import sys
@@ -163,13 +164,20 @@ def test_large_attachments_come_back_without_their_bytes() -> None:
     assert attach(part, raw) == expected.attachments[0]
 
 
-def test_the_workers_import_no_store_settings_or_templates() -> None:
-    """What the forkserver preloads (`helpdesk.intake.pool`, every worker's memory) leaves
-    out SQLAlchemy, pydantic, Jinja2 and our store: the pure stage needs none of them."""
-    probe = ("import json, sys\nimport helpdesk.intake.pool\n"
+def test_the_workers_import_no_store_settings_templates_or_logging() -> None:
+    """What the forkserver preloads (`helpdesk.intake.worker`, in every worker's memory) leaves
+    out SQLAlchemy, pydantic, Jinja2, structlog, our store and the rule files: the pure stage
+    needs none of them, and each is megabytes in each of the daemon's worker processes."""
+    with PreparePool(1, time_limit=30, start_method="forkserver") as pool:
+        pool.prepare(mail(), CONFIG)
+    # The forkserver's preload list is kept by the multiprocessing module itself.
+    assert multiprocessing.forkserver._forkserver._preload_modules == ["helpdesk.intake.worker"]
+    probe = ("import json, sys\nimport helpdesk.intake.worker\n"
              "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-             "('sqlalchemy', 'pydantic', 'jinja2', 'alembic') or m.startswith("
-             "('helpdesk.store', 'helpdesk.settings', 'helpdesk.flow', 'helpdesk.desk')))))\n")
+             "('sqlalchemy', 'pydantic', 'jinja2', 'alembic', 'structlog', 'rich') or "
+             "m.startswith(('helpdesk.store', 'helpdesk.settings', 'helpdesk.flow', "
+             "'helpdesk.desk', 'helpdesk.rules.schema', 'helpdesk.rules.files', "
+             "'helpdesk.intake.pool')))))\n")
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             cwd=root, timeout=120)

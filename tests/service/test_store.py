@@ -23,6 +23,7 @@ from helpdesk.store.db import (
     upgrade,
 )
 from helpdesk.store.models import Base, Contact
+from helpdesk.store.schema import dialect_indexes
 from helpdesk.store.search import include_object
 from tests.conftest import Store
 
@@ -31,6 +32,7 @@ from tests.conftest import Store
 @pytest.mark.filterwarnings("ignore:autogenerate skipping metadata-specified expression-based")
 def test_migrations_match_the_models(store: Store) -> None:
     """Alembic's head creates exactly the tables the models describe, on both engines."""
+    dialect_indexes()
     with store.engine.connect() as conn:
         diff = compare_metadata(
             MigrationContext.configure(

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import mailgen
-from helpdesk.intake.pool import prepare_and_search
+from helpdesk.intake.worker import prepare_and_search
 from helpdesk.mail.prepare import PrepareConfig
 from helpdesk.rules import evaluate, load_rules
 from helpdesk.rules.regexes import RegexBudget, compile_admin_regex, presearch
