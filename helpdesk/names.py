@@ -68,6 +68,13 @@ def without_subaddress(address: str) -> str:
     return f"{local.split('+', 1)[0]}@{domain}" if local else address
 
 
+def tag_prefix_problem(prefix: str) -> str | None:
+    """What is wrong with `prefix` as the tag prefix of `[#1042]`, or None."""
+    if not prefix or "]" in prefix or any(char.isspace() for char in prefix):
+        return f"must be non-empty, without ']' or whitespace (got {prefix!r})"
+    return None
+
+
 def format_tag(ticket_id: int, prefix: str = "#") -> str:
     """The reference people see and type: `[#1042]`."""
     return f"[{prefix}{ticket_id}]"

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from helpdesk import context
+    from helpdesk.configfile import ReadingConfig
     from helpdesk.flow.ingest import IngestContext
     from helpdesk.settings import Settings
 
@@ -86,6 +87,8 @@ class AppContext:
     _schema_checked: bool = False
     _directory_current: bool = False
     _configured: context.Configured | None = None
+    # False until looked for; then the short path's login, or None (load the settings).
+    _reading_config: ReadingConfig | bool | None = False
 
     @property
     def settings(self) -> Settings:
@@ -98,6 +101,7 @@ class AppContext:
     def use_settings(self, settings: Settings) -> None:
         """Replace the loaded settings (the demo brings its own)."""
         self._settings = settings
+        self._reading_config = None
         self._engine = None
         self._factory = None
         self._schema_checked = False
@@ -109,9 +113,34 @@ class AppContext:
         if self._engine is None:
             from helpdesk.store.db import make_engine
 
-            database = self.settings.database
-            self._engine = make_engine(database.url, password=database.password_value)
+            short = self._short_config()
+            if short is not None:
+                self._engine = make_engine(short.url, password=short.password)
+            else:
+                database = self.settings.database
+                self._engine = make_engine(database.url, password=database.password_value)
         return self._engine
+
+    @property
+    def tag_prefix(self) -> str:
+        """The prefix of ticket references, `[#1042]`, without loading the settings if need not."""
+        short = self._short_config()
+        return short.tag_prefix if short is not None else self.settings.helpdesk.tag_prefix
+
+    def _short_config(self) -> ReadingConfig | None:
+        """The database login read without validating the file, while no settings are loaded.
+
+        Commands that only read need nothing else of the file; `configfile.reading_config`
+        says None whenever the file needs the settings' checks, and then they run.
+        """
+        if self._settings is not None:
+            return None
+        if self._reading_config is False:
+            from helpdesk.configfile import reading_config
+
+            self._reading_config = reading_config(self.config_path, os.environ)
+        assert not isinstance(self._reading_config, bool)
+        return self._reading_config
 
     def sessions(self, *, check: bool = True) -> sessionmaker[Session]:
         """The session factory; verifies the schema and syncs the directory first (only when
@@ -139,8 +168,17 @@ class AppContext:
         try:
             check_schema(self.engine)
         except StoreAccessDenied as exc:
+            self._settings_first()
             raise self.access_denied(exc) from exc
+        except HelpdeskError:
+            self._settings_first()
+            raise
         self._schema_checked = True
+
+    def _settings_first(self) -> None:
+        """A broken configuration is the first thing to fix: say so before the store's problem."""
+        if self._settings is None:
+            self.settings  # noqa: B018 - raises ConfigError naming every bad key
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
@@ -151,18 +189,40 @@ class AppContext:
 
         self._check_schema()
         if self._factory is None and not self._directory_current:
-            settings = self.settings
+            short = self._short_config()
             with db.reading(self.engine) as conn:
-                current = directory.is_current(conn, settings.teams, settings.agents)
+                current = short is not None and directory.source_is_current(conn, short.digest)
             if not current:
-                self.sessions()
+                self._mirror_for_reading(short)
             self._directory_current = True
         with db.reading(self.engine) as conn:
             yield conn
 
+    def _mirror_for_reading(self, short: ReadingConfig | None) -> None:
+        """The settings' way: validate the file, mirror it if the store does not, pair it."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from helpdesk.desk import directory
+        from helpdesk.store import db
+
+        settings = self.settings
+        with db.reading(self.engine) as conn:
+            current = directory.is_current(conn, settings.teams, settings.agents)
+        if not current:
+            self.sessions()
+        if short is None:
+            return
+        try:
+            with self.engine.begin() as conn:  # Core: a reading command needs no ORM
+                directory.remember_source(conn, short.digest)
+        except SQLAlchemyError:
+            pass  # a role that may only read: the next command validates the file again
+
     def access_denied(self, exc: HelpdeskError) -> ConfigError:
         """A refused database login as what it is: a problem in the configuration."""
-        return ConfigError(self.settings.source, [ConfigProblem("database", str(exc))])
+        short = self._short_config()
+        source = short.source if short is not None else self.settings.source
+        return ConfigError(source, [ConfigProblem("database", str(exc))])
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

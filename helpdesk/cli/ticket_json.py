@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def reference(app: AppContext, ticket_id: int) -> str:
-    return format_tag(ticket_id, app.settings.helpdesk.tag_prefix)
+    return format_tag(ticket_id, app.tag_prefix)
 
 
 def summary_json(app: AppContext, s: TicketSummary) -> dict[str, Any]:

@@ -33,6 +33,13 @@ if TYPE_CHECKING:
 # stores synced by an older version are synced again.
 HASH_KEY = "directory.config_sha256"
 _VERSION = "directory-sync-v1"
+# The store value pairing a configuration file, as parsed
+# (`configfile.document_digest`), that was validated and mirrored, with the
+# HASH_KEY it was mirrored as. A reading command whose file is paired with the
+# current hash knows the file is valid and the store mirrors it, without
+# validating it again (pydantic, a quarter of its start-up). Any edit of the
+# file, or a mirror from another file (a new HASH_KEY), breaks the pair.
+SOURCE_KEY = "directory.source_sha256"
 
 
 class TeamSpec(Protocol):
@@ -62,6 +69,22 @@ def fingerprint(teams: Sequence[TeamSpec], agents: Sequence[AgentSpec]) -> str:
 
 
 _STORED_HASH = select(store_values.c.value).where(store_values.c.key == HASH_KEY)
+_STORED_BOTH = select(store_values.c.key, store_values.c.value).where(
+    store_values.c.key.in_((HASH_KEY, SOURCE_KEY)))
+
+
+def source_is_current(conn: Connection, source: str) -> bool:
+    """Whether the file digested as `source` was validated and is mirrored (one SELECT)."""
+    stored = {key: value for key, value in conn.execute(_STORED_BOTH)}
+    mirrored = stored.get(HASH_KEY)
+    return mirrored is not None and stored.get(SOURCE_KEY) == f"{source} {mirrored}"
+
+
+def remember_source(conn: Connection, source: str) -> None:
+    """Pair `source` with what the store mirrors now (once that file validated and is mirrored)."""
+    mirrored = conn.execute(_STORED_HASH).scalar()
+    if mirrored is not None:
+        _store_value(conn, SOURCE_KEY, f"{source} {mirrored}")
 
 
 def is_current(conn: Connection, teams: Sequence[TeamSpec], agents: Sequence[AgentSpec]) -> bool:
@@ -76,7 +99,7 @@ def ensure_synced(session: Session, teams: Sequence[TeamSpec],
         return False
     digest = fingerprint(teams, agents)
     sync(session, teams, agents)
-    _store_hash(session, digest)
+    _store_value(session.connection(), HASH_KEY, digest)
     return True
 
 
@@ -179,10 +202,7 @@ def _sync_agent(session: Session, spec: AgentSpec, teams: dict[str, Team],
         agent.teams = wanted
 
 
-def _store_hash(session: Session, digest: str) -> None:
-    values = {"key": HASH_KEY, "value": digest}
-    dialect = session.get_bind().dialect.name
-    insert = dialect_insert(dialect)
-    statement = insert(store_values).values(**values)
-    session.execute(statement.on_conflict_do_update(index_elements=["key"],
-                                                    set_={"value": digest}))
+def _store_value(conn: Connection, key: str, value: str) -> None:
+    insert = dialect_insert(conn.dialect.name)
+    statement = insert(store_values).values(key=key, value=value)
+    conn.execute(statement.on_conflict_do_update(index_elements=["key"], set_={"value": value}))

@@ -20,23 +20,25 @@ from pydantic import (
     ValidationInfo,
 )
 
-DATABASE_URL_ENV = "HELPDESK_DATABASE_URL"
+# The database URL's rules are shared with the commands that skip validation (configfile).
+from helpdesk.configfile import DATABASE_PASSWORD_ENV as DATABASE_PASSWORD_ENV
+from helpdesk.configfile import DATABASE_URL_ENV as DATABASE_URL_ENV
+from helpdesk.configfile import DEFAULT_DATABASE_URL as DEFAULT_DATABASE_URL
+from helpdesk.configfile import URL_PASSWORD_RE, URL_RE
+from helpdesk.configfile import resolve_sqlite_url as _resolve_sqlite_url
+from helpdesk.configfile import url_has_password as url_has_password
+from helpdesk.names import tag_prefix_problem
+
 SMTP_PASSWORD_ENV = "HELPDESK_SMTP_PASSWORD"  # noqa: S105 - a variable name, not a secret
-DATABASE_PASSWORD_ENV = "HELPDESK_DATABASE_PASSWORD"  # noqa: S105 - a variable name
 SECRET_ENV = "HELPDESK_SECRET"  # noqa: S105 - a variable name, not a secret
 
 DEFAULT_NAME = "IT Help Desk"
 DEFAULT_SUPPORT_ADDRESS = "support@localhost"
-# Relative on purpose: resolved against base_dir like any path an admin writes.
-DEFAULT_DATABASE_URL = "sqlite:///helpdesk.db"
 
 _EMAIL = re.compile(r"[^@\s<>]+@[^@\s<>]+")
 _DOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
-_URL = re.compile(r"[a-z][a-z0-9+.-]*://.*", re.IGNORECASE)
-_SQLITE_URL = re.compile(
-    r"(?P<scheme>sqlite(?:\+\w+)?):///(?P<path>[^?]*)(?P<query>\?.*)?", re.IGNORECASE
-)
-_URL_PASSWORD = re.compile(r"(?P<head>://[^/@:]*:)[^/@]*@")
+_URL = URL_RE
+_URL_PASSWORD = URL_PASSWORD_RE
 
 
 # --- enumerations -----------------------------------------------------------
@@ -141,8 +143,9 @@ def _domain(value: str) -> str:
 
 
 def _tag_prefix(value: str) -> str:
-    if not value or "]" in value or any(char.isspace() for char in value):
-        raise ValueError(f"must be non-empty, without ']' or whitespace (got {value!r})")
+    problem = tag_prefix_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -221,23 +224,6 @@ def _existing_file(path: Path) -> Path:
 def _sqlite_against_base_dir(url: str, info: ValidationInfo) -> str:
     base = _base_dir(info)
     return url if base is None else _resolve_sqlite_url(url, base)
-
-
-def _resolve_sqlite_url(url: str, base_dir: Path) -> str:
-    """Make the file path of a relative SQLite URL absolute; other URLs pass through."""
-    match = _SQLITE_URL.fullmatch(url)
-    if match is None:
-        return url
-    path = match["path"]
-    # Empty / :memory: are in-memory databases; file: is SQLite's URI form.
-    if not path or path.startswith(("/", ":memory:", "file:")):
-        return url
-    return f"{match['scheme']}:///{base_dir / path}{match['query'] or ''}"
-
-
-def url_has_password(url: str) -> bool:
-    """True when `url` carries a password (``scheme://user:secret@host/...``)."""
-    return _URL_PASSWORD.search(url) is not None
 
 
 def _redact_url(url: str) -> str:

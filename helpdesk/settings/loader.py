@@ -20,7 +20,6 @@ from helpdesk.settings.fields import (
     SECRET_ENV,
     SMTP_PASSWORD_ENV,
     _redact_url,
-    _resolve_sqlite_url,
     _show,
     _toml_type,
     mailbox_password_env,
@@ -277,7 +276,7 @@ class _Loader:
             self._problem(DATABASE_URL_ENV, f"is not a database URL (got {_redact_url(url)!r})")
             return {}
         # Typed in a shell, a relative SQLite path means "here", not "next to the file".
-        return {"url": _resolve_sqlite_url(url, self.cwd)}
+        return {"url": configfile.resolve_sqlite_url(url, self.cwd)}
 
     def _take_secret(
         self,
@@ -324,19 +323,11 @@ class _Loader:
         if not isinstance(value, str):
             self._problem(key, f"expected a string (a file path), got {_toml_type(value)}")
             return None
-        path = self.base_dir / value
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            self._problem(key, f"cannot read {path}: {reason or exc}")
+            return configfile.read_secret_file(self.base_dir / value)
+        except ValueError as exc:
+            self._problem(key, str(exc))
             return None
-        # Files written by `echo` or an editor end in a newline that is not part of it.
-        secret = text.removesuffix("\n").removesuffix("\r")
-        if not secret:
-            self._problem(key, f"{path} is empty")
-            return None
-        return secret
 
     def _check_smtp_login(self, smtp: object) -> None:
         if not isinstance(smtp, SmtpSettings):

@@ -195,3 +195,51 @@ def test_only_the_daemon_module_for_metrics_imports_prometheus_client() -> None:
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["[]", "True"]
+
+
+def test_reading_commands_validate_a_file_once_and_again_after_any_change(
+    store: Store, tmp_path: Path
+) -> None:
+    """`tickets list` validates its configuration (pydantic) the first time, and then, while
+    neither the file nor the mirrored directory changes, only reads its [database] table."""
+    config = tmp_path / "helpdesk.toml"
+    base = f'[database]\nurl = "{store.url}"\n\n[[team]]\nname = "network"\n'
+    config.write_text(base)
+    watched = ["pydantic", "helpdesk.settings"]
+    listing = ["--config", str(config), "tickets", "list"]
+
+    def validated() -> bool:
+        code, loaded, out = imported(listing, watched, tmp_path)
+        assert code == 0, out
+        assert out.strip() == "No tickets."
+        return "helpdesk.settings" in loaded
+
+    assert validated()
+    assert not validated()
+    assert not validated()
+    # Any change of a value, in any table, is validated once.
+    config.write_text(base + "\n[smtp]\nport = 2525\n")
+    assert validated()
+    assert not validated()
+    # A broken file is reported every time, naming the key.
+    config.write_text(base + '\n[smtp]\nport = "x"\n')
+    for _ in range(2):
+        result = subprocess.run([sys.executable, "-c", "from helpdesk.cli import main; main()",
+                                 *listing], cwd=tmp_path, capture_output=True, text=True,
+                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+                                timeout=120)
+        assert result.returncode == 1
+        assert "smtp.port" in result.stderr + result.stdout
+    config.write_text(base)
+    assert validated()
+    assert not validated()
+    # Another file's directory mirrored meanwhile (a daemon, a writer): validated again.
+    other = tmp_path / "other.toml"
+    other.write_text(f'[database]\nurl = "{store.url}"\n\n[[team]]\nname = "desktop"\n')
+    mail = tmp_path / "one.eml"
+    mail.write_bytes(make_mail(subject="Printer on fire"))
+    code, _loaded, out = imported(["--config", str(other), "ingest", str(mail)], [], tmp_path)
+    assert code == 0, out
+    code, loaded, out = imported(listing, watched, tmp_path)
+    assert code == 0, out
+    assert "helpdesk.settings" in loaded
