@@ -214,7 +214,7 @@ class AppContext:
             return
         try:
             with self.engine.begin() as conn:  # Core: a reading command needs no ORM
-                directory.remember_source(conn, short.digest)
+                directory.remember_source(conn, short.digest, settings.teams, settings.agents)
         except SQLAlchemyError:
             pass  # a role that may only read: the next command validates the file again
 

@@ -34,9 +34,9 @@ if TYPE_CHECKING:
 HASH_KEY = "directory.config_sha256"
 _VERSION = "directory-sync-v1"
 # The store value pairing a configuration file, as parsed
-# (`configfile.document_digest`), that was validated and mirrored, with the
-# HASH_KEY it was mirrored as. A reading command whose file is paired with the
-# current hash knows the file is valid and the store mirrors it, without
+# (`configfile.document_digest`), that validated, with the fingerprint of its
+# teams and agents. A reading command whose file is paired with the HASH_KEY
+# stored now knows the file is valid and the store mirrors it, without
 # validating it again (pydantic, a quarter of its start-up). Any edit of the
 # file, or a mirror from another file (a new HASH_KEY), breaks the pair.
 SOURCE_KEY = "directory.source_sha256"
@@ -80,11 +80,14 @@ def source_is_current(conn: Connection, source: str) -> bool:
     return mirrored is not None and stored.get(SOURCE_KEY) == f"{source} {mirrored}"
 
 
-def remember_source(conn: Connection, source: str) -> None:
-    """Pair `source` with what the store mirrors now (once that file validated and is mirrored)."""
-    mirrored = conn.execute(_STORED_HASH).scalar()
-    if mirrored is not None:
-        _store_value(conn, SOURCE_KEY, f"{source} {mirrored}")
+def remember_source(conn: Connection, source: str, teams: Sequence[TeamSpec],
+                    agents: Sequence[AgentSpec]) -> None:
+    """Pair `source`, a file that validated to these specs, with their fingerprint.
+
+    Their fingerprint, not the stored one: if another file was mirrored meanwhile,
+    the pair must not claim that file's directory for this one.
+    """
+    _store_value(conn, SOURCE_KEY, f"{source} {fingerprint(teams, agents)}")
 
 
 def is_current(conn: Connection, teams: Sequence[TeamSpec], agents: Sequence[AgentSpec]) -> bool:

@@ -54,3 +54,20 @@ def test_the_second_of_two_simultaneous_mirrors_finds_the_first_ones_rows(store:
     with store.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Team)) == 2
         assert session.scalar(select(func.count()).select_from(Agent)) == 1
+
+
+def test_a_file_is_paired_only_with_the_directory_it_validated_to(store: Store) -> None:
+    """A reading command pairs its file with the mirrored directory; not if another file's
+    directory was mirrored meanwhile, and a later mirror of another file breaks the pair."""
+    other = [TeamSpec("desktop")]
+    directory.mirror(store.sessions, TEAMS, AGENTS)
+    with store.engine.begin() as conn:
+        directory.remember_source(conn, "ours", TEAMS, AGENTS)
+        assert directory.source_is_current(conn, "ours")
+        assert not directory.source_is_current(conn, "theirs")
+    directory.mirror(store.sessions, other, [])  # another file, mirrored by a daemon
+    with store.engine.begin() as conn:
+        assert not directory.source_is_current(conn, "ours")
+        # Validated before that mirror, paired after it: not paired.
+        directory.remember_source(conn, "ours", TEAMS, AGENTS)
+        assert not directory.source_is_current(conn, "ours")
