@@ -293,7 +293,7 @@ class Daemon:
             source = MaildirSource(maildir.path, self._sink, name=maildir.name,
                                    sessions=sessions, clock=self.clock,
                                    max_message_bytes=s.intake.max_message_bytes,
-                                   batch_max=s.intake.batch_max)
+                                   batch_max=s.intake.batch_max, stage=self._stage)
             return Polling(source, maildir.poll_interval)
 
         return Worker(f"maildir:{maildir.name}", make, stuck_after=stuck_after(s),

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from helpdesk.flow.ingest import IngestContext
 from helpdesk.intake import BatchSink, in_process_sink
-from helpdesk.intake import Stage as Stage  # re-exported: what the IMAP source may be given
+from helpdesk.intake import Stage as Stage  # re-exported: what IMAP and Maildir may be given
 from helpdesk.values import IngestOutcome, OutcomeKind
 
 Sink = BatchSink

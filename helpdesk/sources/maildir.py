@@ -18,14 +18,21 @@ meanwhile (another reader moved it) is simply gone. A file larger than
 
 `StoreUnavailable` from the sink ends the pass with the batch left in
 `new/`; `run()` backs off and retries.
+
+Given a `stage` (the daemon's intake: prepare now, commit later), a pass
+reads and prepares the next batch while the one before commits (in a thread
+of its own), as the IMAP source does; batches still commit in name order, and
+each batch's files are moved only after its own commit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -39,9 +46,9 @@ from structlog.contextvars import bound_contextvars
 from helpdesk.errors import StoreUnavailable
 from helpdesk.flow import mailboxes
 from helpdesk.intake import PoolClosed, header_of, too_large
-from helpdesk.sources.base import Backoff, Sink, SourceStats
+from helpdesk.sources.base import Backoff, Sink, SourceStats, Stage
 from helpdesk.store.models import utcnow
-from helpdesk.values import Incoming, Origin
+from helpdesk.values import Incoming, IngestOutcome, Origin
 
 log = structlog.get_logger()
 
@@ -81,6 +88,7 @@ class MaildirSource:
         file_retry: Callable[[int], float] = lambda attempts: min(300.0, 2.0 ** attempts),
         clock: Callable[[], datetime] = utcnow,
         log: Any = log,
+        stage: Stage | None = None,
     ) -> None:
         self.path = Path(path)
         self.name = name
@@ -91,6 +99,8 @@ class MaildirSource:
         self.file_attempts = file_attempts
         self.last_beat = time.monotonic()
         self._sink = sink
+        # With a stage, a batch is prepared in this thread while the one before commits.
+        self._stage = stage
         self._sessions = sessions
         self._file_retry = file_retry
         self._clock = clock
@@ -107,7 +117,13 @@ class MaildirSource:
         names = sorted(e for e in os.listdir(new) if not e.startswith("."))  # spec: skip dot files
         present = set(names)
         self._faults = {n: f for n, f in self._faults.items() if n in present}
-        done = 0
+        if self._stage is None:
+            return sum(self._store(batch, self._sink([item for _, item in batch]))
+                       for batch in self._batches(new, names))
+        return self._pipelined(self._stage, self._batches(new, names))
+
+    def _batches(self, new: Path, names: list[str]) -> Iterator[list[tuple[str, Incoming]]]:
+        """The readable files in name order, in batches of `batch_max` and BATCH_BYTES."""
         batch: list[tuple[str, Incoming]] = []
         batch_bytes = 0
         for entry in names:
@@ -120,10 +136,34 @@ class MaildirSource:
             batch.append((entry, item))
             batch_bytes += len(item.raw)
             if len(batch) >= self.batch_max or batch_bytes >= BATCH_BYTES:
-                done += self._store(batch)
+                yield batch
                 batch, batch_bytes = [], 0
         if batch:
-            done += self._store(batch)
+            yield batch
+
+    def _pipelined(self, stage: Stage,
+                   batches: Iterator[list[tuple[str, Incoming]]]) -> int:
+        """Prepare each batch while the one before commits; move each after its own commit."""
+        done = 0
+        in_flight: tuple[list[tuple[str, Incoming]], Future[list[IngestOutcome]]] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"store-{self.name}") as store:
+            try:
+                for batch in batches:
+                    commit = stage([item for _, item in batch])
+                    if in_flight is not None:
+                        settled, in_flight = in_flight, None
+                        done += self._store(settled[0], settled[1].result())
+                    in_flight = (batch, store.submit(commit))
+                if in_flight is not None:
+                    settled, in_flight = in_flight, None
+                    done += self._store(settled[0], settled[1].result())
+            except BaseException:
+                if in_flight is not None:
+                    # Its commit may yet succeed: then move its files, or the next pass
+                    # finds them again (as duplicates, which is safe, but slower).
+                    with contextlib.suppress(BaseException):
+                        self._store(in_flight[0], in_flight[1].result())
+                raise
         return done
 
     def _read(self, source: Path) -> Incoming | None:
@@ -155,9 +195,8 @@ class MaildirSource:
                            attempts=fault.attempts)
         return Incoming(raw, origin)
 
-    def _store(self, batch: list[tuple[str, Incoming]]) -> int:
-        """Hand one batch to the sink (one commit), then move its files to cur/."""
-        outcomes = self._sink([item for _, item in batch])
+    def _store(self, batch: list[tuple[str, Incoming]], outcomes: list[IngestOutcome]) -> int:
+        """Move the files of a committed batch to cur/; returns how many were moved."""
         moved = 0
         cur = self.path / "cur"
         for (entry, _item), outcome in zip(batch, outcomes, strict=True):

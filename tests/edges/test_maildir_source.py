@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,50 @@ def test_store_unavailable_leaves_files_in_new(
 
     assert MaildirSource(maildir, sink, name="local").run_once() == 1
     assert os.listdir(maildir / "new") == []
+
+
+def test_with_a_stage_the_next_batch_is_prepared_while_one_commits(
+    maildir: Path, store: Store, sink: Sink
+) -> None:
+    """Given a stage (the daemon's intake: prepare now, commit later), batch 2 is read and
+    prepared while batch 1 commits; batches commit in name order, each batch's files move
+    to cur/ only after its own commit, and a commit that fails leaves its batch and the later
+    ones in new/."""
+    prepared: list[list[str]] = []
+    second_prepared = threading.Event()
+    in_cur_at_commit: list[int] = []
+    overlapped: list[bool] = []
+
+    def stage(batch: Sequence[Incoming]) -> Callable[[], list[IngestOutcome]]:
+        prepared.append([str(item.origin.path) for item in batch])
+        if len(prepared) == 2:
+            second_prepared.set()
+
+        def commit() -> list[IngestOutcome]:
+            in_cur_at_commit.append(len(os.listdir(maildir / "cur")))
+            if len(in_cur_at_commit) == 1:
+                overlapped.append(second_prepared.wait(30))
+            if len(in_cur_at_commit) == 3:
+                raise StoreUnavailable("the store went away")
+            return sink(batch)
+
+        return commit
+
+    names = [f"17000000{i:02d}.M{i}P1.host" for i in range(8)]
+    for name, raw in zip(names, mails(8), strict=True):
+        deliver(maildir, raw, name)
+    source = MaildirSource(maildir, sink, name="local", batch_max=2, stage=stage)
+    with pytest.raises(StoreUnavailable):
+        source.run_once()
+    assert overlapped == [True]  # batch 2 was prepared during batch 1's commit
+    assert prepared == [names[0:2], names[2:4], names[4:6], names[6:8]]
+    assert in_cur_at_commit == [0, 2, 4]
+    assert sorted(os.listdir(maildir / "new")) == names[4:]
+    assert len(stored_ids(store)) == 4
+
+    assert source.run_once() == 4  # the store is back: the rest, once
+    assert os.listdir(maildir / "new") == []
+    assert len(stored_ids(store)) == 8
 
 
 def test_vanished_file_is_skipped(maildir: Path, store: Store, sink: Sink) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-import helpdesk.intake.pool as pool
+import helpdesk.intake.worker as worker
 from helpdesk.mail.prepare import PrepareConfig, Prepared, prepare
 
 _RUNAWAY = re.compile(r"^(a+)+$")
@@ -22,4 +22,4 @@ def runaway(raw: bytes, config: PrepareConfig, sender: str | None) -> Prepared:
     return prepare(raw, config, sender)
 
 
-pool.prepare = runaway  # type: ignore[assignment]
+worker.prepare = runaway  # type: ignore[assignment]
