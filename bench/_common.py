@@ -128,7 +128,7 @@ class Mailbox:
 
 def write_config(path: Path, side: Side, *, db_url: str, rules: bool, smtp_port: int = 2525,
                  mailboxes: Sequence[Mailbox] = (), workers: int | None = None,
-                 lease_seconds: float | None = None) -> Path:
+                 lease_seconds: float | None = None, maildir: Path | None = None) -> Path:
     """A configuration both the old and the new code accept; `rules=False`: an empty rules dir."""
     empty = path.parent / "no-rules"
     empty.mkdir(exist_ok=True)
@@ -153,6 +153,10 @@ def write_config(path: Path, side: Side, *, db_url: str, rules: bool, smtp_port:
         lines += ["[[mailbox]]", f'name = "{box.name}"', 'host = "127.0.0.1"',
                   f"port = {box.port}", 'tls = "none"', f'username = "{box.username}"',
                   f'password = "{box.password}"', f'folder = "{box.folder}"', ""]
+    if maildir is not None:
+        # Polled often: the run measures the daemon, not how soon it looks.
+        lines += ["[[maildir]]", 'name = "local"', f'path = "{maildir}"', "poll_interval = 0.2",
+                  ""]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
 

@@ -17,6 +17,7 @@ accepted by the relay exactly once.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import threading
 import time
@@ -123,7 +124,8 @@ class Backlog:
                 f"after {self.first_commit:.2f} s, UID MOVE {self.move_seconds:.2f} s); {counts};"
                 f" {acks}; peak memory of the daemon tree{plural}: sum of VmRSS "
                 f"{self.usage.peak_mb('helpdesk'):.0f} MB, of Pss "
-                f"{self.usage.pss_mb('helpdesk'):.0f} MB; moved to Processed {self.moved}; "
+                f"{self.usage.pss_mb('helpdesk'):.0f} MB; moved (to Processed or cur/) "
+                f"{self.moved}; "
                 f"first mail after start committed after {self.cold_ms or 0:.0f} ms")
         if len(self.per_daemon) > 1:
             text += f"; commits per daemon {self.per_daemon}, leases held {self.leases}"
@@ -169,6 +171,75 @@ class Shape:
     workers: int | None = None  # [intake] workers; None: the side's default
     store: str = "sqlite"
     lease: float | None = None  # [daemon] lease_seconds
+    maildir: bool = False  # a [[maildir]] instead of IMAP mailboxes
+
+
+class ImapFeed:
+    """The backlog as IMAP mail: staged in each user's holding folder, moved to INBOX at once."""
+
+    def __init__(self, imap: Any, users: list[tuple[str, str]]) -> None:
+        self.imap = imap
+        self.users = users
+        self.boxes = len(users)
+
+    def stage(self, raws: Sequence[bytes]) -> None:
+        for i, (user, _pw) in enumerate(self.users):
+            self.imap.fill(user, raws[i::self.boxes])
+
+    def deliver(self, box: int, raw: bytes) -> None:
+        client = self.imap.connect(self.users[box][0])
+        try:
+            client.append("INBOX", raw)
+        finally:
+            client.logout()
+
+    def release(self) -> list[tuple[float, float]]:
+        return [self.imap.release(user) for user, _pw in self.users]
+
+    def moved(self) -> int:
+        return sum(self.imap.count(u, "Processed") for u, _pw in self.users)
+
+
+class MaildirFeed:
+    """The backlog as a local MTA's deliveries: written to tmp/, renamed into new/ at once."""
+
+    boxes = 1
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.users: list[tuple[str, str]] = []  # no IMAP users
+        for sub in ("new", "cur", "tmp"):
+            (path / sub).mkdir(parents=True)
+        self.staged: list[str] = []
+        self.delivered = 0
+
+    def stage(self, raws: Sequence[bytes]) -> None:
+        for raw in raws:
+            name = self._name()
+            (self.path / "tmp" / name).write_bytes(raw)
+            self.staged.append(name)
+
+    def deliver(self, box: int, raw: bytes) -> None:
+        name = self._name()
+        (self.path / "tmp" / name).write_bytes(raw)
+        os.rename(self.path / "tmp" / name, self.path / "new" / name)
+
+    def release(self) -> list[tuple[float, float]]:
+        started = time.time()
+        for name in self.staged:
+            os.rename(self.path / "tmp" / name, self.path / "new" / name)
+        return [(started, time.time() - started)]
+
+    def moved(self) -> int:
+        return len(os.listdir(self.path / "cur"))
+
+    def _name(self) -> str:
+        # Maildir names sort in delivery order: <time>.<unique>.<host>.
+        self.delivered += 1
+        return f"1700000000.M{self.delivered:07d}P1.bench"
+
+
+Feed = ImapFeed | MaildirFeed
 
 
 class Bench:
@@ -216,14 +287,15 @@ class Bench:
         run_dir = self.workdir / f"run{self.runs}-{side.label}"
         run_dir.mkdir()
         url = self.stores.fresh(side, shape.store, run_dir)
-        users = [self.imap.new_user() for _ in range(shape.mailboxes)]
+        feed: Feed = (MaildirFeed(run_dir / "Maildir") if shape.maildir else
+                      ImapFeed(self.imap, [self.imap.new_user() for _ in range(shape.mailboxes)]))
         boxes = [Mailbox(f"box{i + 1}", self.imap.server.port, u, p) for i, (u, p) in
-                 enumerate(users)]
+                 enumerate(feed.users)]
         config = write_config(run_dir / "helpdesk.toml", side, db_url=url, rules=shape.rules,
                               smtp_port=self.relay.port, mailboxes=boxes, workers=shape.workers,
-                              lease_seconds=shape.lease)
-        for i, (user, _pw) in enumerate(users):
-            self.imap.fill(user, raws[i::shape.mailboxes])
+                              lease_seconds=shape.lease,
+                              maildir=feed.path if isinstance(feed, MaildirFeed) else None)
+        feed.stage(raws)
         relay_from = self.relay.count()
         procs: list[DaemonProcess] = []
         try:
@@ -234,8 +306,8 @@ class Bench:
                 procs[-1].wait(lambda p=procs[-1]: p.started_at is not None, 90,
                                "daemon.started")
             self._settle(procs, [b.name for b in boxes], shape.lease)
-            cold = self._warm_up(procs, users)
-            result, latencies = self._measure(procs, users, url, raws, after)
+            cold = self._warm_up(procs, feed)
+            result, latencies = self._measure(procs, feed, url, raws, after)
             result.cold_ms = cold
         finally:
             for proc in procs:
@@ -245,7 +317,7 @@ class Bench:
             self.reapers.append(threading.Thread(target=self._reap, args=(procs,)))
             self.reapers[-1].start()
         result.mailboxes = shape.mailboxes
-        result.moved = sum(self.imap.count(u, "Processed") for u, _pw in users)
+        result.moved = feed.moved()
         result.checks = self._check(url, raws, result.tickets, relay_from)
         return result, latencies
 
@@ -262,7 +334,7 @@ class Bench:
                 time.sleep(0.2)
         time.sleep(self.settle)
 
-    def _warm_up(self, procs: list[DaemonProcess], users: list[tuple[str, str]]) -> float:
+    def _warm_up(self, procs: list[DaemonProcess], feed: Feed) -> float:
         """One request per mailbox before the backlog, as a running daemon has seen mail.
 
         The new daemon starts its parsing workers with the first mail; that cost
@@ -270,15 +342,11 @@ class Bench:
         charged to the backlog.
         """
         first = 0.0
-        for user, _pw in users:
+        for box in range(feed.boxes):
             raw = next(self.warmups)
             seen = sum(len(p.commits) for p in procs)
-            client = self.imap.connect(user)
-            try:
-                started = time.time()
-                client.append("INBOX", raw)
-            finally:
-                client.logout()
+            started = time.time()
+            feed.deliver(box, raw)
             procs[0].wait(lambda s=seen: sum(len(p.commits) for p in procs) > s, 60,
                           "the warm-up mail's commit")
             committed = max(c.t for p in procs for c in p.commits)
@@ -288,7 +356,7 @@ class Bench:
         time.sleep(self.settle)
         return first
 
-    def _measure(self, procs: list[DaemonProcess], users: list[tuple[str, str]], url: str,
+    def _measure(self, procs: list[DaemonProcess], feed: Feed, url: str,
                  raws: Sequence[bytes], after: After | None) -> tuple[Backlog, Latencies | None]:
         groups = {"helpdesk": [p.pid for p in procs], "dovecot": self.imap.pids(),
                   "relay": [self.relay.pid]}
@@ -319,7 +387,7 @@ class Bench:
             return None
 
         with Watch(groups, pss=["helpdesk"]) as watch:
-            released = [self.imap.release(user) for user, _pw in users]
+            released = feed.release()
             t0 = released[0][0]
             # Counting lines first keeps the check cheap: it runs at every log line.
             procs[0].wait(lambda: (sum(len(p.commits) for p in procs) - sum(before) >= n
@@ -339,7 +407,7 @@ class Bench:
             ack_seconds=None if ack_done is None else ack_done - t0, usage=usage,
             leases=leases, errors=[e for p in procs for e in p.errors])
         result.tickets = stored(url, ids).tickets - tickets_before
-        latencies = after(procs[0], users[0][0], url) if after is not None else None
+        latencies = after(procs[0], feed.users[0][0], url) if after is not None else None
         return result, latencies
 
     def _acks_accepted(self, url: str, queued_before: set[str],

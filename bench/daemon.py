@@ -20,7 +20,9 @@ bench/_daemonrun.py holds one run and its checks.
     default `[intake] workers` (one per core) against one. After each run,
     with the daemons stopped: every backlog Message-ID stored once (SQL on
     the store), every outbox row's Message-ID accepted by the relay exactly
-    once.
+    once. The same backlog through a `[[maildir]]` (shipped rules): written
+    to its tmp/ while the daemon starts, renamed into new/ at once; the
+    daemon polls it every 0.2 s.
 (b) **Arrivals.** With the daemon still running after the shipped-rules
     backlog, requests are appended to INBOX one by one, each from a sender
     who never wrote before, each once the previous one's acknowledgement
@@ -139,6 +141,10 @@ def main_runs(bench: Bench, figures: Figures, raws: list[bytes], arrivals: list[
     for side in figures.sides:
         result = bench.backlog(side, raws[:n], Shape(rules=False, store=store))[0]
         bare[side.label] = figures.keep(side, f"backlog {n}, no rules", result)
+    maildir: Results = {}
+    for side in figures.sides:
+        result = bench.backlog(side, raws[:n], Shape(store=store, maildir=True))[0]
+        maildir[side.label] = figures.keep(side, f"Maildir backlog {n}, shipped rules", result)
     one_worker: Results = {}
     for side in figures.sides:
         if side.has_intake:
@@ -161,6 +167,8 @@ def main_runs(bench: Bench, figures: Figures, raws: list[bytes], arrivals: list[
     rows.append(row(f"    [intake] workers = {os.cpu_count()} (default: one per core) / 1",
                     workers.get("now"), workers.get("before"), digits=2,
                     na=figures.na(NO_WORKERS)))
+    rows.append(row(f"    Maildir backlog {n}, shipped rules (msg/s)",
+                    *both(maildir, lambda b: b.rate)))
     rows.append(row("    shipped rules, to the relay's last acknowledgement (msg/s)",
                     *both(rules, lambda b: b.ack_rate)))
     rows.append(row("    release -> relay accepted every acknowledgement (s)",
