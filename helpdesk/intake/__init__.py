@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["BatchSink", "Commit", "Committer", "Intake", "PoolClosed", "PreparePool", "Stage",
            "header_of", "in_process_sink", "prepare_once", "store_in_batches", "too_large"]
 
-# Imported on first use: the parsing workers import `helpdesk.intake.pool`, which
+# Imported on first use: the parsing workers import `helpdesk.intake.worker`, which
 # runs this file first, and must not pull in the store, the ORM and the rules
 # (a worker's memory and its start-up; issue 13 item 7).
 _LAZY = {"Committer": "committer", "PoolClosed": "pool", "PreparePool": "pool",
