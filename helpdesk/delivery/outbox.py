@@ -29,6 +29,7 @@ from helpdesk.delivery.wakeup import mark_queued
 from helpdesk.errors import InvalidInput, NotFound
 from helpdesk.mail.compose import compose, make_message_id
 from helpdesk.store import schema
+from helpdesk.store.direct import Direct
 from helpdesk.store.models import (
     OutboxAttempt,
     OutboxItem,
@@ -72,9 +73,9 @@ class Queued:
 # through here inside ingest's group commit, where the ORM's unit of work cost
 # more than composing the mail.
 _OUTBOX = schema.outbox
-_INSERT_ITEM = insert(_OUTBOX).returning(_OUTBOX.c.id)
-_INSERT_RECIPIENTS = insert(schema.outbox_recipients)
-_INSERT_MESSAGE = insert(schema.messages)
+_INSERT_ITEM = Direct(insert(_OUTBOX).returning(_OUTBOX.c.id))
+_INSERT_RECIPIENTS = Direct(insert(schema.outbox_recipients))
+_INSERT_MESSAGE = Direct(insert(schema.messages))
 
 
 def enqueue(
@@ -97,7 +98,7 @@ def enqueue(
     if not recipients:
         raise InvalidInput("an outgoing mail needs at least one recipient")
     conn = session.connection()
-    item_id = conn.execute(_INSERT_ITEM, {
+    item_id = _INSERT_ITEM.scalar_one(conn, {
         "ticket_id": mail.ticket_id,
         "message_id": message_id,
         "envelope_from": mail.envelope_from,
@@ -111,13 +112,13 @@ def enqueue(
         "created_at": when,
         "correlation_id": correlation_id,
         "subject": mail.subject,
-    }).scalar_one()
-    conn.execute(_INSERT_RECIPIENTS, [
+    })
+    _INSERT_RECIPIENTS.executemany(conn, [
         {"outbox_id": item_id, "address": address, "state": PENDING, "attempts": 0,
          "permanent_failures": 0} for address in recipients
     ])
     if mail.ticket_id is not None:
-        conn.execute(_INSERT_MESSAGE, _message_values(mail, raw, message_id, when))
+        _INSERT_MESSAGE.execute(conn, _message_values(mail, raw, message_id, when))
     mark_queued(session)
     return Queued(int(item_id), message_id, mail.ticket_id, tuple(recipients))
 

@@ -26,6 +26,7 @@ from helpdesk.desk.notices import AUTO_GENERATED, AUTO_REPLIED, AutomaticFields
 from helpdesk.errors import InvalidInput
 from helpdesk.rules.regexes import regex_timed_out
 from helpdesk.store import queries, schema
+from helpdesk.store.direct import Direct
 from helpdesk.store.models import Ticket
 from helpdesk.templates import (
     RenderedTemplate,
@@ -60,10 +61,9 @@ LIMIT_NOTICE = (
     "\n\n-- \nThis is the last automatic reply you will receive from us today; "
     "we have read every message you sent and will answer in person."
 )
-_INSERT_EVENT = insert(schema.events)
-_INSERT_AUTO_REPLY = insert(schema.auto_replies)
-_INSERT_TAG = insert(schema.ticket_tags)
-_UPDATE_TICKET = (
+_INSERT_AUTO_REPLY = Direct(insert(schema.auto_replies))
+_INSERT_TAG = Direct(insert(schema.ticket_tags))
+_UPDATE_TICKET = Direct(
     update(schema.tickets).where(schema.tickets.c.id == bindparam("ticket_id"))
 )
 
@@ -141,10 +141,10 @@ def apply_actions(
     # Core, not the ORM: one UPDATE of the ticket and one executemany of the
     # events per mail (the unit of work cost a few milliseconds a mail, issue 13).
     conn = session.connection()
-    conn.execute(_UPDATE_TICKET, {**work.changes, "updated_at": now, "ticket_id": ticket_id})
+    _UPDATE_TICKET.execute(conn, {**work.changes, "updated_at": now, "ticket_id": ticket_id})
     queries.expire_ticket(session, ticket_id)
     if work.new_tags:
-        conn.execute(_INSERT_TAG, [{"ticket_id": ticket_id, "tag": t} for t in work.new_tags])
+        _INSERT_TAG.executemany(conn, [{"ticket_id": ticket_id, "tag": t} for t in work.new_tags])
     applied.events = work.events
     return applied
 
@@ -300,7 +300,7 @@ def _change_status(
         return False
     conn = session.connection()
     if work.changes:
-        conn.execute(_UPDATE_TICKET, {**work.changes, "updated_at": work.now,
+        _UPDATE_TICKET.execute(conn, {**work.changes, "updated_at": work.now,
                                       "ticket_id": work.ticket_id})
     ticket = session.get_one(Ticket, work.ticket_id, populate_existing=True)
     changed = tickets.change_status(session, ticket, action.status, actor=rule, now=work.now,
@@ -355,7 +355,7 @@ def _auto_reply(
         **ctx.automatic(AUTO_REPLIED, to_staff=False),
     )
     item = outbox.enqueue(session, mail, ctx.signer, now=now, correlation_id=correlation_id)
-    session.connection().execute(_INSERT_AUTO_REPLY, {"address": recipient.address,
+    _INSERT_AUTO_REPLY.execute(session.connection(), {"address": recipient.address,
                                                       "ticket_id": ticket_id, "sent_at": now})
     work.event(rule, "auto_reply.queued", {"template": action.template, "to": recipient.address,
                                            "message_id": item.message_id})

@@ -20,13 +20,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from helpdesk.delivery import anchors, outbox
 from helpdesk.desk.actions import ActionContext
 from helpdesk.desk.notices import AUTO_GENERATED
 from helpdesk.store import schema
+from helpdesk.store.events import INSERT_EVENT
 from helpdesk.store.models import Ticket
 from helpdesk.templates import RenderedTemplate
 from helpdesk.thread import format_tag, with_tag
@@ -81,7 +82,7 @@ def customer_replied(
         **ctx.automatic(AUTO_GENERATED, to_staff=True),
     )
     outbox.enqueue(session, mail, ctx.signer, now=now, correlation_id=msg.message_id)
-    conn.execute(_INSERT_EVENT, {"ticket_id": ticket_id, "message_row_id": message_row_id,
+    INSERT_EVENT.execute(conn, {"ticket_id": ticket_id, "message_row_id": message_row_id,
                                  "actor": "system", "kind": "notification.queued",
                                  "detail": {"to": to.address}, "created_at": now})
     return to.address
@@ -104,7 +105,6 @@ _NOTIFY_TARGET = (
     .outerjoin(_teams, _teams.c.id == _tickets.c.team_id)
     .where(_tickets.c.id == bindparam("ticket_id"))
 )
-_INSERT_EVENT = insert(schema.events)
 
 
 def _recipient(ticket: Any) -> Address | None:

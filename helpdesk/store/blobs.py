@@ -18,7 +18,9 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Table, bindparam, func, insert
+from sqlalchemy import Connection, Table, bindparam, func, insert
+
+from helpdesk.store.direct import Direct
 
 __all__ = ["LARGE_BLOB", "insert_many", "insert_one"]
 
@@ -27,17 +29,17 @@ LARGE_BLOB = 1 << 20
 _CHUNK = 1 << 20
 _SIZE = "_blob_size"
 
-_statements: dict[tuple[str, str | None, bool], Insert] = {}
+_statements: dict[tuple[str, str | None, bool], Direct] = {}
 
 
 def insert_one(conn: Connection, table: Table, row: Mapping[str, Any], column: str) -> int:
     """INSERT `row` into `table` and return its id; a large `column` value is streamed."""
     data = row[column]
     if not (_streams(conn) and _large(data)):
-        return int(conn.execute(_statement(table, None, returning=True), dict(row)).scalar_one())
+        return int(_statement(table, None, returning=True).scalar_one(conn, row))
     values = {key: value for key, value in row.items() if key != column}
     values[_SIZE] = len(data)
-    row_id = int(conn.execute(_statement(table, column, returning=True), values).scalar_one())
+    row_id = int(_statement(table, column, returning=True).scalar_one(conn, values))
     view = memoryview(data)
     # The same connection, inside the caller's transaction and savepoint.
     driver: sqlite3.Connection = conn.connection.dbapi_connection  # type: ignore[assignment]
@@ -53,7 +55,7 @@ def insert_many(conn: Connection, table: Table, rows: list[dict[str, Any]], colu
         for row in rows:
             insert_one(conn, table, row, column)
     else:
-        conn.execute(_statement(table, None, returning=False), rows)
+        _statement(table, None, returning=False).executemany(conn, rows)
 
 
 def _streams(conn: Connection) -> bool:
@@ -64,14 +66,14 @@ def _large(value: object) -> bool:
     return isinstance(value, bytes | bytearray | memoryview) and len(value) >= LARGE_BLOB
 
 
-def _statement(table: Table, streamed: str | None, *, returning: bool) -> Insert:
+def _statement(table: Table, streamed: str | None, *, returning: bool) -> Direct:
     key = (table.name, streamed, returning)
-    statement = _statements.get(key)
-    if statement is None:
+    direct = _statements.get(key)
+    if direct is None:
         statement = insert(table)
         if returning:
             statement = statement.returning(table.c.id)
         if streamed is not None:
             statement = statement.values({streamed: func.zeroblob(bindparam(_SIZE))})
-        _statements[key] = statement
-    return statement
+        direct = _statements[key] = Direct(statement)
+    return direct

@@ -6,14 +6,14 @@ import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import bindparam, insert, or_, select
+from sqlalchemy import Connection, bindparam, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer, selectinload
 from sqlalchemy.orm.util import identity_key
 
 from helpdesk.store import schema
+from helpdesk.store.direct import Direct
 from helpdesk.store.models import (
     Agent,
     AgentAddress,
@@ -41,7 +41,7 @@ class StoredRef:
 
 _messages = schema.messages
 _REF_COLUMNS = (_messages.c.id, _messages.c.ticket_id, _messages.c.message_id)
-_BY_ORIGIN = (
+_BY_ORIGIN = Direct(
     select(*_REF_COLUMNS)
     .where(
         _messages.c.origin_mailbox == bindparam("mailbox"),
@@ -50,7 +50,7 @@ _BY_ORIGIN = (
     )
     .limit(1)
 )
-_BY_CONTENT = (
+_BY_CONTENT = Direct(
     select(*_REF_COLUMNS)
     .where(
         _messages.c.message_id == bindparam("message_id"),
@@ -67,18 +67,18 @@ def message_by_origin(session: Session, origin: Origin) -> StoredRef | None:
     """The stored message that came from exactly this server copy (IMAP mailbox+UIDVALIDITY+UID)."""
     if origin.mailbox is None or origin.uid is None or origin.uidvalidity is None:
         return None
-    row = session.connection().execute(
-        _BY_ORIGIN,
+    row = _BY_ORIGIN.first(
+        session.connection(),
         {"mailbox": origin.mailbox, "uidvalidity": origin.uidvalidity, "uid": origin.uid},
-    ).first()
+    )
     return StoredRef(*row) if row else None
 
 
 def message_by_content(session: Session, message_id: str, content_hash: str) -> StoredRef | None:
     """The stored message with this Message-ID and content, or our own sent mail with this id."""
-    row = session.connection().execute(
-        _BY_CONTENT, {"message_id": message_id, "content_hash": content_hash}
-    ).first()
+    row = _BY_CONTENT.first(
+        session.connection(), {"message_id": message_id, "content_hash": content_hash}
+    )
     return StoredRef(*row) if row else None
 
 
@@ -138,7 +138,7 @@ _TICKET_STATE = (
     .outerjoin(_teams, _teams.c.id == schema.tickets.c.team_id)
     .where(schema.tickets.c.id == bindparam("ticket_id"))
 )
-_TAGS = select(_tags_t.c.tag).where(_tags_t.c.ticket_id == bindparam("ticket_id"))
+_TAGS = Direct(select(_tags_t.c.tag).where(_tags_t.c.ticket_id == bindparam("ticket_id")))
 
 
 def ticket_state(
@@ -149,9 +149,9 @@ def ticket_state(
     row = conn.execute(_TICKET_STATE, {"ticket_id": ticket_id}).first()
     if row is None:
         return None
-    tags = frozenset(conn.execute(_TAGS, {"ticket_id": ticket_id}).scalars())
+    tags = frozenset(tag for tag, in _TAGS.all(conn, {"ticket_id": ticket_id}))
     if participants is None:
-        participants = frozenset(conn.execute(_PARTICIPANTS, {"ticket_id": ticket_id}).scalars())
+        participants = _participants(conn, ticket_id)
     view = TicketView(
         id=row.id,
         status=TicketStatus(row.status),
@@ -181,8 +181,7 @@ def expire_ticket(session: Session, ticket_id: int) -> None:
 
 def participants(session: Session, ticket_id: int) -> frozenset[str]:
     """The addresses that may write on a ticket."""
-    return frozenset(session.connection().execute(_PARTICIPANTS, {"ticket_id": ticket_id})
-                     .scalars())
+    return _participants(session.connection(), ticket_id)
 
 
 def view_of(ticket: Ticket, participants: frozenset[str] = frozenset()) -> TicketView:
@@ -202,31 +201,35 @@ def view_of(ticket: Ticket, participants: frozenset[str] = frozenset()) -> Ticke
 
 
 _tickets = schema.tickets
-_THREAD_VIEW = (
+_THREAD_VIEW = Direct(
     select(_tickets.c.id, _tickets.c.status, _tickets.c.subject, _tickets.c.merged_into_id,
            schema.contacts.c.address)
     .outerjoin(schema.contacts, schema.contacts.c.id == _tickets.c.requester_id)
     .where(_tickets.c.id == bindparam("ticket_id"))
 )
-_PARTICIPANTS = select(schema.participants.c.address).where(
+_PARTICIPANTS = Direct(select(schema.participants.c.address).where(
     schema.participants.c.ticket_id == bindparam("ticket_id")
-)
+))
+
+
+def _participants(conn: Connection, ticket_id: int) -> frozenset[str]:
+    return frozenset(address for address, in _PARTICIPANTS.all(conn, {"ticket_id": ticket_id}))
 
 
 def thread_view(session: Session, ticket_id: int) -> TicketView | None:
     """The part of a ticket threading needs (status, requester, participants), in two queries."""
     conn = session.connection()
-    row = conn.execute(_THREAD_VIEW, {"ticket_id": ticket_id}).first()
+    row = _THREAD_VIEW.first(conn, {"ticket_id": ticket_id})
     if row is None:
         return None
-    participants = conn.execute(_PARTICIPANTS, {"ticket_id": ticket_id}).scalars().all()
+    row_id, status, subject, merged_into, requester = row
     return TicketView(
-        id=row.id,
-        status=TicketStatus(row.status),
-        subject=row.subject,
-        requester=row.address,
-        participants=frozenset(participants),
-        merged_into=row.merged_into_id,
+        id=row_id,
+        status=TicketStatus(status),
+        subject=subject,
+        requester=requester,
+        participants=_participants(conn, ticket_id),
+        merged_into=merged_into,
     )
 
 
@@ -269,8 +272,8 @@ def known_team(session: Session, name: str) -> Team | None:
     return team
 
 
-_CONTACT = select(_contacts.c.id, _contacts.c.name).where(
-    _contacts.c.address == bindparam("address"))
+_CONTACT = Direct(select(_contacts.c.id, _contacts.c.name).where(
+    _contacts.c.address == bindparam("address")))
 _INSERT_CONTACT = insert(_contacts).returning(_contacts.c.id)
 
 
@@ -279,9 +282,9 @@ def contact(session: Session, address: str, name: str, now: datetime) -> tuple[i
 
     Safe against a concurrent insert of the same address.
     """
-    found = session.connection().execute(_CONTACT, {"address": address}).first()
+    found = _CONTACT.first(session.connection(), {"address": address})
     if found is not None:
-        return int(found.id), found.name or ""
+        return int(found[0]), found[1] or ""
     try:
         with session.begin_nested():
             # The connection must be asked for inside the savepoint: the session
@@ -291,14 +294,15 @@ def contact(session: Session, address: str, name: str, now: datetime) -> tuple[i
             ).scalar_one()
     except IntegrityError:
         # Another daemon inserted the same address between our select and insert.
-        row = session.connection().execute(_CONTACT, {"address": address}).one()
-        return int(row.id), row.name or ""
+        row = _CONTACT.first(session.connection(), {"address": address})
+        assert row is not None  # the insert that beat ours is committed
+        return int(row[0]), row[1] or ""
     return int(new_id), name
 
 
 @functools.cache
-def _add_participant(dialect: str) -> Any:
-    return dialect_insert(dialect)(schema.participants).on_conflict_do_nothing()
+def _add_participant(dialect: str) -> Direct:
+    return Direct(dialect_insert(dialect)(schema.participants).on_conflict_do_nothing())
 
 
 def add_participants(session: Session, ticket_id: int, people: Sequence[tuple[str, str]]) -> None:
@@ -314,7 +318,7 @@ def add_participants(session: Session, ticket_id: int, people: Sequence[tuple[st
         return
     conn = session.connection()
     rows = [{"ticket_id": ticket_id, "address": a, "role": r} for a, r in roles.items()]
-    conn.execute(_add_participant(conn.dialect.name), rows)
+    _add_participant(conn.dialect.name).executemany(conn, rows)
 
 
 def held_quarantine_by_hash(session: Session, sha256: str) -> QuarantineItem | None:

@@ -155,7 +155,7 @@ def file_message(
     applied = Applied()
     if route.working:
         assert route.block is not None
-        conn.execute(rows.INSERT_EVENT, events)
+        rows.INSERT_EVENT.executemany(conn, events)
         events = []
         agentmail.handle(session, ticket_id=place.ticket_id, message_row_id=row_id, msg=msg,
                          block=route.block, kind=message_kind, ctx=ctx.actions, now=now)
@@ -166,7 +166,7 @@ def file_message(
         events += applied.events
     # The mail's events and its rules' in one statement (unless written already).
     if events:
-        conn.execute(rows.INSERT_EVENT, events)
+        rows.INSERT_EVENT.executemany(conn, events)
     if (place.kind is OutcomeKind.REPLY and not route.agent_powers and not verdict.automated
             and ctx.notify and ctx.actions is not None):
         to = notify.customer_replied(session, ticket_id=place.ticket_id, message_row_id=row_id,
@@ -274,7 +274,7 @@ def _ticket_changes(
     answered = not verdict.automated and not route.agent_powers
     if view is not None and ((reopen and view.status in _FINISHED)
                              or (answered and view.status is TicketStatus.PENDING)):
-        conn.execute(rows.REOPEN_TICKET, {"ticket_id": ticket_id, "now": now})
+        rows.REOPEN_TICKET.execute(conn, {"ticket_id": ticket_id, "now": now})
         queries.expire_ticket(session, ticket_id)
         events.append(
             rows.event(ticket_id, row_id, sender, "status.changed",
@@ -282,7 +282,7 @@ def _ticket_changes(
                         "reason": "new mail from " + sender}, now)
         )
     elif view is not None:
-        conn.execute(rows.TOUCH_TICKET, {"ticket_id": ticket_id, "now": now})
+        rows.TOUCH_TICKET.execute(conn, {"ticket_id": ticket_id, "now": now})
         queries.expire_ticket(session, ticket_id)
     if verdict.automated:
         events.append(rows.event(ticket_id, row_id, "system", "message.classified",
@@ -447,7 +447,7 @@ def _run_rules(
     if pending and any(isinstance(action, SetStatus) for action in evaluation.actions):
         # A status change writes its event at once (tickets.change_status, shared by
         # every path): the mail's own events come first in the ticket's history.
-        session.connection().execute(rows.INSERT_EVENT, pending)
+        rows.INSERT_EVENT.executemany(session.connection(), pending)
         pending.clear()
 
     def apply() -> Applied:
@@ -494,7 +494,7 @@ def _open_ticket(
         "created_at": now,
         "updated_at": now,
     }
-    ticket_id = int(session.connection().execute(rows.INSERT_TICKET, values).scalar_one())
+    ticket_id = int(rows.INSERT_TICKET.scalar_one(session.connection(), values))
     view = TicketView(id=ticket_id, status=TicketStatus.NEW, subject=str(values["subject"]),
                       requester=sender, team=team_row.name if team_row is not None else None)
     return queries.TicketState(view, now, requester_name, team_row.id if team_row else None,

@@ -1,0 +1,222 @@
+"""The writer's hot statements, run on the driver's cursor: compiled once, bound by hand.
+
+Why (issue 13): the ingest writer runs 7 to 15 small statements a mail, and
+SQLAlchemy's execution of a cached Core statement (execution context,
+parameter construction, result set-up, events) cost as much again as
+SQLite's own work on them. A `Direct` statement is compiled by SQLAlchemy,
+for the connection's dialect and the keys of the parameters given, on its
+first use; later uses bind the values through the same type processors
+(dates, JSON, booleans) and column defaults as Core would, and call the
+driver's cursor directly, in the caller's transaction and savepoint.
+
+What stays SQLAlchemy's: the SQL, its types and the errors. A driver error is
+raised as SQLAlchemy's `DBAPIError` subclass (`IntegrityError`,
+`OperationalError`), and a lost connection invalidates the connection as
+SQLAlchemy would, so `store.failures.is_outage` and the callers' handling see
+no difference. Statements with expanding IN lists or SQL-expression defaults
+are refused at compile time: use Core for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError, StatementError
+from sqlalchemy.sql.base import Executable
+
+__all__ = ["Direct"]
+
+_Processor = Callable[[Any], Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Bind:
+    """One parameter of the compiled SQL: from the caller's values or a constant."""
+
+    name: str
+    key: str | None  # the caller's key; None: `constant` (a literal or a column default)
+    process: _Processor
+    constant: Any = None
+    call: bool = False  # `constant` is a column default's callable, called per row
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    sql: str
+    binds: tuple[_Bind, ...]
+    positional: bool
+    results: tuple[_Processor, ...] | None  # None: no column needs processing
+
+
+class Direct:
+    """A Core statement run on the driver's cursor; one compilation per dialect and keys."""
+
+    __slots__ = ("_compiled", "statement")
+
+    def __init__(self, statement: Executable) -> None:
+        self.statement = statement
+        self._compiled: dict[tuple[str, tuple[str, ...]], _Compiled] = {}
+
+    def execute(self, conn: Connection, params: Mapping[str, Any]) -> None:
+        """Run the statement once with `params`."""
+        compiled = self._compile(conn, params)
+        self._run(conn, compiled, False, [params], _discard)
+
+    def executemany(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run the statement for each of `rows` (all with the same keys)."""
+        if rows:
+            compiled = self._compile(conn, rows[0])
+            self._run(conn, compiled, True, rows, _discard)
+
+    def first(self, conn: Connection, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """The first row the statement returns, or None."""
+        compiled = self._compile(conn, params)
+        row = self._run(conn, compiled, False, [params], _fetchone)
+        if row is None or compiled.results is None:
+            return row  # type: ignore[no-any-return]
+        return _processed(compiled.results, row)
+
+    def all(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Every row the statement returns."""
+        compiled = self._compile(conn, params)
+        rows = self._run(conn, compiled, False, [params], _fetchall)
+        if compiled.results is None:
+            return rows  # type: ignore[no-any-return]
+        return [_processed(compiled.results, row) for row in rows]
+
+    def scalar_one(self, conn: Connection, params: Mapping[str, Any]) -> Any:
+        """The single value of the single row the statement returns (INSERT ... RETURNING id)."""
+        row = self.first(conn, params)
+        if row is None:
+            raise LookupError("the statement returned no row")
+        return row[0]
+
+    # -- compiling and running ---------------------------------------------------------------
+
+    def _compile(self, conn: Connection, params: Mapping[str, Any]) -> _Compiled:
+        keys = tuple(params)
+        key = (conn.dialect.name, keys)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = self._compiled[key] = _compile(self.statement, conn, keys)
+        return compiled
+
+    def _run(
+        self,
+        conn: Connection,
+        compiled: _Compiled,
+        many: bool,
+        rows: Sequence[Mapping[str, Any]],
+        then: Callable[[Any], Any],
+    ) -> Any:
+        args = [_arguments(compiled, row) for row in rows]
+        driver = conn.connection.dbapi_connection
+        assert driver is not None
+        cursor = driver.cursor()
+        try:
+            if many:
+                cursor.executemany(compiled.sql, args)
+            else:
+                cursor.execute(compiled.sql, args[0])
+            return then(cursor)
+        except conn.dialect.loaded_dbapi.Error as exc:
+            raise _wrapped(conn, compiled.sql, args, exc, cursor) from exc
+        finally:
+            cursor.close()
+
+
+def _discard(_cursor: Any) -> None:
+    return None
+
+
+def _fetchone(cursor: Any) -> tuple[Any, ...] | None:
+    row = cursor.fetchone()
+    return None if row is None else tuple(row)
+
+
+def _fetchall(cursor: Any) -> list[tuple[Any, ...]]:
+    return [tuple(row) for row in cursor.fetchall()]
+
+
+def _processed(processors: tuple[_Processor, ...], row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(p(v) if p is not None else v for p, v in zip(processors, row, strict=True))
+
+
+def _arguments(compiled: _Compiled, row: Mapping[str, Any]) -> Any:
+    values = []
+    for bind in compiled.binds:
+        if bind.key is not None:
+            value = row[bind.key]
+        else:
+            value = bind.constant() if bind.call else bind.constant
+        values.append(bind.process(value) if bind.process is not None else value)
+    if compiled.positional:
+        return tuple(values)
+    return {bind.name: value for bind, value in zip(compiled.binds, values, strict=True)}
+
+
+def _compile(statement: Executable, conn: Connection, keys: tuple[str, ...]) -> _Compiled:
+    dialect = conn.dialect
+    compiled: Any = statement.compile(dialect=dialect, column_keys=list(keys))  # type: ignore[attr-defined]
+    positional = bool(compiled.positional)
+    names = list(compiled.positiontup) if positional else list(compiled.bind_names.values())
+    escaped = getattr(compiled, "escaped_bind_names", None) or {}
+    # Columns the caller left out whose Python-side default Core would compute.
+    defaults = {column.key: column for column in (*compiled.insert_prefetch,
+                                                   *compiled.update_prefetch)}
+    binds = []
+    for name in dict.fromkeys(names):
+        param = compiled.binds[name]
+        if param.expanding:
+            raise TypeError(f"{name}: an expanding IN list cannot be run directly")
+        process = param.type.dialect_impl(dialect).bind_processor(dialect)
+        bound_name = escaped.get(name, name)
+        if param.key in keys:
+            binds.append(_Bind(bound_name, param.key, process))
+        elif param.key in defaults:
+            binds.append(_default(bound_name, defaults[param.key], process))
+        elif param.callable is not None:
+            raise TypeError(f"{name}: a bind with a callable value cannot be run directly")
+        else:
+            binds.append(_Bind(bound_name, None, process, param.value))
+    if positional:
+        # A name bound twice appears twice in the positional order.
+        by_name = {bind.name: bind for bind in binds}
+        ordered = tuple(by_name[escaped.get(name, name)] for name in names)
+    else:
+        ordered = tuple(binds)
+    return _Compiled(compiled.string, ordered, positional, _result_processors(statement, dialect))
+
+
+def _default(name: str, column: Any, process: _Processor) -> _Bind:
+    """A column the caller left out, filled with its Python-side default as Core would."""
+    default = column.default
+    if default is None:
+        return _Bind(name, None, process, None)
+    if getattr(default, "is_scalar", False):
+        return _Bind(name, None, process, default.arg)
+    if getattr(default, "is_callable", False):
+        fn = default.arg
+        return _Bind(name, None, process, lambda: fn(None), call=True)
+    raise TypeError(f"{column.name}: a {type(default).__name__} default cannot be run directly")
+
+
+def _result_processors(statement: Executable, dialect: Any) -> tuple[_Processor, ...] | None:
+    columns = getattr(statement, "exported_columns", ())
+    processors = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None)
+                       for column in columns)
+    return processors if any(p is not None for p in processors) else None
+
+
+def _wrapped(conn: Connection, sql: str, args: Any, exc: Any, cursor: Any) -> StatementError:
+    """The driver's error as SQLAlchemy raises it; a lost connection is invalidated first."""
+    dialect = conn.dialect
+    lost = bool(dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor))
+    if lost:
+        conn.invalidate(exc)
+    wrapped: StatementError = DBAPIError.instance(
+        sql, args, exc, dialect.loaded_dbapi.Error, connection_invalidated=lost, dialect=dialect)
+    return wrapped
