@@ -35,6 +35,7 @@ from helpdesk.mail.conversation import (
     thread_guid,
 )
 from helpdesk.store import schema
+from helpdesk.store.direct import Direct
 from helpdesk.store.models import Message, Ticket
 from helpdesk.values import Direction, MessageKind, ParsedMessage
 
@@ -130,7 +131,7 @@ def header_block(raw: bytes) -> bytes:
 # Core, built once: this runs for every acknowledgement, and an ORM select built per
 # call cost ~0.2 ms.
 _MESSAGES = schema.messages
-_STORED_INDEXES = (
+_STORED_INDEXES = Direct(
     select(_MESSAGES.c.thread_index)
     .where(_MESSAGES.c.ticket_id == bindparam("ticket_id"),
            _MESSAGES.c.direction == Direction.INCOMING.value,
@@ -145,9 +146,9 @@ def ticket_root(session: Session, ticket: Ticket | TicketRef, loop_id: str) -> b
     """The 22-byte header block every index on `ticket` descends from (module docstring)."""
     ref = ref_of(ticket)
     if ref.requester is not None and not ref.fresh:
-        stored = session.connection().execute(
-            _STORED_INDEXES, {"ticket_id": ref.id, "requester": ref.requester}).scalars()
-        for text in stored:
+        stored = _STORED_INDEXES.all(
+            session.connection(), {"ticket_id": ref.id, "requester": ref.requester})
+        for text, in stored:
             index = parse_index(text)
             if index is not None:
                 return index[:HEADER_SIZE]

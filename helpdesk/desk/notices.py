@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from helpdesk.delivery import anchors, outbox
 from helpdesk.mail.classify import is_noreply_address
 from helpdesk.store import queries, schema
+from helpdesk.store.direct import Direct
 from helpdesk.store.models import AutoReplyLog, Event, Message, Ticket
 from helpdesk.templates import (
     RenderedTemplate,
@@ -170,8 +171,10 @@ def why_no_automatic_mail(
     if is_noreply_address(address):
         return f"noreply: {address} does not take replies", 0
     # Both guards of the store in one statement: asked for every automatic mail.
-    suppressed, count = session.connection().execute(
-        _GUARDS, {"address": address, "since": now - ctx.auto_reply_window}).one()
+    guards = _GUARDS.first(session.connection(),
+                           {"address": address, "since": now - ctx.auto_reply_window})
+    assert guards is not None  # a SELECT without FROM returns its one row
+    suppressed, count = guards
     if suppressed is not None and suppressed > now:
         return f"bounced: {address} bounced permanently; suppressed until {suppressed:%Y-%m-%d}", 0
     if count >= ctx.auto_reply_limit:
@@ -195,7 +198,8 @@ _AUTO_REPLIES_SINCE = (
 )
 _SUPPRESSED_UNTIL = select(schema.suppressions.c.until).where(
     schema.suppressions.c.address == bindparam("address"))
-_GUARDS = select(_SUPPRESSED_UNTIL.scalar_subquery(), _AUTO_REPLIES_SINCE.scalar_subquery())
+_GUARDS = Direct(select(_SUPPRESSED_UNTIL.scalar_subquery(),
+                        _AUTO_REPLIES_SINCE.scalar_subquery()))
 
 
 def requester_anchor(session: Session, ticket: Ticket) -> Message | None:

@@ -27,6 +27,7 @@ from helpdesk.delivery import anchors, outbox
 from helpdesk.desk.actions import ActionContext
 from helpdesk.desk.notices import AUTO_GENERATED
 from helpdesk.store import schema
+from helpdesk.store.direct import Direct
 from helpdesk.store.events import INSERT_EVENT
 from helpdesk.store.models import Ticket
 from helpdesk.templates import RenderedTemplate
@@ -46,7 +47,8 @@ def customer_replied(
     """Queue the notification for a customer's reply; returns to whom, or None."""
     # Core: ingest asks for every reply, after the rules may have changed the team.
     conn = session.connection()
-    ticket = conn.execute(_NOTIFY_TARGET, {"ticket_id": ticket_id}).one()
+    ticket: Any = _NOTIFY_TARGET.first(conn, {"ticket_id": ticket_id})
+    assert ticket is not None  # ingest filed the reply on it in this transaction
     to = _recipient(ticket)
     if to is None:
         return None
@@ -90,7 +92,7 @@ def customer_replied(
 
 _tickets, _agents, _teams = schema.tickets, schema.agents, schema.teams
 _contacts = schema.contacts
-_NOTIFY_TARGET = (
+_NOTIFY_TARGET = Direct(
     select(
         _tickets.c.subject, _tickets.c.created_at, _contacts.c.address.label("requester"),
         _tickets.c.assignee_id, _agents.c.name.label("agent_name"), _agents.c.active,

@@ -160,12 +160,8 @@ def change_status(
     if ticket.status == status.value:
         return False
     before = ticket.status
-    ticket.status = status.value
-    if status in (TicketStatus.RESOLVED, TicketStatus.CLOSED):
-        ticket.resolved_at = ticket.resolved_at or now
-    else:
-        ticket.resolved_at = None
-    ticket.updated_at = now
+    for column, value in status_columns(status, ticket.resolved_at, now).items():
+        setattr(ticket, column, value)
     _log(session, ticket, actor, "status.changed", {"from": before, "to": status.value}, now,
          message_row_id)
     if status is TicketStatus.RESOLVED and notice is not None:
@@ -176,6 +172,15 @@ def change_status(
         resolution_notice(session, ticket, notice, actor=actor, now=now,
                           message_row_id=message_row_id)
     return True
+
+
+def status_columns(
+    status: TicketStatus, resolved_at: datetime | None, now: datetime
+) -> dict[str, object]:
+    """The columns a move to `status` sets; a finished ticket keeps its resolution time."""
+    finished = status in (TicketStatus.RESOLVED, TicketStatus.CLOSED)
+    return {"status": status.value, "resolved_at": (resolved_at or now) if finished else None,
+            "updated_at": now}
 
 
 def last_customer_message(session: Session, ticket_id: int) -> Message | None:

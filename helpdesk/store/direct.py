@@ -19,6 +19,7 @@ are refused at compile time: use Core for them.
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +49,8 @@ class _Compiled:
     sql: str
     binds: tuple[_Bind, ...]
     positional: bool
-    results: tuple[_Processor, ...] | None  # None: no column needs processing
+    results: tuple[_Processor, ...]  # one per column; None where none is needed
+    row: Callable[..., tuple[Any, ...]]  # a named tuple of the columns, by their keys
 
 
 class Direct:
@@ -75,17 +77,13 @@ class Direct:
         """The first row the statement returns, or None."""
         compiled = self._compile(conn, params)
         row = self._run(conn, compiled, False, [params], _fetchone)
-        if row is None or compiled.results is None:
-            return row  # type: ignore[no-any-return]
-        return _processed(compiled.results, row)
+        return None if row is None else _processed(compiled, row)
 
     def all(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Every row the statement returns."""
         compiled = self._compile(conn, params)
         rows = self._run(conn, compiled, False, [params], _fetchall)
-        if compiled.results is None:
-            return rows  # type: ignore[no-any-return]
-        return [_processed(compiled.results, row) for row in rows]
+        return [_processed(compiled, row) for row in rows]
 
     def scalar_one(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """The single value of the single row the statement returns (INSERT ... RETURNING id)."""
@@ -132,17 +130,17 @@ def _discard(_cursor: Any) -> None:
     return None
 
 
-def _fetchone(cursor: Any) -> tuple[Any, ...] | None:
-    row = cursor.fetchone()
-    return None if row is None else tuple(row)
+def _fetchone(cursor: Any) -> Any:
+    return cursor.fetchone()
 
 
-def _fetchall(cursor: Any) -> list[tuple[Any, ...]]:
-    return [tuple(row) for row in cursor.fetchall()]
+def _fetchall(cursor: Any) -> Any:
+    return cursor.fetchall()
 
 
-def _processed(processors: tuple[_Processor, ...], row: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple(p(v) if p is not None else v for p, v in zip(processors, row, strict=True))
+def _processed(compiled: _Compiled, row: Sequence[Any]) -> tuple[Any, ...]:
+    return compiled.row(*(p(v) if p is not None else v
+                          for p, v in zip(compiled.results, row, strict=True)))
 
 
 def _arguments(compiled: _Compiled, row: Mapping[str, Any]) -> Any:
@@ -188,7 +186,12 @@ def _compile(statement: Executable, conn: Connection, keys: tuple[str, ...]) -> 
         ordered = tuple(by_name[escaped.get(name, name)] for name in names)
     else:
         ordered = tuple(binds)
-    return _Compiled(compiled.string, ordered, positional, _result_processors(statement, dialect))
+    columns = list(getattr(statement, "exported_columns", ()))
+    processors = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None)
+                       for column in columns)
+    # Named like Core's rows (`row.subject`); a label that is no identifier gets _0, _1...
+    row = namedtuple("Row", [str(column.key) for column in columns], rename=True)  # type: ignore[misc]
+    return _Compiled(compiled.string, ordered, positional, processors, row)
 
 
 def _default(name: str, column: Any, process: _Processor) -> _Bind:
@@ -202,13 +205,6 @@ def _default(name: str, column: Any, process: _Processor) -> _Bind:
         fn = default.arg
         return _Bind(name, None, process, lambda: fn(None), call=True)
     raise TypeError(f"{column.name}: a {type(default).__name__} default cannot be run directly")
-
-
-def _result_processors(statement: Executable, dialect: Any) -> tuple[_Processor, ...] | None:
-    columns = getattr(statement, "exported_columns", ())
-    processors = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None)
-                       for column in columns)
-    return processors if any(p is not None for p in processors) else None
 
 
 def _wrapped(conn: Connection, sql: str, args: Any, exc: Any, cursor: Any) -> StatementError:

@@ -6,6 +6,7 @@ import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -82,11 +83,21 @@ def message_by_content(session: Session, message_id: str, content_hash: str) -> 
     return StoredRef(*row) if row else None
 
 
+_BY_IDS_COLUMNS = (_messages.c.id, _messages.c.message_id, _messages.c.ticket_id)
 _TICKETS_BY_IDS = (
-    select(_messages.c.id, _messages.c.message_id, _messages.c.ticket_id)
+    select(*_BY_IDS_COLUMNS)
     .where(_messages.c.message_id.in_(bindparam("ids", expanding=True)))
     .order_by(_messages.c.id)
 )
+# Most mails name one to a few ids: a fixed IN list of that length runs directly.
+_FIXED_IN_LISTS = 8
+
+
+@functools.cache
+def _tickets_by_n_ids(count: int) -> Direct:
+    ids: list[Any] = [bindparam(f"id{i}") for i in range(count)]
+    return Direct(select(*_BY_IDS_COLUMNS).where(_messages.c.message_id.in_(ids))
+                  .order_by(_messages.c.id))
 
 
 # Bound parameters per lookup: far below SQLite's 32,766 and PostgreSQL's 65,535,
@@ -101,7 +112,12 @@ def tickets_by_message_ids(session: Session, message_ids: Sequence[str]) -> dict
     unique = list(dict.fromkeys(message_ids))
     for start in range(0, len(unique), _IDS_PER_QUERY):
         chunk = unique[start:start + _IDS_PER_QUERY]
-        for row_id, mid, ticket_id in conn.execute(_TICKETS_BY_IDS, {"ids": chunk}):
+        if len(chunk) <= _FIXED_IN_LISTS:
+            rows: Sequence[Any] = _tickets_by_n_ids(len(chunk)).all(
+                conn, {f"id{i}": mid for i, mid in enumerate(chunk)})
+        else:
+            rows = conn.execute(_TICKETS_BY_IDS, {"ids": chunk}).all()
+        for row_id, mid, ticket_id in rows:
             if mid not in found or row_id < found[mid][0]:
                 found[mid] = (row_id, ticket_id)  # the first stored copy wins
     return {mid: ticket_id for mid, (_row, ticket_id) in found.items()}
@@ -130,7 +146,7 @@ _PRIMARY_ADDRESS = (
     .limit(1)
     .scalar_subquery()
 )
-_TICKET_STATE = (
+_TICKET_STATE = Direct(
     select(schema.tickets, _contacts.c.address.label("requester_address"),
            _contacts.c.name.label("requester_name"), _teams.c.name.label("team_name"),
            _PRIMARY_ADDRESS.label("assignee_address"))
@@ -146,7 +162,7 @@ def ticket_state(
 ) -> TicketState | None:
     """The ticket's `TicketState` in two queries (three without `participants`), or None."""
     conn = session.connection()
-    row = conn.execute(_TICKET_STATE, {"ticket_id": ticket_id}).first()
+    row: Any = _TICKET_STATE.first(conn, {"ticket_id": ticket_id})
     if row is None:
         return None
     tags = frozenset(tag for tag, in _TAGS.all(conn, {"ticket_id": ticket_id}))

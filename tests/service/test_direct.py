@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from helpdesk.flow.ingest import rows
-from helpdesk.store import schema
+from helpdesk.store import queries, schema
 from helpdesk.store.direct import Direct
 from helpdesk.store.failures import is_outage
 from helpdesk.store.upsert import dialect_insert
@@ -191,3 +191,31 @@ def test_statements_it_cannot_run_as_core_would_are_refused(store: Store) -> Non
         schema.tickets.c.id.in_(bindparam("ids", expanding=True)))
     with store.engine.begin() as conn, pytest.raises(TypeError, match="expanding"):
         Direct(statement).all(conn, {"ids": [1, 2]})
+
+
+def test_rows_are_named_like_cores(store: Store) -> None:
+    """Callers read columns by their key or label, as on Core's rows."""
+    with store.engine.begin() as conn:
+        ticket_id = new_ticket(conn, "named")
+        statement = select(schema.tickets.c.subject, schema.tickets.c.status.label("state"))
+        row = Direct(statement.where(schema.tickets.c.id == bindparam("ticket_id"))).first(
+            conn, {"ticket_id": ticket_id})
+    assert row is not None
+    assert (row.subject, row.state) == ("named", "new") == tuple(row)
+
+
+@pytest.mark.parametrize("known", [1, 3, 7, 8, 1200])  # with the unknown id: 8 and 9 asked
+def test_a_few_ids_or_many_find_the_same_tickets(store: Store, known: int) -> None:
+    """Up to 8 ids run as a fixed IN list directly, more through Core: the same answer, the
+    first stored copy of an id winning, unknown ids and repeats ignored."""
+    with store.sessions.begin() as session:
+        conn = session.connection()
+        tickets = [new_ticket(conn, f"t{i}") for i in range(3)]
+        ids = [f"<{i}@example.com>" for i in range(known)]
+        for i, mid in enumerate(ids):
+            Direct(insert(schema.messages)).executemany(conn, [
+                {**message_row(tickets[(i + copy) % 3], mid), "content_hash": f"{copy:064d}"}
+                for copy in range(2)])
+        asked = [*ids, "<unknown@example.com>", ids[0]]
+        found = queries.tickets_by_message_ids(session, asked)
+    assert found == {mid: tickets[i % 3] for i, mid in enumerate(ids)}
