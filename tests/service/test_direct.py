@@ -219,3 +219,13 @@ def test_a_few_ids_or_many_find_the_same_tickets(store: Store, known: int) -> No
         asked = [*ids, "<unknown@example.com>", ids[0]]
         found = queries.tickets_by_message_ids(session, asked)
     assert found == {mid: tickets[i % 3] for i, mid in enumerate(ids)}
+
+
+def test_a_missing_value_is_refused_as_core_refuses_it(store: Store) -> None:
+    """Without `now`, Core raises; binding NULL instead would touch no ticket, silently."""
+    with store.engine.begin() as conn:
+        ticket_id = new_ticket(conn, "missing")
+        with pytest.raises(TypeError, match="'now'"):
+            rows.TOUCH_TICKET.execute(conn, {"ticket_id": ticket_id})
+        with pytest.raises(TypeError, match="'ticket_id'"):
+            rows.TOUCH_TICKET.execute(conn, {"now": WHEN})
