@@ -292,18 +292,19 @@ def _apply_fields(
 def _change_status(
     session: Session, work: _Work, action: SetStatus, rule: str, notice: notices.Notice
 ) -> bool:
-    """A status change goes through `tickets.change_status`, which every path shares.
+    """A rule's status change: the columns and event every path shares (`tickets`).
 
-    It works on the ORM ticket (the resolution notice reads it), so the
-    changes so far are written first and the ticket is read afresh.
+    A move to resolved or closed goes through `tickets.change_status` on the
+    ORM ticket (the resolution notice reads it; `resolved_at` is kept), so the
+    changes so far are written first and the ticket is read afresh. Any other
+    move is written with the ticket's other changes.
     """
     before = work.state.view.status
     if before is action.status:
         return False
     if action.status not in (TicketStatus.RESOLVED, TicketStatus.CLOSED):
-        # No notice and no resolution time to keep: the same change and event as
-        # `change_status`, written with the ticket's other changes (loading the ORM
-        # ticket for it cost more than the rest of the mail's actions; issue 13).
+        # No notice and no resolution time to keep: loading the ORM ticket cost about
+        # a sixteenth of the writer's time with the shipped rules (issue 13).
         work.changes.update(tickets.status_columns(action.status, None, work.now))
         work.event(rule, "status.changed", {"from": before.value, "to": action.status.value})
         work.change(status=action.status)
