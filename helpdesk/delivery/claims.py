@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session, selectinload
 from helpdesk.delivery.outbox import OutboxPolicy, recipient_row
 from helpdesk.delivery.views import FAILED, PENDING, SENT
 from helpdesk.store import schema
+from helpdesk.store.events import INSERT_EVENT
 from helpdesk.store.models import OutboxItem
 from helpdesk.store.schema import UTCDateTime
 
@@ -341,7 +342,6 @@ _UPDATE_RECIPIENT = (
              for name in _RECIPIENT_FIELDS})
 )
 _INSERT_ATTEMPT = insert(schema.outbox_attempts)
-_INSERT_EVENT = insert(schema.events)
 
 
 def record(
@@ -387,7 +387,7 @@ def record(
     events = [_dead_event(rows[p.row["id"]], r, now) for p in plans for r in p.dead
               if rows[p.row["id"]].ticket_id is not None]
     if events:
-        conn.execute(_INSERT_EVENT, events)
+        INSERT_EVENT.executemany(conn, events)
     return [p.recorded for p in plans]
 
 

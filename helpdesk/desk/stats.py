@@ -276,28 +276,25 @@ def _counts(
 
 def _top_domains(session: Reader, window: _Window, top: int) -> tuple[Count, ...]:
     address = _contacts.c.address
+    by_requester = _contacts.c.id == _tickets.c.requester_id
+
+    def join(query: _Grouped) -> _Grouped:
+        return query.join(_contacts, by_requester)
+
     if connection_of(session).dialect.name == "postgresql":
         # Folded into domains in the database (the part after the last @, as below):
         # at a million tickets the window's tens of thousands of requesters cost more
         # to fetch and fold here than to group there (issue 13).
         domain = func.coalesce(func.nullif(func.substring(address, "[^@]*$"), ""), address)
-        by_requester = _contacts.c.id == _tickets.c.requester_id
-        return _rank(_counts(session, window, domain, lambda q: q.join(_contacts, by_requester)),
-                     top)
+        return _rank(_counts(session, window, domain, join), top)
     # SQLite: grouped by address in SQL, folded into domains here (no regex function).
-    rows = session.execute(
-        select(address, func.sum(window.current()), func.sum(window.previous()))
-        .select_from(_tickets)
-        .join(_contacts, _contacts.c.id == _tickets.c.requester_id)
-        .where(window.both())
-        .group_by(address)
-    )
     current: Counter[str] = Counter()
     previous: Counter[str] = Counter()
-    for found, c, p in rows:
+    for count in _counts(session, window, address, join):
+        found = str(count.key)  # contacts.address is never NULL
         domain_of = found.rpartition("@")[2] or found
-        current[domain_of] += int(c)
-        previous[domain_of] += int(p)
+        current[domain_of] += count.current
+        previous[domain_of] += count.previous
     return _rank([Count(d, current[d], previous[d]) for d in current], top)
 
 

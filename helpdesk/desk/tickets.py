@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from helpdesk.errors import InvalidInput, NotFound
-from helpdesk.store import queries, schema
+from helpdesk.store import queries
 from helpdesk.store import search as full_text
+from helpdesk.store.events import INSERT_EVENT
 from helpdesk.store.models import Event, Message, Participant, Ticket, TicketTag, utcnow
 from helpdesk.values import Address, Direction, MessageKind, Priority, TicketStatus
 
@@ -428,9 +429,7 @@ def _log(
 ) -> None:
     # Core, not a pending ORM object: the event is written at once (no flush of
     # its own), which matters inside ingest's group commit.
-    session.connection().execute(_INSERT_EVENT, {
+    INSERT_EVENT.execute(session.connection(), {
         "ticket_id": ticket.id, "message_row_id": message_row_id, "actor": actor,
         "kind": kind, "detail": detail, "created_at": when})
 
-
-_INSERT_EVENT = insert(schema.events)
