@@ -184,6 +184,23 @@ class AppContext:
     def reading(self) -> Iterator[Connection]:
         """A read-only Core connection (helpdesk.store.db.reading) for commands that only
         read: the ORM is not imported unless the directory must be mirrored first."""
+        from helpdesk.store import db
+
+        self._ready_to_read()
+        with db.reading(self.engine) as conn:
+            yield conn
+
+    @contextmanager
+    def reading_together(self, count: int) -> Iterator[list[Connection]]:
+        """`reading`, as up to `count` connections on one snapshot (store.db.reading_together)."""
+        from helpdesk.store import db
+
+        self._ready_to_read()
+        with db.reading_together(self.engine, count) as conns:
+            yield conns
+
+    def _ready_to_read(self) -> None:
+        """The schema checked, and the directory mirrored when the configuration changed."""
         from helpdesk.desk import directory
         from helpdesk.store import db
 
@@ -195,8 +212,6 @@ class AppContext:
             if not current:
                 self._mirror_for_reading(short)
             self._directory_current = True
-        with db.reading(self.engine) as conn:
-            yield conn
 
     def _mirror_for_reading(self, short: ReadingConfig | None) -> None:
         """The settings' way: validate the file, mirror it if the store does not, pair it."""

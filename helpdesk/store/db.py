@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -153,6 +153,34 @@ def reading(engine: Engine) -> Iterator[Connection]:
             conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
         with conn.begin():
             yield conn
+
+
+@contextmanager
+def reading_together(engine: Engine, count: int) -> Iterator[list[Connection]]:
+    """Up to `count` `reading` connections on one and the same snapshot, for independent
+    queries run side by side: PostgreSQL exports the first one's snapshot to the others.
+
+    SQLite has no snapshot to share, and a server that cannot export one (a standby)
+    gives one connection: the caller runs its queries one after the other.
+    """
+    with reading(engine) as first:
+        if count < 2 or is_sqlite(engine):
+            yield [first]
+            return
+        # A standby cannot export (and the export cannot run in a savepoint to try).
+        exported = first.exec_driver_sql(
+            "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_export_snapshot() END"
+        ).scalar_one()
+        if exported is None:
+            yield [first]
+            return
+        if not re.fullmatch(r"[0-9A-Fa-f-]+", exported):  # no bind parameters in SET
+            raise ValueError(f"unexpected snapshot name {exported!r}")
+        with ExitStack() as others:
+            more = [others.enter_context(reading(engine)) for _ in range(count - 1)]
+            for conn in more:  # must be each transaction's first statement
+                conn.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{exported}'")
+            yield [first, *more]
 
 
 @contextmanager

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from helpdesk.desk import stats
+from helpdesk.store.db import reading_together
 from helpdesk.store.listing import TicketFilter
 from helpdesk.store.models import Agent, AgentAddress, Contact, Team, Ticket, TicketTag
 from tests.conftest import Store
@@ -63,9 +64,17 @@ class Desk:
         return ticket.id
 
 
-def compute(store: Store, flt: TicketFilter | None = None, **kwargs: int) -> stats.Stats:
+def compute(store: Store, flt: TicketFilter | None = None, *, days: int = 30,
+            top: int = 10) -> stats.Stats:
+    """The stats as a session computes them; on PostgreSQL also with the queries side by
+    side on two connections (`helpdesk stats`' way), which must agree to the last figure."""
     with store.sessions() as session:
-        return stats.compute(session, now=NOW, flt=flt, **kwargs)
+        alone = stats.compute(session, now=NOW, flt=flt, days=days, top=top)
+    with reading_together(store.engine, 2) as (conn, *beside):
+        assert len(beside) == (1 if store.backend == "postgres" else 0)
+        together = stats.compute(conn, now=NOW, flt=flt, days=days, top=top, beside=beside)
+    assert together == alone
+    return together
 
 
 def test_open_tickets_by_team_and_status(store: Store) -> None:

@@ -19,6 +19,7 @@ from helpdesk.store.db import (
     head_revision,
     isolate_sequences,
     make_engine,
+    reading_together,
     snapshot,
     upgrade,
 )
@@ -151,6 +152,23 @@ def test_a_snapshot_sees_one_moment_and_blocks_no_writer(store: Store) -> None:
     with store.sessions() as session:
         assert session.scalar(select(func.count(Contact.id))) == (
             2 if store.backend == "sqlite" else 1)
+
+
+def test_reading_together_shares_one_snapshot(store: Store) -> None:
+    """PostgreSQL's connections side by side all see the first one's moment, even the ones
+    that read for the first time after a writer committed; SQLite gets one connection."""
+    with store.sessions.begin() as writer:
+        writer.add(Contact(address="kim@example.com"))
+    with reading_together(store.engine, 3) as readers:
+        assert len(readers) == (3 if store.backend == "postgres" else 1)
+        assert readers[0].scalar(select(func.count(Contact.id))) == 1
+        with store.sessions.begin() as writer:
+            writer.add(Contact(address="dana@example.com"))
+        assert [r.scalar(select(func.count(Contact.id))) for r in readers] == [1] * len(readers)
+        assert readers[-1].scalar(text("SELECT current_setting('transaction_read_only')")
+                                  if store.backend == "postgres" else text("SELECT 'on'")) == "on"
+    with store.sessions() as session:
+        assert session.scalar(select(func.count(Contact.id))) == 2
 
 
 def test_raw_is_the_last_column_of_messages_on_sqlite(tmp_path: Path) -> None:
