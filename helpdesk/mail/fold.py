@@ -44,6 +44,12 @@ inside an encoded-word into one space; mail clients, and the standard
 library's own `email.header.decode_header`, do neither. A name that fits one
 encoded-word is never split, and ASCII names with odd white space are
 quoted-strings, so only long non-ASCII names meet that deviation.
+
+MIME parameters (`fold_parameters`: an attachment's Content-Disposition and
+file name): a quoted-string when printable ASCII that fits a line, else RFC
+2231 percent-encoded UTF-8, in numbered continuations when long, each piece
+whole characters; folds go between parameters. Our parser and the standard
+library read every name back (the latter trims white space at its ends).
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ __all__ = [
     "WIDTH",
     "fold_addresses",
     "fold_ids",
+    "fold_parameters",
     "fold_unstructured",
 ]
 
@@ -206,6 +213,54 @@ def fold_ids(name: str, ids: Sequence[str]) -> str:
     for mid in ids:
         lines.put(" ", f"<{mid}>", True)
     return lines.text()
+
+
+# --------------------------------------------------------------------------
+# MIME parameters
+
+# RFC 2231 attribute-char: US-ASCII but space, controls, "*", "'", "%" and the tspecials.
+_ATTRIBUTE_CHARS = frozenset(
+    chr(c) for c in range(0x21, 0x7F)) - frozenset("*'%()<>@,;:\\\"/[]?=")
+_PRINTABLE_RE = re.compile(r"[\x20-\x7e]*")
+
+
+def fold_parameters(name: str, value: str, params: Sequence[tuple[str, str]]) -> str:
+    """`Name: value; attr="v"` CRLF, folded before a parameter that does not fit.
+
+    A printable ASCII value that fits on a line is a quoted-string; any other
+    (non-ASCII, control characters, too long) is RFC 2231 UTF-8 percent-encoding,
+    cut into numbered continuations (`attr*0*=`, `attr*1*=`) between characters,
+    never inside one, for readers that decode each piece on its own.
+    """
+    lines = _Lines(f"{name}:")
+    lines.put(" ", value, False)
+    for attr, text in params:
+        for token in _parameter_tokens(attr, text):
+            lines.put("", ";", False)
+            lines.put(" ", token, True)
+    return lines.text()
+
+
+def _parameter_tokens(attr: str, text: str) -> list[str]:
+    if _PRINTABLE_RE.fullmatch(text):
+        escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+        quoted = f'{attr}="{escaped}"'
+        if len(quoted) < WIDTH - 1:  # a space before it, a ";" after it
+            return [quoted]
+    pieces = [c if c in _ATTRIBUTE_CHARS else "".join(f"%{b:02X}" for b in c.encode("utf-8"))
+              for c in text]
+    whole = f"{attr}*=utf-8''{''.join(pieces)}"
+    if len(whole) < WIDTH - 1:
+        return [whole]
+    tokens: list[str] = []
+    head = current = f"{attr}*0*=utf-8''"
+    for piece in pieces:
+        if current != head and len(current) + len(piece) >= WIDTH - 1:
+            tokens.append(current)
+            head = current = f"{attr}*{len(tokens)}*="
+        current += piece
+    tokens.append(current)
+    return tokens
 
 
 # --------------------------------------------------------------------------

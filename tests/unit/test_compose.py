@@ -772,3 +772,12 @@ def test_a_megabyte_subject_and_name_compose_within_bounds() -> None:
     assert peak < 100 * 2**20  # about 40 MB: the 7 MB of mail and its pieces
     assert max(len(line) for line in lines(data)) <= 76
     assert data.isascii()
+
+
+def test_attachment_without_a_name_has_no_filename_parameter() -> None:
+    """An unnamed attachment is `attachment` alone, not a `filename` parameter without a value."""
+    unnamed = AttachmentPart("", "application/octet-stream", b"\x00\x01", "")
+    msg = strict(build(outgoing(attachments=(unnamed,))))
+    part = next(p for p in msg.iter_attachments())
+    assert part["Content-Disposition"] == "attachment"
+    assert part.get_content() == b"\x00\x01"

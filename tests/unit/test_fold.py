@@ -6,12 +6,14 @@ import email
 import email.policy
 import re
 from email.header import decode_header, make_header
+from urllib.parse import unquote_to_bytes
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from helpdesk.mail.fold import fold_addresses, fold_ids, fold_unstructured
+from helpdesk.mail.fold import fold_addresses, fold_ids, fold_parameters, fold_unstructured
+from helpdesk.mail.parse.mime import split_params
 
 # Every encoded-word we write: utf-8, Q or B, a non-empty payload without white space.
 EW_RE = re.compile(r"=\?utf-8\?([qb])\?([^?\s]+)\?=")
@@ -258,3 +260,51 @@ def test_long_outlook_id_folds_after_the_colon() -> None:
     assert fold_ids("References", ["root@x.example", outlook]) == (
         f"References: <root@x.example>\r\n <{outlook}>\r\n"
     )
+
+
+# --------------------------------------------------------------------------
+# MIME parameters (attachment file names)
+
+FILE_NAMES = st.lists(st.sampled_from([
+    "a", "report", ".pdf", " ", "\t", '"', "\\", ";", "=", "'", "%", "*", "(", ")", "@",
+    "ä", "März", "Отчёт", "日本語", "😀", "e\u0301", "x" * 70,
+]), max_size=30).map("".join)
+
+
+def disposition_filename(header: str) -> str | None:
+    """The file name as the standard library reads the folded header back."""
+    msg = email.message_from_string(header + "\r\n", policy=email.policy.default)
+    return msg.get_filename()
+
+
+@given(FILE_NAMES)
+@settings(max_examples=300)
+@example("Rechnung März.pdf")
+@example("😀" * 40)
+def test_file_names_round_trip_and_fold(name: str) -> None:
+    """Any file name comes back whole; lines stay within 76 characters; a long name is cut
+    into RFC 2231 continuations between characters, so each piece decodes on its own."""
+    header = fold_parameters("Content-Disposition", "attachment", [("filename", name)])
+    lines = unfolded_lines(header)
+    assert all(len(line) <= 76 for line in lines)
+    assert header.isascii()
+    _, params = split_params(header.split(":", 1)[1].replace("\r\n", ""))
+    assert params["filename"] == name
+    assert disposition_filename(header) == name.strip(" \t")  # the stdlib trims white space
+    for piece in re.findall(r"filename\*\d+\*=(?:utf-8'')?([^;\s]+)", header):
+        unquote_to_bytes(piece).decode("utf-8")  # raises if a character was cut in two
+
+
+@pytest.mark.parametrize(("name", "written"), [
+    ("report.pdf", 'Content-Disposition: attachment; filename="report.pdf"\r\n'),
+    ('a "b"\\c.txt', 'Content-Disposition: attachment; filename="a \\"b\\"\\\\c.txt"\r\n'),
+    ("März.pdf", "Content-Disposition: attachment; filename*=utf-8''M%C3%A4rz.pdf\r\n"),
+    ("tab\there", "Content-Disposition: attachment; filename*=utf-8''tab%09here\r\n"),
+])
+def test_file_name_forms(name: str, written: str) -> None:
+    """Printable ASCII is a quoted-string; anything else RFC 2231 percent-encoding."""
+    assert fold_parameters("Content-Disposition", "attachment", [("filename", name)]) == written
+
+
+def test_no_parameters_is_the_bare_value() -> None:
+    assert fold_parameters("Content-Disposition", "inline", []) == "Content-Disposition: inline\r\n"
