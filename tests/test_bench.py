@@ -86,3 +86,16 @@ def test_quick_benches_print_every_figure() -> None:
     assert _missing_rows(ingest, INGEST_ROWS) == [], ingest
     daemon = _run("daemon.py")
     assert _missing_rows(daemon, DAEMON_ROWS) == [], daemon
+
+
+def test_compose_bench_prints_every_figure() -> None:
+    """`bench/compose.py`, a few loops: each line with its microseconds and the old path's."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "compose.py"), "--loops", "20",
+                           "--rounds", "1"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    for label in ("compose, ASCII acknowledgement", "compose, German, long subject, emoji",
+                  "render + compose + Message-ID", "compose, 2 attachments (170 KB)"):
+        assert re.search(rf"^{re.escape(label)} +\d+ us/mail", done.stdout, re.M), done.stdout
+    assert len(re.findall(r"faster than (the old path|set_content) \( *\d+ us\)",
+                          done.stdout)) == 3, done.stdout
