@@ -177,9 +177,13 @@ def reading_together(engine: Engine, count: int) -> Iterator[list[Connection]]:
         if not re.fullmatch(r"[0-9A-Fa-f-]+", exported):  # no bind parameters in SET
             raise ValueError(f"unexpected snapshot name {exported!r}")
         with ExitStack() as others:
-            more = [others.enter_context(reading(engine)) for _ in range(count - 1)]
-            for conn in more:  # must be each transaction's first statement
-                conn.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{exported}'")
+            try:
+                more = [others.enter_context(reading(engine)) for _ in range(count - 1)]
+                for conn in more:  # must be each transaction's first statement
+                    conn.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{exported}'")
+            except OperationalError:  # no connection slot to spare: one after the other
+                others.close()
+                more = []
             yield [first, *more]
 
 

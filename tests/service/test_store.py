@@ -10,6 +10,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
 
 from helpdesk.errors import SchemaOutdated, StoreUnavailable
 from helpdesk.store.db import (
@@ -169,6 +170,28 @@ def test_reading_together_shares_one_snapshot(store: Store) -> None:
                                   if store.backend == "postgres" else text("SELECT 'on'")) == "on"
     with store.sessions() as session:
         assert session.scalar(select(func.count(Contact.id))) == 2
+
+
+@pytest.mark.postgres
+def test_reading_together_with_no_connection_to_spare_reads_alone(
+    store: Store, request: pytest.FixtureRequest
+) -> None:
+    """A role limited to one connection still reads: one connection, queries in turn."""
+    if store.backend != "postgres":
+        pytest.skip("PostgreSQL's connection limits")
+    admin = request.getfixturevalue("pg_admin")
+    with admin.connect() as conn:
+        conn.execute(text("CREATE ROLE helpdesk_onecon LOGIN CONNECTION LIMIT 1"))
+    url = make_url(store.url).set(username="helpdesk_onecon")
+    engine = make_engine(url.render_as_string(hide_password=False))
+    try:
+        with reading_together(engine, 2) as readers:
+            assert len(readers) == 1
+            assert readers[0].scalar(text("SELECT current_user")) == "helpdesk_onecon"
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text("DROP ROLE helpdesk_onecon"))
 
 
 def test_raw_is_the_last_column_of_messages_on_sqlite(tmp_path: Path) -> None:
