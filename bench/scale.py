@@ -13,7 +13,9 @@ What it does:
 3. times, median of `--runs` whole `helpdesk` processes each (start-up
    included, as a person waits for it): `tickets list` unfiltered and with
    each filter, `tickets show` of the 50-message ticket, `tickets search`
-   (when the command exists), `stats`, `quarantine list`, `outbox list`;
+   (when the command exists), `stats` piped and `stats --json` (which, like
+   `stats` at a terminal, adds the day-by-day series), `quarantine list`,
+   `outbox list`;
    the ticket list's query alone in-process too (start-up is another
    helper's work and hides it); a timer pass (`timers.run` with the shipped
    timers, in a child process; the first pass after the fill computes every
@@ -211,6 +213,8 @@ def cases(tickets: int, search: bool) -> list[Case]:
     others = [
         Case("tickets show (50 messages)", ("tickets", "show", str(tickets // 2))),
         Case("stats", ("stats",)),
+        # At a terminal (and with --json or --html) stats draws the day-by-day series too.
+        Case("stats --json (as at a terminal)", ("stats", "--json")),
         Case("stats --tag vpn --since 7d", ("stats", "--tag", "vpn", "--since", "7d"),
              baseline=False),
         Case("quarantine list", ("quarantine", "list")),
