@@ -15,6 +15,7 @@ import click
 from helpdesk.cli import AppContext, pass_app
 from helpdesk.cli.filters import ticket_filter_options
 from helpdesk.cli.output import emit_json, fields, table, when
+from helpdesk.desk import series as series_service
 from helpdesk.desk import stats as stats_service
 from helpdesk.report.data import Report, Series
 from helpdesk.report.spark import fold, sparkline
@@ -59,13 +60,13 @@ def stats(app: AppContext, days: int, top: int, tags: tuple[str, ...], priority:
     with app.reading_together(2) as (conn, *beside):
         result = stats_service.compute(conn, now=now, days=days, top=top, flt=flt,
                                        beside=beside)
-        series = (stats_service.compute_series(conn, since=result.since, now=result.now,
-                                               where=tuple(ticket_conditions(flt)))
+        series = (series_service.compute_series(conn, since=result.since, now=result.now,
+                                                where=tuple(ticket_conditions(flt)))
                   if drawn else None)
     if html_path is not None and series is not None:
         _write_report(html_path, stats_service.report_data(result, series), quiet=as_json)
     if as_json and series is not None:
-        emit_json({**stats_service.to_json(result), **stats_service.series_to_json(series)})
+        emit_json({**stats_service.to_json(result), **series_service.series_to_json(series)})
         return
     if html_path is None:
         _render(result, series)

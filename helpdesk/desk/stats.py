@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import statistics
 import threading
-from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -37,19 +36,14 @@ from sqlalchemy import (
     case,
     func,
     select,
-    union,
 )
 
 from helpdesk.names import OPEN_STATUSES
 from helpdesk.report.data import (
-    Durations,
     MedianSeconds,
     Ranked,
     Report,
     Series,
-    Spread,
-    TeamDays,
-    TeamWeeks,
 )
 from helpdesk.report.fmt import format_duration as format_duration  # re-exported
 from helpdesk.store import schema
@@ -366,91 +360,9 @@ def _rank(counts: list[Count], top: int) -> tuple[Count, ...]:
     return tuple(busy[:top])
 
 
-# --- Day by day and week by week: the figures of the HTML report (additions) ---
-#
-# The window is the one `compute` used (`Stats.since` to `Stats.now`), cut into
-# UTC calendar days (the first and last are partial) and ISO weeks (Monday
-# first). Tickets count under their team of today. `where` takes further
-# conditions on Ticket (the filters of `tickets list`), as `compute` does.
-
-BACKLOG_EVENT = "status.changed"
-
-
-def compute_series(
-    session: Reader, *, since: datetime, now: datetime,
-    where: Sequence[ColumnElement[bool]] = (),
-) -> Series:
-    """Tickets opened per day by team, the backlog per day, duration percentiles per week."""
-    if since >= now:
-        raise ValueError("since must be before now")
-    days = _days(since, now)
-    weeks = _weeks(days)
-    rows = session.execute(
-        select(_tickets.c.created_at, _teams.c.name, _tickets.c.first_response_at,
-               _tickets.c.resolved_at)
-        .select_from(_tickets)
-        .outerjoin(_teams, _teams.c.id == _tickets.c.team_id)
-        .where(_tickets.c.created_at >= since, _tickets.c.created_at <= now,
-               _tickets.c.merged_into_id.is_(None), *where)
-    ).all()
-    by_team: dict[str | None, list[int]] = {}
-    first_day = days[0]
-    for created, team, _, _ in rows:
-        by_team.setdefault(team, [0] * len(days))[(created.date() - first_day).days] += 1
-    order = sorted(by_team, key=lambda t: (-sum(by_team[t]), t is None, t or ""))
-    return Series(
-        days=days,
-        opened=tuple(TeamDays(team, tuple(by_team[team])) for team in order),
-        backlog=_backlog(session, days, now, where),
-        weeks=weeks,
-        first_response=_durations([(c, t, r) for c, t, r, _ in rows], weeks, order),
-        resolution=_durations([(c, t, r) for c, t, _, r in rows], weeks, order),
-    )
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th quantile (0..1) of sorted values, interpolating between the closest ranks.
-
-    The same definition as `statistics.quantiles(method="inclusive")`, so the
-    50th percentile is the median `compute` reports.
-    """
-    if not values:
-        raise ValueError("no values")
-    rank = (len(values) - 1) * q
-    low = int(rank)
-    high = min(low + 1, len(values) - 1)
-    return values[low] + (values[high] - values[low]) * (rank - low)
-
-
-def series_to_json(series: Series) -> dict[str, Any]:
-    """The series as plain data: ISO dates, counts, durations in whole seconds."""
-
-    def spreads(rows: Iterable[Spread]) -> list[dict[str, Any]]:
-        return [{"tickets": s.tickets, "p50_seconds": s.p50, "p90_seconds": s.p90}
-                for s in rows]
-
-    def durations(d: Durations) -> dict[str, Any]:
-        return {"all": spreads(d.all),
-                "teams": [{"team": t.team, "weeks": spreads(t.weeks)} for t in d.teams]}
-
-    return {
-        "per_day": {
-            "dates": [d.isoformat() for d in series.days],
-            "opened": [{"team": t.team, "counts": list(t.counts), "total": t.total}
-                       for t in series.opened],
-            "opened_total": list(series.opened_per_day),
-            "backlog": list(series.backlog),
-        },
-        "per_week": {
-            "weeks": [w.isoformat() for w in series.weeks],
-            "first_response": durations(series.first_response),
-            "resolution": durations(series.resolution),
-        },
-    }
-
-
 def report_data(stats: Stats, series: Series) -> Report:
-    """What the HTML report shows, from the same values as `to_json` and `series_to_json`."""
+    """What the HTML report shows, from the same values as `to_json` and
+    `series.series_to_json`."""
 
     def ranked(c: Count) -> Ranked:
         return Ranked(c.key, c.current, c.previous, c.trend)
@@ -471,114 +383,3 @@ def report_data(stats: Stats, series: Series) -> Report:
         domains=tuple(ranked(c) for c in stats.domains),
         series=series,
     )
-
-
-def _days(since: datetime, now: datetime) -> tuple[date, ...]:
-    first, last = since.astimezone(UTC).date(), now.astimezone(UTC).date()
-    return tuple(first + timedelta(days=i) for i in range((last - first).days + 1))
-
-
-def _weeks(days: Sequence[date]) -> tuple[date, ...]:
-    first = days[0] - timedelta(days=days[0].weekday())
-    return tuple(first + timedelta(weeks=i)
-                 for i in range((days[-1] - first).days // 7 + 1))
-
-
-def _durations(
-    rows: Sequence[tuple[datetime, str | None, datetime | None]], weeks: Sequence[date],
-    teams: Sequence[str | None],
-) -> Durations:
-    """Percentiles per week of (done - created) over the tickets that have a `done`."""
-    everyone: list[list[float]] = [[] for _ in weeks]
-    per_team: dict[str | None, list[list[float]]] = {}
-    for created, team, done in rows:
-        if done is None:
-            continue
-        week = (created.date() - weeks[0]).days // 7
-        seconds = max(0.0, (done - created).total_seconds())
-        everyone[week].append(seconds)
-        per_team.setdefault(team, [[] for _ in weeks])[week].append(seconds)
-    return Durations(
-        all=tuple(_spread(v) for v in everyone),
-        teams=tuple(TeamWeeks(t, tuple(_spread(v) for v in per_team[t]))
-                    for t in teams if t in per_team),
-    )
-
-
-def _spread(values: list[float]) -> Spread:
-    if not values:
-        return Spread(0, None, None)
-    values.sort()
-    return Spread(len(values), round(percentile(values, 0.5)), round(percentile(values, 0.9)))
-
-
-def _backlog(session: Reader, days: Sequence[date], now: datetime,
-             where: Sequence[ColumnElement[bool]]) -> tuple[int, ...]:
-    """Open tickets at the end of each day (the last: at `now`), from the status events.
-
-    A ticket's status at an instant is the `to` of its last status change
-    before it, else the `from` of its first change, else its status today.
-    Only tickets open now or changed since the first day can be open on one,
-    and only their changes since then are read: the `from` of the first one
-    is the status the ticket had when the window began.
-    """
-    # Day k ends when day k+1 begins; what happened before a cutoff counts.
-    cutoffs = [datetime.combine(d + timedelta(days=1), time(), UTC) for d in days[:-1]]
-    cutoffs.append(now + timedelta(microseconds=1))
-    start = datetime.combine(days[0], time(), UTC)
-    alive = (_tickets.c.created_at <= now, _tickets.c.merged_into_id.is_(None), *where)
-    columns = (_tickets.c.id, _tickets.c.created_at, _tickets.c.status)
-    # Open now, or changed since the first day: two index ranges (the status index and
-    # the partial index of status changes), where one OR of both made PostgreSQL read
-    # every ticket and every event (0.9 s at a million tickets, issue 13).
-    changed = (select(_events.c.ticket_id)
-               .where(_events.c.kind == BACKLOG_EVENT, _events.c.created_at >= start)
-               .distinct().subquery())
-    tickets = {
-        ticket_id: (created, status)
-        for ticket_id, created, status in session.execute(union(
-            select(*columns).where(_tickets.c.status.in_(OPEN_STATUS_NAMES), *alive),
-            select(*columns).join(changed, changed.c.ticket_id == _tickets.c.id)
-            .where(*alive),
-        ))
-    }
-    changes: dict[int, list[tuple[datetime, dict[str, Any]]]] = {}
-    for ticket_id, when, detail in session.execute(
-        select(_events.c.ticket_id, _events.c.created_at, _events.c.detail)
-        .where(_events.c.kind == BACKLOG_EVENT, _events.c.created_at >= start)
-        .order_by(_events.c.ticket_id, _events.c.created_at, _events.c.id)
-    ):
-        if ticket_id in tickets:  # not merged, not filtered out
-            changes.setdefault(ticket_id, []).append((when, detail))
-    delta = [0] * (len(cutoffs) + 1)
-    for ticket_id, (created, status) in tickets.items():
-        for opened, closed in _open_spans(created, status, changes.get(ticket_id, [])):
-            delta[bisect_right(cutoffs, opened)] += 1
-            delta[bisect_right(cutoffs, closed) if closed else len(cutoffs)] -= 1
-    backlog, running = [], 0
-    for step in delta[:-1]:
-        running += step
-        backlog.append(running)
-    return tuple(backlog)
-
-
-def _open_spans(created: datetime, status: str,
-                changes: Sequence[tuple[datetime, dict[str, Any]]],
-                ) -> list[tuple[datetime, datetime | None]]:
-    """When a ticket was open: [opened, closed) spans, the last one perhaps unended."""
-    current = str(changes[0][1].get("from") or status) if changes else status
-    opened = created if current in OPEN_STATUS_NAMES else None
-    spans: list[tuple[datetime, datetime | None]] = []
-    for when, detail in changes:
-        target = detail.get("to")
-        if target is None:
-            continue
-        at = max(when, created)
-        if target in OPEN_STATUS_NAMES and opened is None:
-            opened = at
-        elif target not in OPEN_STATUS_NAMES and opened is not None:
-            spans.append((opened, at))
-            opened = None
-    if opened is not None:
-        spans.append((opened, None))
-    return spans

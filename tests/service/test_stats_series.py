@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from helpdesk.desk import series as series_service
 from helpdesk.desk import stats
 from helpdesk.report.data import Durations, Series, Spread, TeamDays, TeamWeeks
 from helpdesk.store.models import Event, Ticket
@@ -27,7 +28,7 @@ def change(session: Session, ticket_id: int, at: datetime, before: str, after: s
 
 def series(store: Store, days: int = 7, **kwargs: object) -> Series:
     with store.sessions() as session:
-        return stats.compute_series(session, since=NOW - days * DAY, now=NOW,
+        return series_service.compute_series(session, since=NOW - days * DAY, now=NOW,
                                     **kwargs)  # type: ignore[arg-type]
 
 
@@ -153,7 +154,7 @@ def test_generated_weeks_agree_with_the_stats(store: Store) -> None:
         generate(session, now=NOW, days=60)
     with store.sessions() as session:
         overview = stats.compute(session, now=NOW, days=30, top=100)
-        result = stats.compute_series(session, since=overview.since, now=NOW)
+        result = series_service.compute_series(session, since=overview.since, now=NOW)
         oracle = _backlog_by_brute_force(session, result.days)
     assert len(result.opened) == 4
     assert len(result.weeks) == 6
@@ -200,10 +201,10 @@ def _backlog_by_brute_force(session: Session, days: tuple[date, ...]) -> tuple[i
 )
 def test_percentile(values: list[float], q: float, expected: float) -> None:
     """Linear between the closest ranks, as `statistics.quantiles(method='inclusive')`."""
-    assert stats.percentile(values, q) == pytest.approx(expected)
+    assert series_service.percentile(values, q) == pytest.approx(expected)
     if len(values) > 1 and 0 < q < 1:
         cut = statistics.quantiles(values, n=10, method="inclusive")[round(q * 10) - 1]
-        assert stats.percentile(values, q) == pytest.approx(cut)
+        assert series_service.percentile(values, q) == pytest.approx(cut)
 
 
 def test_series_json_shape() -> None:
@@ -216,7 +217,7 @@ def test_series_json_shape() -> None:
                                        teams=(TeamWeeks("net", (Spread(2, 60, 90),)),)),
         resolution=Durations(all=(Spread(0, None, None),), teams=()),
     )
-    assert stats.series_to_json(result) == {
+    assert series_service.series_to_json(result) == {
         "per_day": {"dates": ["2026-03-30", "2026-03-31"],
                     "opened": [{"team": "net", "counts": [1, 2], "total": 3},
                                {"team": None, "counts": [0, 1], "total": 1}],
@@ -236,4 +237,23 @@ def test_series_json_shape() -> None:
 def test_the_window_must_not_be_empty(store: Store) -> None:
     """`since` after `now` is a programming error."""
     with store.sessions() as session, pytest.raises(ValueError, match="before now"):
-        stats.compute_series(session, since=NOW, now=NOW)
+        series_service.compute_series(session, since=NOW, now=NOW)
+
+
+def test_days_are_utc_whatever_the_servers_time_zone(store: Store) -> None:
+    """A PostgreSQL session in another time zone (the server's default, or a DBA's choice)
+    cuts the same UTC days: tickets near midnight count on their UTC date."""
+    with store.sessions.begin() as session:
+        generate(session, now=NOW, days=20)
+        desk = Desk(session)
+        desk.ticket("a@x.example", age=DAY / 2 + timedelta(minutes=1), team="night")  # 23:59
+        desk.ticket("a@x.example", age=DAY / 2 - timedelta(minutes=1), team="night")  # 00:01
+    with store.sessions() as session:
+        in_utc = series_service.compute_series(session, since=NOW - 14 * DAY, now=NOW)
+    with store.engine.connect() as conn:
+        if store.backend == "postgres":
+            conn.exec_driver_sql("SET TIME ZONE 'Pacific/Kiritimati'")  # UTC+14
+        elsewhere = series_service.compute_series(conn, since=NOW - 14 * DAY, now=NOW)
+    assert elsewhere == in_utc
+    night = next(t for t in in_utc.opened if t.team == "night")
+    assert night.counts[-3:] == (0, 1, 1)
