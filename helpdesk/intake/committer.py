@@ -39,6 +39,7 @@ from helpdesk.errors import StoreUnavailable
 from helpdesk.flow.ingest import IngestContext, ingest_batch, log_ingested
 from helpdesk.mail.prepare import Prepared
 from helpdesk.observe import NULL_OBSERVER, Observer
+from helpdesk.store.queries import contacts_apart
 from helpdesk.values import IngestOutcome, Origin
 
 log = structlog.get_logger()
@@ -66,6 +67,7 @@ def store_now(
     started = time.perf_counter()
     try:
         with sessions.begin() as session:
+            contacts_apart(session)
             outcomes = ingest_batch(session, items, ctx)
     except DBAPIError as exc:
         # Only an outage can reach here: ingest_batch quarantines what one mail caused.

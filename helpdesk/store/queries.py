@@ -293,6 +293,17 @@ _CONTACT = Direct(select(_contacts.c.id, _contacts.c.name).where(
 _INSERT_CONTACT = insert(_contacts).returning(_contacts.c.id)
 
 
+# Set on the group-commit writer's sessions only (`contacts_apart`): a dry run must
+# commit nothing, and its sequences are locked by its own transaction.
+_APART = "helpdesk.contacts_apart"
+
+
+def contacts_apart(session: Session) -> None:
+    """Let `contact` commit new contacts on a connection of their own (PostgreSQL): for
+    the group-commit writer, whose transactions hold a whole batch of mail."""
+    session.info[_APART] = True
+
+
 def contact(session: Session, address: str, name: str, now: datetime) -> tuple[int, str]:
     """The id and stored name of the contact for `address`, created (with `name`) if new.
 
@@ -302,7 +313,7 @@ def contact(session: Session, address: str, name: str, now: datetime) -> tuple[i
     if found is not None:
         return int(found[0]), found[1] or ""
     bind = session.get_bind()
-    if isinstance(bind, Engine) and bind.dialect.name == "postgresql":
+    if session.info.get(_APART) and isinstance(bind, Engine) and bind.dialect.name == "postgresql":
         return _contact_apart(bind, address, name, now)
     try:
         with session.begin_nested():

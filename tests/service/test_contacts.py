@@ -33,11 +33,13 @@ def test_a_new_person_does_not_make_another_writer_wait(store: Store) -> None:
     first = store.sessions()
     first.begin()
     try:
+        queries.contacts_apart(first)  # as the group-commit writer's sessions are
         made, _ = queries.contact(first, "kim@example.com", "Kim", NOW)
         # The first writer's batch goes on and has not committed yet.
         with store.sessions.begin() as second:
             # Waiting for the first writer's batch would fail this instead of hanging.
             second.execute(text("SET LOCAL lock_timeout = '2s'"))
+            queries.contacts_apart(second)
             found, name = queries.contact(second, "kim@example.com", "Kim S.", NOW)
         assert (found, name) == (made, "Kim")
         first.rollback()  # the batch fails: the contact stays, harmlessly
@@ -57,3 +59,14 @@ def test_an_address_another_writer_made_meanwhile_is_found(store: Store) -> None
     with store.sessions.begin() as session:
         sam = session.scalar(select(Contact.id))
     assert queries._contact_apart(store.engine, "sam@example.com", "Samuel", NOW) == (sam, "Sam")
+
+
+def test_other_sessions_keep_a_new_contact_in_their_transaction(store: Store) -> None:
+    """Only the group-commit writer commits contacts apart: a dry run (`rules test`)
+    rolls its transaction back and leaves no contact behind."""
+    with store.sessions() as session:
+        session.begin()
+        queries.contact(session, "lee@example.com", "Lee", NOW)
+        session.rollback()
+    with store.sessions() as session:
+        assert session.scalar(select(func.count(Contact.id))) == 0
