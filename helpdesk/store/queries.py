@@ -335,8 +335,8 @@ def _contact_apart(engine: Engine, address: str, name: str, now: datetime) -> tu
 
     In the caller's transaction (a whole batch of mail) the new row would hold its
     unique key until the batch commits, and another daemon storing mail from the same
-    person, say through a second mailbox, would wait that long (most of the time two
-    daemons lost, bench/daemon.py). A contact kept by a batch that then fails harms
+    person, say through a second mailbox, would wait that long (the largest wait of two
+    daemons on two mailboxes in bench/daemon.py). A contact kept by a batch that fails harms
     nothing. Its commit does not wait for the disk: the batch's own commit, later in
     the log, flushes it too.
     """
