@@ -242,6 +242,7 @@ def fold_parameters(name: str, value: str, params: Sequence[tuple[str, str]]) ->
 
 
 def _parameter_tokens(attr: str, text: str) -> list[str]:
+    text = _encodable(text)  # a name from broken mail may carry lone surrogates
     if _PRINTABLE_RE.fullmatch(text):
         escaped = text.replace("\\", "\\\\").replace('"', '\\"')
         quoted = f'{attr}="{escaped}"'

@@ -306,5 +306,11 @@ def test_file_name_forms(name: str, written: str) -> None:
     assert fold_parameters("Content-Disposition", "attachment", [("filename", name)]) == written
 
 
+def test_a_file_name_with_lone_surrogates_is_still_written() -> None:
+    """Bytes a broken mail's name could not decode become U+FFFD, not a crash."""
+    header = fold_parameters("Content-Disposition", "attachment", [("filename", "a\udcff.txt")])
+    assert header == "Content-Disposition: attachment; filename*=utf-8''a%EF%BF%BD.txt\r\n"
+
+
 def test_no_parameters_is_the_bare_value() -> None:
     assert fold_parameters("Content-Disposition", "inline", []) == "Content-Disposition: inline\r\n"
