@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -373,6 +373,12 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: int) -> None:
     ctx.call_on_close(app.close)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of the `helpdesk` console script."""
-    cli.main(args=argv, prog_name="helpdesk")
+    from helpdesk.cli.quick_exit import leave
+
+    try:
+        cli.main(args=argv, prog_name="helpdesk")
+    except SystemExit as exc:
+        leave(exc.code)
+    leave(0)
