@@ -70,3 +70,22 @@ def test_other_sessions_keep_a_new_contact_in_their_transaction(store: Store) ->
         session.rollback()
     with store.sessions() as session:
         assert session.scalar(select(func.count(Contact.id))) == 0
+
+
+@pytest.mark.postgres
+def test_the_separate_insert_leaves_its_pooled_connection_as_it_found_it(store: Store) -> None:
+    """The insert runs in autocommit with a lazy commit of its own: neither may stay on
+    the pooled connection, whose next user expects transactions and durable commits."""
+    if store.backend != "postgres":
+        pytest.skip("the insert of its own is PostgreSQL's")
+    store.engine.dispose()  # one pooled connection: the next checkout gets the same
+    with store.engine.connect() as conn:
+        conn.exec_driver_sql("SET synchronous_commit = remote_write")  # not its default
+        conn.commit()
+    made, _ = queries._contact_apart(store.engine, "ash@example.com", "Ash", NOW)
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "remote_write"
+        conn.exec_driver_sql("DELETE FROM contacts")
+        conn.rollback()  # in a transaction, so the delete is undone
+    with store.sessions() as session:
+        assert session.scalar(select(Contact.id)) == made
