@@ -5,9 +5,16 @@ Each case runs in a fresh interpreter, since leaving ends the process.
 
 from __future__ import annotations
 
+import atexit
+import io
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from helpdesk.cli import quick_exit
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,3 +84,22 @@ def test_a_message_instead_of_a_status_exits_1_with_the_message() -> None:
     assert done.returncode == 1
     assert "bye" in done.stderr
     assert "atexit ran" in done.stderr
+
+
+def test_output_that_cannot_be_flushed_is_left_to_the_ordinary_exit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A closed pipe: the interpreter's own exit reports it, as it always has."""
+
+    class ClosedPipe(io.StringIO):
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    ran: list[bool] = []
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: ran.append(True))
+    monkeypatch.setattr(os, "_exit", lambda status: pytest.fail("os._exit was called"))
+    with pytest.raises(SystemExit) as leaving:
+        quick_exit.leave(4)
+    assert leaving.value.code == 4
+    assert ran == [True]
