@@ -16,19 +16,21 @@ SQLite has no percentile function; there the durations are fetched.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Date, Integer, cast, func, literal, select, tuple_
 from sqlalchemy.sql.expression import type_coerce
 
-from helpdesk.desk.stats import OPEN_STATUS_NAMES
+from helpdesk.desk.stats import OPEN_STATUS_NAMES, Plan, run_plan
 from helpdesk.report.data import Durations, Series, Spread, TeamDays, TeamWeeks
 from helpdesk.store import schema
 from helpdesk.store.schema import connection_of
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
     from helpdesk.desk.stats import Reader
 
 _tickets, _teams, _events = schema.tickets, schema.teams, schema.events
@@ -38,37 +40,56 @@ BACKLOG_EVENT = "status.changed"
 
 def compute_series(
     session: Reader, *, since: datetime, now: datetime,
-    where: Sequence[ColumnElement[bool]] = (),
+    where: Sequence[ColumnElement[bool]] = (), beside: Sequence[Connection] = (),
 ) -> Series:
-    """Tickets opened per day by team, the backlog per day, duration percentiles per week."""
+    """Tickets opened per day by team, the backlog per day, duration percentiles per week.
+
+    `beside`: more connections on the same snapshot; the queries then run side by side.
+    """
+    postgres = connection_of(session).dialect.name == "postgresql"
+    return run_plan([session, *beside],
+                    series_plan(postgres=postgres, since=since, now=now, where=where))
+
+
+def series_plan(*, postgres: bool, since: datetime, now: datetime,
+                where: Sequence[ColumnElement[bool]] = ()) -> Plan[Series]:
+    """`compute_series`' queries, to run beside others (`stats.run_plans`), and their fold."""
     if since >= now:
         raise ValueError("since must be before now")
     days = _days(since, now)
     weeks = _weeks(days)
-    postgres = connection_of(session).dialect.name == "postgresql"
     in_window = (_tickets.c.created_at >= since, _tickets.c.created_at <= now,
                  _tickets.c.merged_into_id.is_(None), *where)
     day = _day_number(_tickets.c.created_at, days[0], postgres)
-    by_team: dict[str | None, list[int]] = {}
-    for team, number, count in session.execute(
+    opened = (
         select(_teams.c.name, day, func.count())
         .select_from(_tickets)
         .outerjoin(_teams, _teams.c.id == _tickets.c.team_id)
         .where(*in_window)
         .group_by(_teams.c.name, day)
-    ):
-        by_team.setdefault(team, [0] * len(days))[number] += count
-    order = sorted(by_team, key=lambda t: (-sum(by_team[t]), t is None, t or ""))
-    durations = _durations_in_database if postgres else _durations_here
-    return Series(
-        days=days,
-        opened=tuple(TeamDays(team, tuple(by_team[team])) for team in order),
-        backlog=_backlog(session, days, now, where, postgres),
-        weeks=weeks,
-        first_response=durations(session, _tickets.c.first_response_at, in_window, weeks,
-                                 order),
-        resolution=durations(session, _tickets.c.resolved_at, in_window, weeks, order),
     )
+    durations = _durations_in_database if postgres else _durations_here
+    first_response = durations(_tickets.c.first_response_at, in_window, weeks)
+    resolution = durations(_tickets.c.resolved_at, in_window, weeks)
+    backlog = _backlog(days, now, where, postgres)
+
+    def finish(rows: Sequence[list[Any]]) -> Series:
+        opened_rows, first_rows, resolution_rows, *backlog_rows = rows
+        by_team: dict[str | None, list[int]] = {}
+        for team, number, count in opened_rows:
+            by_team.setdefault(team, [0] * len(days))[number] += count
+        order = sorted(by_team, key=lambda t: (-sum(by_team[t]), t is None, t or ""))
+        return Series(
+            days=days,
+            opened=tuple(TeamDays(team, tuple(by_team[team])) for team in order),
+            backlog=backlog.finish(backlog_rows),
+            weeks=weeks,
+            first_response=first_response.finish([first_rows])(order),
+            resolution=resolution.finish([resolution_rows])(order),
+        )
+
+    return Plan((opened, *first_response.queries, *resolution.queries, *backlog.queries),
+                finish)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -137,18 +158,18 @@ def _day_number(column: ColumnElement[datetime], first: date,
 _EMPTY = Spread(0, None, None)
 
 
-def _durations_in_database(
-    session: Reader, done: ColumnElement[datetime | None],
-    in_window: Sequence[ColumnElement[bool]], weeks: Sequence[date],
-    teams: Sequence[str | None],
-) -> Durations:
+# A week's durations, once the teams' order (busiest first) is known.
+_ByTeams = Callable[[Sequence[str | None]], Durations]
+
+
+def _durations_in_database(done: ColumnElement[datetime | None],
+                           in_window: Sequence[ColumnElement[bool]],
+                           weeks: Sequence[date]) -> Plan[_ByTeams]:
     """p50 and p90 per creation week of (done - created), all teams and each: GROUPING SETS
     give both in one pass, GROUPING() tells the all-teams rows from the no-team ones."""
     week = _day_number(_tickets.c.created_at, weeks[0], True) // 7
     seconds = func.greatest(func.extract("epoch", done - _tickets.c.created_at), 0)
-    everyone = [_EMPTY] * len(weeks)
-    per_team: dict[str | None, list[Spread]] = {}
-    for all_teams, team, number, count, p50, p90 in session.execute(
+    query = (
         select(func.grouping(_teams.c.name), _teams.c.name, week, func.count(),
                func.percentile_cont(0.5).within_group(seconds),
                func.percentile_cont(0.9).within_group(seconds))
@@ -156,41 +177,51 @@ def _durations_in_database(
         .outerjoin(_teams, _teams.c.id == _tickets.c.team_id)
         .where(*in_window, done.is_not(None))
         .group_by(func.grouping_sets(tuple_(_teams.c.name, week), tuple_(week)))
-    ):
-        spread = Spread(count, round(p50), round(p90))
-        if all_teams:
-            everyone[number] = spread
-        else:
-            per_team.setdefault(team, [_EMPTY] * len(weeks))[number] = spread
-    return Durations(
-        all=tuple(everyone),
-        teams=tuple(TeamWeeks(t, tuple(per_team[t])) for t in teams if t in per_team),
     )
 
+    def finish(rows: Sequence[list[Any]]) -> _ByTeams:
+        everyone = [_EMPTY] * len(weeks)
+        per_team: dict[str | None, list[Spread]] = {}
+        for all_teams, team, number, count, p50, p90 in rows[0]:
+            spread = Spread(count, round(p50), round(p90))
+            if all_teams:
+                everyone[number] = spread
+            else:
+                per_team.setdefault(team, [_EMPTY] * len(weeks))[number] = spread
+        return lambda teams: Durations(
+            all=tuple(everyone),
+            teams=tuple(TeamWeeks(t, tuple(per_team[t])) for t in teams if t in per_team),
+        )
 
-def _durations_here(
-    session: Reader, done: ColumnElement[datetime | None],
-    in_window: Sequence[ColumnElement[bool]], weeks: Sequence[date],
-    teams: Sequence[str | None],
-) -> Durations:
+    return Plan((query,), finish)
+
+
+def _durations_here(done: ColumnElement[datetime | None],
+                    in_window: Sequence[ColumnElement[bool]],
+                    weeks: Sequence[date]) -> Plan[_ByTeams]:
     """The same figures from the durations fetched (SQLite has no percentile function)."""
-    everyone: list[list[float]] = [[] for _ in weeks]
-    per_team: dict[str | None, list[list[float]]] = {}
-    for created, team, finished in session.execute(
+    query = (
         select(_tickets.c.created_at, _teams.c.name, done)
         .select_from(_tickets)
         .outerjoin(_teams, _teams.c.id == _tickets.c.team_id)
         .where(*in_window, done.is_not(None))
-    ):
-        week = (created.date() - weeks[0]).days // 7
-        seconds = max(0.0, (finished - created).total_seconds())
-        everyone[week].append(seconds)
-        per_team.setdefault(team, [[] for _ in weeks])[week].append(seconds)
-    return Durations(
-        all=tuple(_spread(v) for v in everyone),
-        teams=tuple(TeamWeeks(t, tuple(_spread(v) for v in per_team[t]))
-                    for t in teams if t in per_team),
     )
+
+    def finish(rows: Sequence[list[Any]]) -> _ByTeams:
+        everyone: list[list[float]] = [[] for _ in weeks]
+        per_team: dict[str | None, list[list[float]]] = {}
+        for created, team, finished in rows[0]:
+            week = (created.date() - weeks[0]).days // 7
+            seconds = max(0.0, (finished - created).total_seconds())
+            everyone[week].append(seconds)
+            per_team.setdefault(team, [[] for _ in weeks])[week].append(seconds)
+        return lambda teams: Durations(
+            all=tuple(_spread(v) for v in everyone),
+            teams=tuple(TeamWeeks(t, tuple(_spread(v) for v in per_team[t]))
+                        for t in teams if t in per_team),
+        )
+
+    return Plan((query,), finish)
 
 
 def _spread(values: list[float]) -> Spread:
@@ -200,8 +231,8 @@ def _spread(values: list[float]) -> Spread:
     return Spread(len(values), round(percentile(values, 0.5)), round(percentile(values, 0.9)))
 
 
-def _backlog(session: Reader, days: Sequence[date], now: datetime,
-             where: Sequence[ColumnElement[bool]], postgres: bool) -> tuple[int, ...]:
+def _backlog(days: Sequence[date], now: datetime, where: Sequence[ColumnElement[bool]],
+             postgres: bool) -> Plan[tuple[int, ...]]:
     """Open tickets at the end of each day (the last: at `now`), from the status events.
 
     A ticket's status at an instant is the `to` of its last status change
@@ -221,38 +252,44 @@ def _backlog(session: Reader, days: Sequence[date], now: datetime,
     # By the partial index of status changes (migration 0012).
     changed = select(_events.c.ticket_id).where(_events.c.kind == BACKLOG_EVENT,
                                                 _events.c.created_at >= start)
-    delta = [0] * (len(cutoffs) + 1)
     day = _day_number(_tickets.c.created_at, days[0], postgres)
-    for number, count in session.execute(
+    unchanged_by_day = (
         select(day, func.count())
         .where(_tickets.c.status.in_(OPEN_STATUS_NAMES), *alive,
                _tickets.c.id.not_in(changed))
         .group_by(day)
-    ):
-        # Opened when created, never closed: bisect_right(cutoffs, created_at).
-        delta[min(max(number, 0), len(cutoffs) - 1)] += count
-        delta[len(cutoffs)] -= count
+    )
     changed_tickets = select(_tickets.c.id, _tickets.c.created_at, _tickets.c.status).where(
         _tickets.c.id.in_(changed.distinct()), *alive)
-    tickets = {ticket_id: (created, status)
-               for ticket_id, created, status in session.execute(changed_tickets).all()}
-    changes: dict[int, list[tuple[datetime, dict[str, Any]]]] = {}
-    for ticket_id, when, detail in session.execute(
+    their_changes = (
         select(_events.c.ticket_id, _events.c.created_at, _events.c.detail)
         .where(_events.c.kind == BACKLOG_EVENT, _events.c.created_at >= start)
         .order_by(_events.c.ticket_id, _events.c.created_at, _events.c.id)
-    ):
-        if ticket_id in tickets:  # not merged, not filtered out
-            changes.setdefault(ticket_id, []).append((when, detail))
-    for ticket_id, (created, status) in tickets.items():
-        for opened, closed in _open_spans(created, status, changes.get(ticket_id, [])):
-            delta[bisect_right(cutoffs, opened)] += 1
-            delta[bisect_right(cutoffs, closed) if closed else len(cutoffs)] -= 1
-    backlog, running = [], 0
-    for step in delta[:-1]:
-        running += step
-        backlog.append(running)
-    return tuple(backlog)
+    )
+
+    def finish(rows: Sequence[list[Any]]) -> tuple[int, ...]:
+        unchanged_rows, ticket_rows, change_rows = rows
+        delta = [0] * (len(cutoffs) + 1)
+        for number, count in unchanged_rows:
+            # Opened when created, never closed: bisect_right(cutoffs, created_at).
+            delta[min(max(number, 0), len(cutoffs) - 1)] += count
+            delta[len(cutoffs)] -= count
+        tickets = {ticket_id: (created, status) for ticket_id, created, status in ticket_rows}
+        changes: dict[int, list[tuple[datetime, dict[str, Any]]]] = {}
+        for ticket_id, when, detail in change_rows:
+            if ticket_id in tickets:  # not merged, not filtered out
+                changes.setdefault(ticket_id, []).append((when, detail))
+        for ticket_id, (created, status) in tickets.items():
+            for opened, closed in _open_spans(created, status, changes.get(ticket_id, [])):
+                delta[bisect_right(cutoffs, opened)] += 1
+                delta[bisect_right(cutoffs, closed) if closed else len(cutoffs)] -= 1
+        backlog, running = [], 0
+        for step in delta[:-1]:
+            running += step
+            backlog.append(running)
+        return tuple(backlog)
+
+    return Plan((unchanged_by_day, changed_tickets, their_changes), finish)
 
 
 def _open_spans(created: datetime, status: str,

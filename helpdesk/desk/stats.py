@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 _tickets, _teams, _contacts = schema.tickets, schema.teams, schema.contacts
 _tags, _events = schema.ticket_tags, schema.events
 OPEN_STATUS_NAMES: tuple[str, ...] = tuple(s.value for s in OPEN_STATUSES)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,43 @@ class Stats:
     filters: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Plan(Generic[T]):
+    """Queries that answer one question, and what makes the answer of their rows.
+
+    The queries are independent: `run_plans` runs those of several plans side by
+    side, on connections that share one snapshot, longest first as listed.
+    """
+
+    queries: tuple[Executable, ...]
+    finish: Callable[[Sequence[list[Any]]], T]
+
+
+def run_plans(readers: Sequence[Reader], plans: Sequence[Plan[Any]]) -> list[Any]:
+    """The answer of each plan, in order; every plan's queries run side by side."""
+    rows = _run_all(readers, [query for plan in plans for query in plan.queries])
+    answers, start = [], 0
+    for plan in plans:
+        answers.append(plan.finish(rows[start:start + len(plan.queries)]))
+        start += len(plan.queries)
+    return answers
+
+
+def run_plan(readers: Sequence[Reader], one: Plan[T]) -> T:
+    """The answer of one plan, its queries side by side on `readers`."""
+    (answer,) = run_plans(readers, [one])
+    return cast(T, answer)
+
+
+def window_start(now: datetime, days: int, flt: TicketFilter | None = None) -> datetime:
+    """Where the stats' window starts: `flt.since`, else `days` before `now`."""
+    if flt is not None and flt.since is not None:
+        if flt.since >= now:
+            raise ValueError("since must be before now")
+        return flt.since
+    return now - timedelta(days=days)
+
+
 def compute(session: Reader, *, now: datetime, days: int = 30, top: int = 10,
             flt: TicketFilter | None = None, beside: Sequence[Connection] = ()) -> Stats:
     """The stats for the `days` up to `now` (or since `flt.since`) against as long before.
@@ -121,51 +159,57 @@ def compute(session: Reader, *, now: datetime, days: int = 30, top: int = 10,
     `flt` narrows every figure to the tickets it matches. `beside`: more connections
     on the same snapshot (`db.reading_together`); the queries then run side by side.
     """
+    postgres = connection_of(session).dialect.name == "postgresql"
+    return run_plan([session, *beside],
+                    plan(postgres=postgres, now=now, days=days, top=top, flt=flt))
+
+
+def plan(*, postgres: bool, now: datetime, days: int = 30, top: int = 10,
+         flt: TicketFilter | None = None) -> Plan[Stats]:
+    """`compute`'s queries, to run beside others (`run_plans`), and how they become Stats."""
     if days < 1 or top < 1:
         raise ValueError("days and top must be positive")
     flt = flt or TicketFilter()
-    since = now - timedelta(days=days)
+    since = window_start(now, days, flt)
     if flt.since is not None:
-        if flt.since >= now:
-            raise ValueError("since must be before now")
-        since = flt.since
         days = max(1, round((now - since) / timedelta(days=1)))
     previous_since = since - (now - since)
     terms = tuple(ticket_conditions(flt))
     window = _Window(since, previous_since, now, terms)
-    in_database = connection_of(session).dialect.name == "postgresql"
     # The slowest first, so that side by side the others fill in around them.
-    domains, tags, teams, open_rows, first_response, resolution = _run_all(
-        [session, *beside],
-        [
-            _domains_query(window, in_database),
-            _counts_query(window, _tags.c.tag,
-                          lambda q: q.join(_tags, _tags.c.ticket_id == _tickets.c.id)),
-            _counts_query(window, _teams.c.name,
-                          lambda q: q.outerjoin(_teams, _teams.c.id == _tickets.c.team_id)),
-            _open_query(terms),
-            _median_query(_tickets.c.first_response_at, window, in_database),
-            _median_query(_tickets.c.resolved_at, window, in_database),
-        ],
+    queries = (
+        _domains_query(window, postgres),
+        _counts_query(window, _tags.c.tag,
+                      lambda q: q.join(_tags, _tags.c.ticket_id == _tickets.c.id)),
+        _counts_query(window, _teams.c.name,
+                      lambda q: q.outerjoin(_teams, _teams.c.id == _tickets.c.team_id)),
+        _open_query(terms),
+        _median_query(_tickets.c.first_response_at, window, postgres),
+        _median_query(_tickets.c.resolved_at, window, postgres),
     )
-    # Every ticket of the two windows is in one team group (or the no-team group):
-    # their sums are the tickets created, without a query of their own.
-    team_counts = _counts(teams)
-    return Stats(
-        now=now,
-        days=days,
-        since=since,
-        previous_since=previous_since,
-        open_tickets=_open_tickets(open_rows),
-        created=Count("tickets", sum(c.current for c in team_counts),
-                      sum(c.previous for c in team_counts)),
-        first_response=_median(first_response, in_database),
-        resolution=_median(resolution, in_database),
-        tags=_rank(_counts(tags), top),
-        teams=_rank(team_counts, top),
-        domains=_top_domains(domains, in_database, top),
-        filters=flt.describe(),
-    )
+
+    def finish(rows: Sequence[list[Any]]) -> Stats:
+        domains, tags, teams, open_rows, first_response, resolution = rows
+        # Every ticket of the two windows is in one team group (or the no-team group):
+        # their sums are the tickets created, without a query of their own.
+        team_counts = _counts(teams)
+        return Stats(
+            now=now,
+            days=days,
+            since=since,
+            previous_since=previous_since,
+            open_tickets=_open_tickets(open_rows),
+            created=Count("tickets", sum(c.current for c in team_counts),
+                          sum(c.previous for c in team_counts)),
+            first_response=_median(first_response, postgres),
+            resolution=_median(resolution, postgres),
+            tags=_rank(_counts(tags), top),
+            teams=_rank(team_counts, top),
+            domains=_top_domains(domains, postgres, top),
+            filters=flt.describe(),
+        )
+
+    return Plan(queries, finish)
 
 
 def _run_all(readers: Sequence[Reader], queries: Sequence[Executable]) -> list[list[Any]]:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from helpdesk.desk import series as series_service
 from helpdesk.desk import stats
 from helpdesk.report.data import Durations, Series, Spread, TeamDays, TeamWeeks
+from helpdesk.store.db import reading_together
 from helpdesk.store.models import Event, Ticket
 from tests.conftest import Store
 from tests.service.test_stats import DAY, NOW, Desk
@@ -27,9 +28,23 @@ def change(session: Session, ticket_id: int, at: datetime, before: str, after: s
 
 
 def series(store: Store, days: int = 7, **kwargs: object) -> Series:
+    """The series as a session computes them; on PostgreSQL also with the queries side by
+    side on two connections, beside the stats' own (`helpdesk stats`' way): the two agree."""
+    since = NOW - days * DAY
     with store.sessions() as session:
-        return series_service.compute_series(session, since=NOW - days * DAY, now=NOW,
-                                    **kwargs)  # type: ignore[arg-type]
+        alone = series_service.compute_series(session, since=since, now=NOW,
+                                              **kwargs)  # type: ignore[arg-type]
+    with reading_together(store.engine, 2) as readers:
+        postgres = store.backend == "postgres"
+        assert len(readers) == (2 if postgres else 1)
+        figures, together = stats.run_plans(readers, [
+            stats.plan(postgres=postgres, now=NOW, days=days),
+            series_service.series_plan(postgres=postgres, since=since, now=NOW,
+                                       **kwargs),  # type: ignore[arg-type]
+        ])
+    assert together == alone
+    assert figures.since == since
+    return alone
 
 
 def test_days_and_weeks_of_the_window(store: Store) -> None:
@@ -156,6 +171,13 @@ def test_generated_weeks_agree_with_the_stats(store: Store) -> None:
         overview = stats.compute(session, now=NOW, days=30, top=100)
         result = series_service.compute_series(session, since=overview.since, now=NOW)
         oracle = _backlog_by_brute_force(session, result.days)
+    # As `helpdesk stats` draws them: every query of both side by side (PostgreSQL).
+    with reading_together(store.engine, 2) as readers:
+        postgres = store.backend == "postgres"
+        assert stats.run_plans(readers, [
+            stats.plan(postgres=postgres, now=NOW, days=30, top=100),
+            series_service.series_plan(postgres=postgres, since=overview.since, now=NOW),
+        ]) == [overview, result]
     assert len(result.opened) == 4
     assert len(result.weeks) == 6
     assert sum(result.opened_per_day) == overview.created.current > 50
