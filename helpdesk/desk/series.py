@@ -23,14 +23,19 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import ColumnElement, Date, Integer, cast, func, literal, select, tuple_
 from sqlalchemy.sql.expression import type_coerce
 
-from helpdesk.desk.stats import OPEN_STATUS_NAMES, Plan, run_plan
+from helpdesk.desk.stats import (
+    OPEN_STATUS_NAMES,
+    Plan,
+    finish_each,
+    run_plan,
+    seconds_between,
+    seconds_taken,
+)
 from helpdesk.report.data import Durations, Series, Spread, TeamDays, TeamWeeks
 from helpdesk.store import schema
 from helpdesk.store.schema import connection_of
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection
-
     from helpdesk.desk.stats import Reader
 
 _tickets, _teams, _events = schema.tickets, schema.teams, schema.events
@@ -40,15 +45,12 @@ BACKLOG_EVENT = "status.changed"
 
 def compute_series(
     session: Reader, *, since: datetime, now: datetime,
-    where: Sequence[ColumnElement[bool]] = (), beside: Sequence[Connection] = (),
+    where: Sequence[ColumnElement[bool]] = (),
 ) -> Series:
-    """Tickets opened per day by team, the backlog per day, duration percentiles per week.
-
-    `beside`: more connections on the same snapshot; the queries then run side by side.
-    """
+    """Tickets opened per day by team, the backlog per day, duration percentiles per week."""
     postgres = connection_of(session).dialect.name == "postgresql"
-    return run_plan([session, *beside],
-                    series_plan(postgres=postgres, since=since, now=now, where=where))
+    return run_plan([session], series_plan(postgres=postgres, since=since, now=now,
+                                           where=where))
 
 
 def series_plan(*, postgres: bool, since: datetime, now: datetime,
@@ -74,7 +76,9 @@ def series_plan(*, postgres: bool, since: datetime, now: datetime,
     backlog = _backlog(days, now, where, postgres)
 
     def finish(rows: Sequence[list[Any]]) -> Series:
-        opened_rows, first_rows, resolution_rows, *backlog_rows = rows
+        opened_rows, *rest = rows
+        first_by_teams, resolution_by_teams, backlog_days = finish_each(
+            rest, [first_response, resolution, backlog])
         by_team: dict[str | None, list[int]] = {}
         for team, number, count in opened_rows:
             by_team.setdefault(team, [0] * len(days))[number] += count
@@ -82,10 +86,10 @@ def series_plan(*, postgres: bool, since: datetime, now: datetime,
         return Series(
             days=days,
             opened=tuple(TeamDays(team, tuple(by_team[team])) for team in order),
-            backlog=backlog.finish(backlog_rows),
+            backlog=backlog_days,
             weeks=weeks,
-            first_response=first_response.finish([first_rows])(order),
-            resolution=resolution.finish([resolution_rows])(order),
+            first_response=first_by_teams(order),
+            resolution=resolution_by_teams(order),
         )
 
     return Plan((opened, *first_response.queries, *resolution.queries, *backlog.queries),
@@ -168,7 +172,7 @@ def _durations_in_database(done: ColumnElement[datetime | None],
     """p50 and p90 per creation week of (done - created), all teams and each: GROUPING SETS
     give both in one pass, GROUPING() tells the all-teams rows from the no-team ones."""
     week = _day_number(_tickets.c.created_at, weeks[0], True) // 7
-    seconds = func.greatest(func.extract("epoch", done - _tickets.c.created_at), 0)
+    seconds = seconds_taken(done)
     query = (
         select(func.grouping(_teams.c.name), _teams.c.name, week, func.count(),
                func.percentile_cont(0.5).within_group(seconds),
@@ -212,7 +216,7 @@ def _durations_here(done: ColumnElement[datetime | None],
         per_team: dict[str | None, list[list[float]]] = {}
         for created, team, finished in rows[0]:
             week = (created.date() - weeks[0]).days // 7
-            seconds = max(0.0, (finished - created).total_seconds())
+            seconds = seconds_between(created, finished)
             everyone[week].append(seconds)
             per_team.setdefault(team, [[] for _ in weeks])[week].append(seconds)
         return lambda teams: Durations(

@@ -129,7 +129,12 @@ class Plan(Generic[T]):
 
 def run_plans(readers: Sequence[Reader], plans: Sequence[Plan[Any]]) -> list[Any]:
     """The answer of each plan, in order; every plan's queries run side by side."""
-    rows = _run_all(readers, [query for plan in plans for query in plan.queries])
+    return finish_each(_run_all(readers, [query for plan in plans for query in plan.queries]),
+                       plans)
+
+
+def finish_each(rows: Sequence[list[Any]], plans: Sequence[Plan[Any]]) -> list[Any]:
+    """Each plan's answer from the rows of all their queries, listed in the plans' order."""
     answers, start = [], 0
     for plan in plans:
         answers.append(plan.finish(rows[start:start + len(plan.queries)]))
@@ -338,9 +343,19 @@ def _median_query(column: ColumnElement[datetime | None], window: _Window,
         # In the database: at a million tickets, a window holds tens of thousands,
         # and fetching them all to Python took most of the command's time (issue 13).
         # percentile_cont interpolates between the two middle values, as median does.
-        seconds = func.greatest(func.extract("epoch", column - _tickets.c.created_at), 0)
+        seconds = seconds_taken(column)
         return select(func.count(), func.percentile_cont(0.5).within_group(seconds)).where(*where)
     return select(_tickets.c.created_at, column).where(*where)
+
+
+def seconds_taken(done: ColumnElement[datetime | None]) -> ColumnElement[float]:
+    """Seconds from a ticket's creation to `done`, in SQL (PostgreSQL); never negative."""
+    return func.greatest(func.extract("epoch", done - _tickets.c.created_at), 0)
+
+
+def seconds_between(created: datetime, done: datetime) -> float:
+    """`seconds_taken` in Python, for SQLite's fetched rows."""
+    return max(0.0, (done - created).total_seconds())
 
 
 def _median(rows: list[Any], in_database: bool) -> Median:
@@ -349,8 +364,7 @@ def _median(rows: list[Any], in_database: bool) -> Median:
         if not count:
             return Median(0, None)
         return Median(int(count), timedelta(seconds=float(middle)))
-    durations = [max(0.0, (done - created).total_seconds())
-                 for created, done in rows if done is not None]
+    durations = [seconds_between(created, done) for created, done in rows if done is not None]
     if not durations:
         return Median(0, None)
     return Median(len(durations), timedelta(seconds=statistics.median(durations)))

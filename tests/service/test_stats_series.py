@@ -279,3 +279,16 @@ def test_days_are_utc_whatever_the_servers_time_zone(store: Store) -> None:
     assert elsewhere == in_utc
     night = next(t for t in in_utc.opened if t.team == "night")
     assert night.counts[-3:] == (0, 1, 1)
+
+
+def test_a_response_stamped_before_its_ticket_counts_as_no_time(store: Store) -> None:
+    """Two writers' clocks a little apart can stamp the first response before the ticket's
+    creation: it counts as 0 s, in the medians and in the weekly percentiles alike."""
+    with store.sessions.begin() as session:
+        desk = Desk(session)
+        desk.ticket("a@x.example", age=DAY, responded=-timedelta(minutes=5), team="support")
+        desk.ticket("a@x.example", age=DAY, responded=HOUR, team="support")
+    with store.sessions() as session:
+        overview = stats.compute(session, now=NOW, days=7)
+    assert overview.first_response == stats.Median(2, HOUR / 2)
+    assert series(store).first_response.all[-1] == Spread(2, 1800, 3240)
