@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer, selectinload
 from sqlalchemy.orm.util import identity_key
 
-from helpdesk.store import schema
+from helpdesk.store import batchreads, schema
 from helpdesk.store.direct import Direct
 from helpdesk.store.models import (
     Agent,
@@ -66,17 +66,25 @@ _BY_CONTENT = Direct(
 
 def message_by_origin(session: Session, origin: Origin) -> StoredRef | None:
     """The stored message that came from exactly this server copy (IMAP mailbox+UIDVALIDITY+UID)."""
-    if origin.mailbox is None or origin.uid is None or origin.uidvalidity is None:
+    key = batchreads.origin_key(origin)
+    if key is None:
         return None
+    ahead = batchreads.ahead_of(session)
+    if ahead is not None and ahead.knows_origin(key):
+        copy = ahead.origins.get(key)
+        return StoredRef(copy.id, copy.ticket_id, copy.message_id) if copy else None
+    mailbox, uidvalidity, uid = key
     row = _BY_ORIGIN.first(
-        session.connection(),
-        {"mailbox": origin.mailbox, "uidvalidity": origin.uidvalidity, "uid": origin.uid},
-    )
+        session.connection(), {"mailbox": mailbox, "uidvalidity": uidvalidity, "uid": uid})
     return StoredRef(*row) if row else None
 
 
 def message_by_content(session: Session, message_id: str, content_hash: str) -> StoredRef | None:
     """The stored message with this Message-ID and content, or our own sent mail with this id."""
+    ahead = batchreads.ahead_of(session)
+    if ahead is not None and ahead.knows_message_id(message_id):
+        copy = ahead.by_content(message_id, content_hash)
+        return StoredRef(copy.id, copy.ticket_id, copy.message_id) if copy else None
     row = _BY_CONTENT.first(
         session.connection(), {"message_id": message_id, "content_hash": content_hash}
     )
@@ -309,9 +317,21 @@ def contact(session: Session, address: str, name: str, now: datetime) -> tuple[i
 
     Safe against a concurrent insert of the same address.
     """
+    ahead = batchreads.ahead_of(session)
+    if ahead is not None and ahead.knows_address(address):
+        known = ahead.contacts.get(address)
+        if known is not None:
+            return known
+        ahead.contacts[address] = made = _new_contact(session, address, name, now)
+        return made
     found = _CONTACT.first(session.connection(), {"address": address})
     if found is not None:
         return int(found[0]), found[1] or ""
+    return _new_contact(session, address, name, now)
+
+
+def _new_contact(session: Session, address: str, name: str, now: datetime) -> tuple[int, str]:
+    """`contact`'s insert, for an address not found: the new row's, or a concurrent one's."""
     bind = session.get_bind()
     if session.info.get(_APART) and isinstance(bind, Engine) and bind.dialect.name == "postgresql":
         return _contact_apart(bind, address, name, now)

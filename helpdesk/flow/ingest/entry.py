@@ -15,7 +15,7 @@ from helpdesk.flow.ingest.context import IngestContext
 from helpdesk.flow.ingest.filing import file_message
 from helpdesk.flow.ingest.rows import storable_id
 from helpdesk.mail.prepare import Prepared, prepare_with
-from helpdesk.store import queries
+from helpdesk.store import batchreads, queries
 from helpdesk.store.failures import is_outage
 from helpdesk.values import IngestOutcome, Origin, OutcomeKind, ParsedMessage
 
@@ -89,8 +89,10 @@ def _all_in_one_savepoint(
     """Every mail of the batch in one savepoint; None (and nothing kept) if any mail fails."""
     try:
         with session.begin_nested():
-            return [_ingest(session, raw, origin, prepared, ctx, guard_actions=False)
-                    for raw, origin, prepared in items]
+            ahead = batchreads.read_ahead(session.connection(), _wanted(items))
+            with batchreads.kept(session, ahead):
+                return [_ingest(session, raw, origin, prepared, ctx, guard_actions=False)
+                        for raw, origin, prepared in items]
     except DBAPIError as exc:
         if is_outage(exc):
             raise StoreUnavailable(f"database error: {exc.orig}") from exc
@@ -99,6 +101,24 @@ def _all_in_one_savepoint(
         error = f"{type(exc).__name__}: {_first_line(exc)}"
     log.info("ingest.batch_split", mails=len(items), error=error)
     return None
+
+
+def _wanted(items: Sequence[tuple[bytes, Origin, Prepared]]) -> batchreads.Wanted:
+    """What `_ingest` will look up for these mails: their copies and their senders."""
+    message_ids: set[str] = set()
+    origins: set[batchreads.Origin] = set()
+    addresses: set[str] = set()
+    for _raw, origin, prepared in items:
+        key = batchreads.origin_key(origin)
+        if key is not None:
+            origins.add(key)
+        msg = prepared.msg
+        if prepared.problem or msg is None:
+            continue
+        message_ids.add(storable_id(msg.message_id))
+        if msg.from_ is not None:
+            addresses.add(msg.from_.address)
+    return batchreads.Wanted(frozenset(message_ids), frozenset(origins), frozenset(addresses))
 
 
 def _one(

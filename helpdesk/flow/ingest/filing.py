@@ -31,7 +31,7 @@ from helpdesk.mail.prepare import Prepared
 from helpdesk.mail.trust import TrustVerdict, agent_trust
 from helpdesk.rules import evaluate
 from helpdesk.rules.regexes import regex_timed_out
-from helpdesk.store import blobs, queries
+from helpdesk.store import batchreads, blobs, queries
 from helpdesk.store.failures import is_outage
 from helpdesk.thread import clean_subject, match_thread
 from helpdesk.values import (
@@ -132,6 +132,10 @@ def file_message(
                             verdict, now),
         "raw",
     )
+    # A second copy of this mail later in the batch must find it (store.batchreads).
+    batchreads.stored(session, batchreads.Copy(row_id, place.ticket_id, message_id,
+                                               stored.content_hash, False),
+                      batchreads.origin_key(origin))
     # A worker sent large attachments back without their bytes: decode them
     # from the raw mail now, after the message row is written (its raw bytes
     # were bound then), for the rows below and for what rules and actions send.

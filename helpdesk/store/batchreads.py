@@ -1,0 +1,172 @@
+"""What a batch of mail will look up, read before the batch is filed: one query per kind.
+
+Why (issue 13): every mail asked the database, each in a round trip of its own,
+whether it was stored before (by its server copy, then by Message-ID and
+content) and, for a new ticket, who its sender is. On PostgreSQL a round trip
+costs more than these indexed lookups themselves, and most of a writer's time
+is spent waiting for them; across a network, more so. `read_ahead` asks for the
+whole batch at once and keeps the answers in the session (`session.info`) while
+the batch is filed in its one savepoint; `queries.message_by_origin`,
+`message_by_content` and `contact` answer from them.
+
+The answers must stay what the database would say at that point of the batch:
+
+* a lookup the batch did not announce goes to the database, as before;
+* what the batch itself writes is added as it is written (`stored`, `contact`),
+  so a second copy of a mail in the same batch is still a duplicate of the first;
+* they are dropped when the batch's savepoint ends, whatever happened: after a
+  rollback the mails are filed again one by one, each asking the database.
+
+A row another writer commits after `read_ahead` is not seen, as it would not
+have been seen a moment earlier: its unique key makes our insert fail, the batch
+is filed again mail by mail, and the mail is found to be a duplicate then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from sqlalchemy import Connection, bindparam, select
+from sqlalchemy.orm import Session
+
+from helpdesk.store import schema
+from helpdesk.values import Direction
+from helpdesk.values import Origin as MailOrigin
+
+__all__ = ["Ahead", "Copy", "Wanted", "ahead_of", "kept", "origin_key", "read_ahead", "stored"]
+
+_KEY = "helpdesk.batch_reads"
+# Bound parameters per query, as in queries.tickets_by_message_ids.
+_PER_QUERY = 500
+
+_messages, _contacts = schema.messages, schema.contacts
+_BY_MESSAGE_IDS = select(
+    _messages.c.id, _messages.c.ticket_id, _messages.c.message_id, _messages.c.content_hash,
+    _messages.c.direction,
+).where(_messages.c.message_id.in_(bindparam("keys", expanding=True)))
+_BY_UIDS = select(
+    _messages.c.id, _messages.c.ticket_id, _messages.c.message_id, _messages.c.origin_uid,
+).where(
+    _messages.c.origin_mailbox == bindparam("mailbox"),
+    _messages.c.origin_uidvalidity == bindparam("uidvalidity"),
+    _messages.c.origin_uid.in_(bindparam("keys", expanding=True)),
+)
+_CONTACTS = select(_contacts.c.address, _contacts.c.id, _contacts.c.name).where(
+    _contacts.c.address.in_(bindparam("keys", expanding=True)))
+
+Origin = tuple[str, int, int]  # mailbox, UIDVALIDITY, UID
+K = TypeVar("K")
+
+
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    """What the mails of a batch will look up."""
+
+    message_ids: frozenset[str] = frozenset()  # as stored (rows.storable_id)
+    origins: frozenset[Origin] = frozenset()
+    addresses: frozenset[str] = frozenset()  # senders, as contacts are keyed
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """A stored message, as the duplicate checks compare it."""
+
+    id: int
+    ticket_id: int
+    message_id: str
+    content_hash: str
+    outgoing: bool
+
+
+@dataclass(slots=True)
+class Ahead:
+    """The answers read ahead for one batch, and what the batch wrote since."""
+
+    wanted: Wanted
+    copies: dict[str, list[Copy]] = field(default_factory=dict)  # by Message-ID
+    origins: dict[Origin, Copy] = field(default_factory=dict)
+    # address -> (id, name); an address of `wanted` missing here has no contact yet.
+    contacts: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def knows_message_id(self, message_id: str) -> bool:
+        return message_id in self.wanted.message_ids
+
+    def knows_origin(self, origin: Origin) -> bool:
+        return origin in self.wanted.origins
+
+    def knows_address(self, address: str) -> bool:
+        return address in self.wanted.addresses
+
+    def by_content(self, message_id: str, content_hash: str) -> Copy | None:
+        """`queries.message_by_content`'s answer: the same content, or our own mail's id."""
+        found = [c for c in self.copies.get(message_id, ())
+                 if c.content_hash == content_hash or c.outgoing]
+        return min(found, key=lambda c: c.id) if found else None
+
+
+def read_ahead(conn: Connection, wanted: Wanted) -> Ahead:
+    """Read what `wanted` names: a query per kind (and per 500 keys)."""
+    ahead = Ahead(wanted)
+    for chunk in _chunks(wanted.message_ids):
+        for row_id, ticket_id, message_id, content_hash, direction in conn.execute(
+                _BY_MESSAGE_IDS, {"keys": chunk}):
+            ahead.copies.setdefault(message_id, []).append(Copy(
+                row_id, ticket_id, message_id, content_hash,
+                direction == Direction.OUTGOING.value))
+    by_box: dict[tuple[str, int], set[int]] = {}
+    for mailbox, uidvalidity, uid in wanted.origins:
+        by_box.setdefault((mailbox, uidvalidity), set()).add(uid)
+    for (mailbox, uidvalidity), uids in by_box.items():
+        for some in _chunks(uids):
+            for row_id, ticket_id, message_id, uid in conn.execute(_BY_UIDS, {
+                    "mailbox": mailbox, "uidvalidity": uidvalidity, "keys": some}):
+                key = (mailbox, uidvalidity, uid)
+                known = ahead.origins.get(key)
+                if known is None or row_id < known.id:
+                    ahead.origins[key] = Copy(row_id, ticket_id, message_id, "", False)
+    for chunk in _chunks(wanted.addresses):
+        for address, contact_id, name in conn.execute(_CONTACTS, {"keys": chunk}):
+            ahead.contacts[address] = (int(contact_id), name or "")
+    return ahead
+
+
+@contextmanager
+def kept(session: Session, ahead: Ahead) -> Iterator[Ahead]:
+    """Let the lookups in `session` answer from `ahead` until the block ends."""
+    session.info[_KEY] = ahead
+    try:
+        yield ahead
+    finally:
+        session.info.pop(_KEY, None)
+
+
+def origin_key(origin: MailOrigin) -> Origin | None:
+    """The server copy a mail came from (mailbox, UIDVALIDITY, UID), if it came from one."""
+    if origin.mailbox is None or origin.uidvalidity is None or origin.uid is None:
+        return None
+    return origin.mailbox, origin.uidvalidity, origin.uid
+
+
+def ahead_of(session: Session) -> Ahead | None:
+    """The answers read ahead for the batch being filed in `session`, if any."""
+    return session.info.get(_KEY)
+
+
+def stored(session: Session, copy: Copy, origin: Origin | None) -> None:
+    """Tell the batch's answers that a message was written, so later lookups see it."""
+    ahead = ahead_of(session)
+    if ahead is None:
+        return
+    if ahead.knows_message_id(copy.message_id):
+        ahead.copies.setdefault(copy.message_id, []).append(copy)
+    if origin is not None and ahead.knows_origin(origin) and origin not in ahead.origins:
+        ahead.origins[origin] = copy
+
+
+def _chunks(keys: Iterable[K]) -> Iterator[Sequence[K]]:
+    listed = list(keys)
+    for start in range(0, len(listed), _PER_QUERY):
+        yield listed[start:start + _PER_QUERY]

@@ -1,0 +1,163 @@
+"""A batch's lookups read ahead: one query per kind for the batch, not a round trip a mail.
+
+`ingest_batch` reads what its mails will look up (earlier copies by Message-ID
+and content, by server copy, and their senders' contacts) before filing them
+(`store.batchreads`). These tests check that the mails then ask the database
+nothing of the kind, that the answers are those the database would give at that
+point of the batch (a second copy of a mail, a second mail from a new sender),
+and that what another writer commits after the read is still found.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import structlog
+from sqlalchemy import func, select
+
+from helpdesk.flow.ingest import IngestContext, ingest_batch
+from helpdesk.mail.prepare import Prepared, prepare_with
+from helpdesk.store import batchreads, queries, schema
+from helpdesk.values import Origin, OutcomeKind
+from tests.conftest import Clock, Store
+from tests.mailfactory import make_mail
+from tests.service.test_ingest_batch import SUPPORT, shipped_rules_context
+
+BOX = ("INBOX", 7)  # mailbox, UIDVALIDITY
+
+
+def imap(uid: int) -> Origin:
+    return Origin("imap", mailbox=BOX[0], uidvalidity=BOX[1], uid=uid, recipient=SUPPORT)
+
+
+def prepare(raw: bytes, origin: Origin, ctx: IngestContext) -> tuple[bytes, Origin, Prepared]:
+    return raw, origin, prepare_with(raw, parse=ctx.parse, is_own_address=ctx.is_own_address,
+                                     loop_id=ctx.loop_id, trust=ctx.trust)
+
+
+def request(n: int, sender: str) -> bytes:
+    return make_mail(subject=f"Request {n}", message_id=f"<r{n}@mail.example.com>",
+                     sender=sender, body=f"Request number {n}.\n")
+
+
+class Lookups:
+    """Counts the per-mail lookups `store.batchreads` stands in for, and new contacts."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.by_content = self.by_origin = self.contact_selects = self.new_contacts = 0
+        for name, attribute in (("_BY_CONTENT", "by_content"), ("_BY_ORIGIN", "by_origin"),
+                                ("_CONTACT", "contact_selects")):
+            monkeypatch.setattr(queries, name, self._counted(getattr(queries, name), attribute))
+        original = queries._new_contact
+
+        def new_contact(*args: Any) -> tuple[int, str]:
+            self.new_contacts += 1
+            return original(*args)
+
+        monkeypatch.setattr(queries, "_new_contact", new_contact)
+
+    def _counted(self, direct: Any, attribute: str) -> Any:
+        lookups = self
+
+        class Counted:
+            def first(self, conn: Any, params: Any) -> Any:
+                setattr(lookups, attribute, getattr(lookups, attribute) + 1)
+                return direct.first(conn, params)
+
+        return Counted()
+
+
+def test_a_batch_asks_nothing_per_mail_and_finds_what_it_wrote_itself(
+    store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Six mails, among them a second copy of one and three from one new sender: no
+    lookup a mail, one contact made per new sender, the copy found in the same pass."""
+    ctx = shipped_rules_context(store, clock)
+    raws = [request(1, "Dana <dana@example.com>"), request(2, "Lee <lee@example.com>"),
+            request(3, "Dana <dana@example.com>"), request(4, "Dana <dana@example.com>"),
+            request(5, "Pat <pat@example.com>")]
+    items = [prepare(raw, imap(uid), ctx) for uid, raw in enumerate(raws, 1)]
+    items.append(prepare(raws[1], imap(9), ctx))  # the same mail again, another server copy
+    lookups = Lookups(monkeypatch)
+    with structlog.testing.capture_logs() as logs, store.sessions.begin() as session:
+        outcomes = ingest_batch(session, items, ctx)
+    assert [o.kind for o in outcomes] == [OutcomeKind.NEW_TICKET] * 5 + [OutcomeKind.DUPLICATE]
+    assert outcomes[5].message_row_id == outcomes[1].message_row_id
+    # Filed in the batch's one pass: not split and stored again mail by mail.
+    assert not [e for e in logs if e["event"] == "ingest.batch_split"]
+    assert (lookups.by_content, lookups.by_origin, lookups.contact_selects) == (0, 0, 0)
+    assert lookups.new_contacts == 3
+    with store.sessions() as session:
+        requesters = session.execute(
+            select(schema.contacts.c.address, func.count())
+            .join(schema.tickets, schema.tickets.c.requester_id == schema.contacts.c.id)
+            .group_by(schema.contacts.c.address)).all()
+        assert sorted(requesters) == [("dana@example.com", 3), ("lee@example.com", 1),
+                                      ("pat@example.com", 1)]
+
+
+def test_the_answers_read_ahead_are_the_databases(
+    store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What earlier batches stored: a server copy seen before, a mail stored before through
+    another copy, a known sender; beside them a mail of the same Message-ID with other
+    content, which is not a duplicate."""
+    ctx = shipped_rules_context(store, clock)
+    first, second = request(1, "Dana <dana@example.com>"), request(2, "Lee <lee@example.com>")
+    with store.sessions.begin() as session:
+        before = ingest_batch(session, [prepare(first, imap(1), ctx),
+                                        prepare(second, imap(2), ctx)], ctx)
+    reworded = make_mail(subject="Request 1", message_id="<r1@mail.example.com>",
+                         sender="Dana <dana@example.com>", body="Other words.\n")
+    lookups = Lookups(monkeypatch)
+    with store.sessions.begin() as session:
+        after = ingest_batch(session, [
+            prepare(first, imap(1), ctx),  # the same server copy
+            prepare(second, imap(20), ctx),  # the same mail, another copy
+            prepare(reworded, imap(21), ctx),
+            prepare(request(3, "Dana <dana@example.com>"), imap(22), ctx),
+        ], ctx)
+    assert [o.kind for o in after] == [OutcomeKind.DUPLICATE, OutcomeKind.DUPLICATE,
+                                       OutcomeKind.NEW_TICKET, OutcomeKind.NEW_TICKET]
+    assert after[0].message_row_id == before[0].message_row_id
+    assert after[1].message_row_id == before[1].message_row_id
+    assert lookups.new_contacts == 0
+    with store.sessions() as session:
+        dana = session.scalar(select(schema.contacts.c.id)
+                              .where(schema.contacts.c.address == "dana@example.com"))
+        requesters = session.scalars(select(schema.tickets.c.requester_id)
+                                     .where(schema.tickets.c.id.in_(
+                                         [after[2].ticket_id, after[3].ticket_id]))).all()
+        assert requesters == [dana, dana]
+
+
+@pytest.mark.postgres
+def test_a_copy_another_writer_commits_after_the_read_is_still_a_duplicate(
+    store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another daemon stores the same mail between our read and our insert: our batch is
+    filed again mail by mail, asking the database, and the mail is stored once."""
+    if store.backend != "postgres":
+        pytest.skip("SQLite has one writer at a time: the read and the insert hold its lock")
+    ctx = shipped_rules_context(store, clock)
+    contested = request(1, "Dana <dana@example.com>")
+    original = batchreads.read_ahead
+
+    def read_then_race(conn: Any, wanted: batchreads.Wanted) -> batchreads.Ahead:
+        ahead = original(conn, wanted)
+        with store.sessions.begin() as other:
+            (theirs,) = ingest_batch(other, [prepare(contested, imap(50), ctx)], ctx)
+            assert theirs.kind is OutcomeKind.NEW_TICKET
+        return ahead
+
+    monkeypatch.setattr(batchreads, "read_ahead", read_then_race)
+    with store.sessions.begin() as session:
+        ours = ingest_batch(session, [prepare(contested, imap(1), ctx),
+                                      prepare(request(2, "Lee <lee@example.com>"), imap(2), ctx)],
+                            ctx)
+    assert [o.kind for o in ours] == [OutcomeKind.DUPLICATE, OutcomeKind.NEW_TICKET]
+    with store.sessions() as session:
+        copies = session.scalar(select(func.count()).select_from(schema.messages)
+                                .where(schema.messages.c.message_id == "r1@mail.example.com"))
+        assert copies == 1
