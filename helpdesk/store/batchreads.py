@@ -90,6 +90,9 @@ class Ahead:
     origins: dict[Origin, Copy] = field(default_factory=dict)
     # address -> (id, name); an address of `wanted` missing here has no contact yet.
     contacts: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # The autocommit connection that new contacts are committed on (PostgreSQL,
+    # `queries.contact`): checked out once for the batch, not once (and pinged) a contact.
+    apart: Connection | None = None
 
     def knows_message_id(self, message_id: str) -> bool:
         return message_id in self.wanted.message_ids
@@ -141,6 +144,9 @@ def kept(session: Session, ahead: Ahead) -> Iterator[Ahead]:
         yield ahead
     finally:
         session.info.pop(_KEY, None)
+        if ahead.apart is not None:
+            ahead.apart.close()
+            ahead.apart = None
 
 
 def origin_key(origin: MailOrigin) -> Origin | None:

@@ -334,7 +334,7 @@ def _new_contact(session: Session, address: str, name: str, now: datetime) -> tu
     """`contact`'s insert, for an address not found: the new row's, or a concurrent one's."""
     bind = session.get_bind()
     if session.info.get(_APART) and isinstance(bind, Engine) and bind.dialect.name == "postgresql":
-        return _contact_apart(bind, address, name, now)
+        return _contact_apart(bind, address, name, now, batchreads.ahead_of(session))
     try:
         with session.begin_nested():
             # The connection must be asked for inside the savepoint: the session
@@ -350,7 +350,8 @@ def _new_contact(session: Session, address: str, name: str, now: datetime) -> tu
     return int(new_id), name
 
 
-def _contact_apart(engine: Engine, address: str, name: str, now: datetime) -> tuple[int, str]:
+def _contact_apart(engine: Engine, address: str, name: str, now: datetime,
+                   ahead: batchreads.Ahead | None = None) -> tuple[int, str]:
     """`contact`'s insert on PostgreSQL, committed at once on a connection of its own.
 
     In the caller's transaction (a whole batch of mail) the new row would hold its
@@ -358,19 +359,29 @@ def _contact_apart(engine: Engine, address: str, name: str, now: datetime) -> tu
     person, say through a second mailbox, would wait that long (the largest wait of two
     daemons on two mailboxes in bench/daemon.py). A contact kept by a batch that fails harms
     nothing. Its commit does not wait for the disk: the batch's own commit, later in
-    the log, flushes it too. One statement in autocommit, so one round trip after the
-    pool's ping (BEGIN, SET LOCAL, INSERT and COMMIT were four).
+    the log, flushes it too. One statement in autocommit, so one round trip (BEGIN,
+    SET LOCAL, INSERT and COMMIT were four); while a batch is filed, on a connection
+    it keeps for its new contacts (`batchreads.Ahead.apart`), not one checked out of
+    the pool, and pinged, for each.
     """
-    with engine.connect() as conn:
-        conn.execution_options(isolation_level="AUTOCOMMIT")
-        new_id = conn.execute(_insert_contact_or_nothing(), {
-            "address": address, "name": name, "created_at": now}).scalar_one_or_none()
-        if new_id is not None:
-            return int(new_id), name
-        # Another writer's, committed (ON CONFLICT waited for it if it was not yet).
-        row = conn.execute(select(_contacts.c.id, _contacts.c.name)
-                           .where(_contacts.c.address == address)).one()
-        return int(row[0]), row[1] or ""
+    if ahead is None:
+        with engine.connect() as conn:
+            return _insert_apart(conn.execution_options(isolation_level="AUTOCOMMIT"),
+                                 address, name, now)
+    if ahead.apart is None:
+        ahead.apart = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    return _insert_apart(ahead.apart, address, name, now)
+
+
+def _insert_apart(conn: Connection, address: str, name: str, now: datetime) -> tuple[int, str]:
+    new_id = conn.execute(_insert_contact_or_nothing(), {
+        "address": address, "name": name, "created_at": now}).scalar_one_or_none()
+    if new_id is not None:
+        return int(new_id), name
+    # Another writer's, committed (ON CONFLICT waited for it if it was not yet).
+    row = conn.execute(select(_contacts.c.id, _contacts.c.name)
+                       .where(_contacts.c.address == address)).one()
+    return int(row[0]), row[1] or ""
 
 
 @functools.cache

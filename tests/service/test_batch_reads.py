@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from helpdesk.flow.ingest import IngestContext, ingest_batch
 from helpdesk.mail.prepare import Prepared, prepare_with
@@ -161,3 +161,38 @@ def test_a_copy_another_writer_commits_after_the_read_is_still_a_duplicate(
         copies = session.scalar(select(func.count()).select_from(schema.messages)
                                 .where(schema.messages.c.message_id == "r1@mail.example.com"))
         assert copies == 1
+
+
+@pytest.mark.postgres
+def test_a_batchs_new_contacts_share_one_connection_of_their_own(
+    store: Store, clock: Clock
+) -> None:
+    """As the group-commit writer files them (`contacts_apart`): each new contact is
+    committed at once, apart from the batch, on one connection the batch checks out
+    once, not once (and pinged) a contact; it goes back to the pool with the batch."""
+    if store.backend != "postgres":
+        pytest.skip("SQLite has one writer at a time anyway")
+    ctx = shipped_rules_context(store, clock)
+    items = [prepare(request(n, f"Person {n} <p{n}@example.com>"), imap(n), ctx)
+             for n in range(1, 6)]
+    checkouts: list[object] = []
+
+    def checked_out(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        checkouts.append(dbapi_conn)
+
+    event.listen(store.engine, "checkout", checked_out)
+    try:
+        with structlog.testing.capture_logs() as logs, store.sessions.begin() as session:
+            queries.contacts_apart(session)
+            outcomes = ingest_batch(session, items, ctx)
+            # Committed apart: another connection sees them before the batch commits.
+            with store.engine.connect() as other:
+                seen = other.scalar(select(func.count()).select_from(schema.contacts))
+    finally:
+        event.remove(store.engine, "checkout", checked_out)
+    assert [o.kind for o in outcomes] == [OutcomeKind.NEW_TICKET] * 5
+    assert not [e for e in logs if e["event"] == "ingest.batch_split"]
+    assert seen == 5
+    # The batch's session, its connection for new contacts, and the test's look.
+    assert len(checkouts) == 3
+    assert store.engine.pool.checkedout() == 0
