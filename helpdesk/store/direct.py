@@ -10,6 +10,18 @@ first use; later uses bind the values through the same type processors
 (dates, JSON, booleans) and column defaults as Core would, and call the
 driver's cursor directly, in the caller's transaction and savepoint.
 
+Inside `written_later` (PostgreSQL: ingest's optimistic pass over a batch), a
+statement whose rows nobody reads (`execute`, `executemany`) is not sent at
+once: it waits for the connection's next statement that is read (a `Direct`
+read, or anything SQLAlchemy executes: a Core query, a SAVEPOINT) and goes with
+it in one pipeline, one round trip instead of one each. The server runs the
+same statements in the same order, so every read still sees every write before
+it. A write that fails on its data is reported by the read it went with, as
+`WrittenLaterFailed`, not as the `DBAPIError` it is, which that read's caller
+might take for its own (the caller files the batch again, statement by
+statement, to find the mail); an outage is raised as SQLAlchemy's error, as
+ever.
+
 What stays SQLAlchemy's: the SQL, its types and the errors. A driver error is
 raised as SQLAlchemy's `DBAPIError` subclass (`IntegrityError`,
 `OperationalError`), and a lost connection invalidates the connection as
@@ -23,15 +35,21 @@ events and echo do not see these statements.
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, event
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.sql.base import Executable
 
-__all__ = ["Direct"]
+from helpdesk.store.failures import is_outage
+
+__all__ = ["Direct", "WrittenLaterFailed", "written_later"]
+
+# conn.info key: the writes waiting for the connection's next read (`written_later`).
+_LATER = "helpdesk.direct.later"
 
 _Processor = Callable[[Any], Any] | None
 
@@ -114,6 +132,13 @@ class Direct:
         then: Callable[[Any], Any],
     ) -> Any:
         args = [_arguments(compiled, row) for row in rows]
+        later: list[_Write] | None = conn.info.get(_LATER)
+        if later is not None:
+            if then is _discard:
+                later.append(_Write(compiled.sql, many, args))
+                return None
+            if later:
+                return _after(conn, later, _Write(compiled.sql, many, args), then)
         driver = conn.connection.dbapi_connection
         assert driver is not None
         cursor = driver.cursor()
@@ -126,6 +151,79 @@ class Direct:
         except conn.dialect.loaded_dbapi.Error as exc:
             raise _wrapped(conn, compiled.sql, args, exc, cursor) from exc
         finally:
+            cursor.close()
+
+
+class WrittenLaterFailed(Exception):
+    """A statement sent with others in `written_later`'s pipeline failed on its data."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    sql: str
+    many: bool
+    args: list[Any]
+
+
+@contextmanager
+def written_later(conn: Connection) -> Iterator[None]:
+    """Until the block ends, `Direct` writes on `conn` wait for its next read (PostgreSQL).
+
+    Whatever is still waiting is sent when the block ends normally, and dropped
+    when it raises: the caller then rolls back to a savepoint taken before the
+    block. Elsewhere (SQLite, whose statements cost no round trip) a no-op.
+    """
+    if conn.dialect.name != "postgresql" or _LATER in conn.info:
+        yield
+        return
+    later: list[_Write] = []
+
+    def before_sqlalchemy_executes(*_args: Any) -> None:
+        if later:
+            _after(conn, later, None, _discard)
+
+    conn.info[_LATER] = later
+    event.listen(conn, "before_cursor_execute", before_sqlalchemy_executes)
+    try:
+        yield
+        if later:
+            _after(conn, later, None, _discard)
+    finally:
+        event.remove(conn, "before_cursor_execute", before_sqlalchemy_executes)
+        del conn.info[_LATER]
+        later.clear()
+
+
+def _after(conn: Connection, later: list[_Write], read: _Write | None,
+           then: Callable[[Any], Any]) -> Any:
+    """Send the waiting writes, and `read` if given, in one pipeline; `then` on its cursor."""
+    writes = list(later)
+    later.clear()
+    driver: Any = conn.connection.dbapi_connection
+    cursors = [driver.cursor() for _ in range(len(writes) + 1)]
+    last = read or writes[-1]
+    try:
+        # The pipeline's end sends one Sync and waits for every result before it.
+        with driver.pipeline():
+            for cursor, write in zip(cursors, [*writes, *([read] if read else [])], strict=False):
+                if write.many:
+                    cursor.executemany(write.sql, write.args)
+                else:
+                    cursor.execute(write.sql, write.args[0])
+        return then(cursors[len(writes)] if read else cursors[0])
+    except conn.dialect.loaded_dbapi.Error as exc:
+        # The pipeline stops at the failing statement; which one it was, psycopg does not
+        # say here: named by the last one sent.
+        wrapped = _wrapped(conn, last.sql, last.args, exc, cursors[-1])
+        if is_outage(wrapped):
+            raise wrapped from exc
+        # Not as the DBAPIError it is: a caller that expects, say, a unique violation
+        # of its own statement (a savepoint around an insert) must not take this one
+        # for it and go on in an aborted transaction.
+        first = str(exc).strip().split("\n", 1)[0]
+        raise WrittenLaterFailed(f"{type(exc).__name__}: {first}") from wrapped
+    finally:
+        for cursor in cursors:
             cursor.close()
 
 

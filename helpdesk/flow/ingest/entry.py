@@ -16,6 +16,7 @@ from helpdesk.flow.ingest.filing import file_message
 from helpdesk.flow.ingest.rows import storable_id
 from helpdesk.mail.prepare import Prepared, prepare_with
 from helpdesk.store import batchreads, queries
+from helpdesk.store.direct import written_later
 from helpdesk.store.failures import is_outage
 from helpdesk.values import IngestOutcome, Origin, OutcomeKind, ParsedMessage
 
@@ -89,8 +90,11 @@ def _all_in_one_savepoint(
     """Every mail of the batch in one savepoint; None (and nothing kept) if any mail fails."""
     try:
         with session.begin_nested():
-            ahead = batchreads.read_ahead(session.connection(), _wanted(items))
-            with batchreads.kept(session, ahead):
+            conn = session.connection()
+            ahead = batchreads.read_ahead(conn, _wanted(items))
+            # Writes go with the next read (PostgreSQL): a round trip each cost more
+            # than the statements; a failing one splits the batch like any failure.
+            with batchreads.kept(session, ahead), written_later(conn):
                 return [_ingest(session, raw, origin, prepared, ctx, guard_actions=False)
                         for raw, origin, prepared in items]
     except DBAPIError as exc:

@@ -1,0 +1,154 @@
+"""Writes that go with the next read (`store.direct.written_later`, PostgreSQL).
+
+Inside the block a `Direct` write is not sent until the connection's next
+statement that is read: a `Direct` read, or anything SQLAlchemy executes. These
+tests check that it really waits (the server's own view of what our connection
+ran last), that every read still sees every write before it, that what waits at
+the end is sent or, on an error, dropped, that a failing write is reported as
+SQLAlchemy's error by the read it went with, and that ingest then files its
+batch again and quarantines the one mail whose write failed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import structlog
+from sqlalchemy import Connection, Engine, bindparam, func, select, text
+from sqlalchemy.exc import IntegrityError
+
+from helpdesk.flow.ingest import filing, ingest_batch
+from helpdesk.store import schema
+from helpdesk.store.direct import Direct, WrittenLaterFailed, written_later
+from helpdesk.values import OutcomeKind
+from tests.conftest import Store
+from tests.service.test_batch_reads import imap, prepare, request
+from tests.service.test_direct import new_ticket
+from tests.service.test_ingest_batch import shipped_rules_context
+
+POSTGRES = pytest.mark.parametrize(
+    "store", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+
+_TAGS = schema.ticket_tags
+ADD_TAG = Direct(_TAGS.insert())
+TAGS_OF = Direct(select(_TAGS.c.tag).where(_TAGS.c.ticket_id == bindparam("ticket_id"))
+                 .order_by(_TAGS.c.tag))
+
+
+def last_query(admin: Engine, pid: int) -> str:
+    """What the server last ran for backend `pid`, as another session sees it."""
+    with admin.connect() as conn:
+        return str(conn.scalar(text("SELECT query FROM pg_stat_activity WHERE pid = :pid"),
+                               {"pid": pid}))
+
+
+def tags(conn: Connection, ticket_id: int) -> list[str]:
+    return [row[0] for row in TAGS_OF.all(conn, {"ticket_id": ticket_id})]
+
+
+@POSTGRES
+def test_a_write_waits_for_the_next_read_and_that_read_sees_it(store: Store) -> None:
+    with store.engine.begin() as conn:
+        pid = int(conn.scalar(text("SELECT pg_backend_pid()")) or 0)
+        ticket = new_ticket(conn, "tags")
+        with written_later(conn):
+            ADD_TAG.execute(conn, {"ticket_id": ticket, "tag": "vpn"})
+            ADD_TAG.executemany(conn, [{"ticket_id": ticket, "tag": t} for t in ("mfa", "sso")])
+            assert "ticket_tags" not in last_query(store.engine, pid)  # not sent yet
+            assert tags(conn, ticket) == ["mfa", "sso", "vpn"]  # a Direct read
+            ADD_TAG.execute(conn, {"ticket_id": ticket, "tag": "wifi"})
+            # Anything SQLAlchemy runs sees it too.
+            found = conn.execute(select(func.count()).select_from(_TAGS)
+                                 .where(_TAGS.c.ticket_id == ticket)).scalar_one()
+            assert found == 4
+            ADD_TAG.execute(conn, {"ticket_id": ticket, "tag": "zoom"})
+        # What still waited at the end of the block was sent then.
+        assert "INSERT INTO ticket_tags" in last_query(store.engine, pid)
+        assert tags(conn, ticket) == ["mfa", "sso", "vpn", "wifi", "zoom"]
+
+
+@POSTGRES
+def test_what_waits_when_the_block_raises_is_dropped(store: Store) -> None:
+    with store.engine.begin() as conn:
+        ticket = new_ticket(conn, "tags")
+
+        def file_then_fail() -> None:
+            with written_later(conn):
+                ADD_TAG.execute(conn, {"ticket_id": ticket, "tag": "vpn"})
+                raise RuntimeError("a bug while filing")
+
+        with pytest.raises(RuntimeError):
+            file_then_fail()
+        # Never sent: the caller's savepoint rollback has nothing of it to undo.
+        assert tags(conn, ticket) == []
+
+
+@POSTGRES
+def test_a_failing_write_is_reported_by_the_read_it_went_with(store: Store) -> None:
+    """Not as a DBAPIError: the read's caller might take it for its own statement's."""
+    with store.engine.begin() as conn:
+        ticket = new_ticket(conn, "tags")
+        ADD_TAG.execute(conn, {"ticket_id": ticket, "tag": "vpn"})
+        savepoint = conn.begin_nested()
+
+        def again_then_read() -> None:
+            with written_later(conn):
+                ADD_TAG.execute(conn, {"ticket_id": ticket, "tag": "vpn"})  # the same key again
+                tags(conn, ticket)
+
+        with pytest.raises(WrittenLaterFailed, match="UniqueViolation") as failed:
+            again_then_read()
+        assert isinstance(failed.value.__cause__, IntegrityError)  # SQLAlchemy's, as ever
+        savepoint.rollback()
+        assert tags(conn, ticket) == ["vpn"]
+
+
+@POSTGRES
+def test_a_batch_whose_write_fails_later_quarantines_that_mail_alone(
+    store: Store, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mail's event row refers to no ticket: the database refuses it when the write is
+    sent, with a later mail's read. The batch is filed again mail by mail, and only that
+    mail is quarantined; the others are stored once and acknowledged once."""
+    ctx = shipped_rules_context(store, clock)
+    raws = [request(n, f"Person {n} <p{n}@example.com>") for n in range(1, 5)]
+    poison = "r2@mail.example.com"
+    original = filing.rows.message_events
+
+    def message_events(ticket_id: int, row_id: int, message_id: str, *args: Any,
+                       **kwargs: Any) -> Any:
+        events = original(ticket_id, row_id, message_id, *args, **kwargs)
+        if message_id == poison:
+            events = [{**e, "ticket_id": 10**9} for e in events]
+        return events
+
+    monkeypatch.setattr(filing.rows, "message_events", message_events)
+    items = [prepare(raw, imap(uid), ctx) for uid, raw in enumerate(raws, 1)]
+    with structlog.testing.capture_logs() as logs, store.sessions.begin() as session:
+        outcomes = ingest_batch(session, items, ctx)
+    (split,) = [e for e in logs if e["event"] == "ingest.batch_split"]
+    assert "ForeignKeyViolation" in split["error"] or "foreign key" in split["error"]
+    assert [o.kind for o in outcomes] == [OutcomeKind.NEW_TICKET, OutcomeKind.QUARANTINED,
+                                          OutcomeKind.NEW_TICKET, OutcomeKind.NEW_TICKET]
+    assert outcomes[1].error is not None
+    assert "could not be stored" in outcomes[1].error
+    with store.sessions() as session:
+        stored = session.scalars(select(schema.messages.c.message_id)
+                                 .where(schema.messages.c.direction == "in")
+                                 .order_by(schema.messages.c.id)).all()
+        assert stored == ["r1@mail.example.com", "r3@mail.example.com", "r4@mail.example.com"]
+        queued = session.scalars(select(schema.outbox.c.ticket_id)).all()
+        assert sorted(queued) == sorted(o.ticket_id for o in outcomes
+                                        if o.kind is OutcomeKind.NEW_TICKET)
+
+
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+def test_sqlite_runs_every_statement_at_once(store: Store) -> None:
+    """No round trip to save there: the block changes nothing."""
+    with store.engine.begin() as conn:
+        ticket = new_ticket(conn, "tags")
+        with written_later(conn):
+            ADD_TAG.execute(conn, {"ticket_id": ticket, "tag": "vpn"})
+            # The driver itself, past Direct and SQLAlchemy's events, sees it at once.
+            assert conn.exec_driver_sql("SELECT count(*) FROM ticket_tags").scalar() == 1
