@@ -173,7 +173,8 @@ def written_later(conn: Connection) -> Iterator[None]:
     when it raises: the caller then rolls back to a savepoint taken before the
     block. Elsewhere (SQLite, whose statements cost no round trip) a no-op.
     """
-    if conn.dialect.name != "postgresql" or _LATER in conn.info:
+    info = conn.info  # the pooled connection's: read once, in case it is lost meanwhile
+    if not _pipelines(conn) or _LATER in info:
         yield
         return
     later: list[_Write] = []
@@ -182,7 +183,7 @@ def written_later(conn: Connection) -> Iterator[None]:
         if later:
             _after(conn, later, None, _discard)
 
-    conn.info[_LATER] = later
+    info[_LATER] = later
     event.listen(conn, "before_cursor_execute", before_sqlalchemy_executes)
     try:
         yield
@@ -190,8 +191,17 @@ def written_later(conn: Connection) -> Iterator[None]:
             _after(conn, later, None, _discard)
     finally:
         event.remove(conn, "before_cursor_execute", before_sqlalchemy_executes)
-        del conn.info[_LATER]
+        info.pop(_LATER, None)
         later.clear()
+
+
+def _pipelines(conn: Connection) -> bool:
+    """psycopg 3 on a libpq with pipeline mode (14+; its binary package brings one)."""
+    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg":
+        return False
+    import psycopg  # loaded already: the dialect's driver
+
+    return bool(psycopg.Pipeline.is_supported())
 
 
 def _after(conn: Connection, later: list[_Write], read: _Write | None,
