@@ -18,6 +18,7 @@ import structlog
 from sqlalchemy import Connection, Engine, bindparam, func, select, text
 from sqlalchemy.exc import IntegrityError
 
+from helpdesk.errors import StoreUnavailable
 from helpdesk.flow.ingest import filing, ingest_batch
 from helpdesk.store import schema
 from helpdesk.store.direct import Direct, WrittenLaterFailed, written_later
@@ -152,3 +153,37 @@ def test_sqlite_runs_every_statement_at_once(store: Store) -> None:
             ADD_TAG.execute(conn, {"ticket_id": ticket, "tag": "vpn"})
             # The driver itself, past Direct and SQLAlchemy's events, sees it at once.
             assert conn.exec_driver_sql("SELECT count(*) FROM ticket_tags").scalar() == 1
+
+
+@POSTGRES
+def test_a_connection_lost_with_writes_waiting_is_an_outage_not_the_mails_fault(
+    store: Store, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database drops our connection while the batch's writes wait: the store is
+    unavailable (nothing is committed or acknowledged, the mails come again); no mail is
+    blamed, and the batch is not filed again mail by mail on a dead connection."""
+    ctx = shipped_rules_context(store, clock)
+    items = [prepare(request(n, f"Person {n} <p{n}@example.com>"), imap(n), ctx)
+             for n in range(1, 4)]
+    original = filing.rows.message_events
+    pid: list[int] = []
+
+    def message_events(ticket_id: int, row_id: int, message_id: str, *args: Any,
+                       **kwargs: Any) -> Any:
+        if message_id == "r2@mail.example.com":
+            with store.engine.connect() as admin:
+                admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid[0]})
+        return original(ticket_id, row_id, message_id, *args, **kwargs)
+
+    monkeypatch.setattr(filing.rows, "message_events", message_events)
+    session = store.sessions()
+    try:
+        pid.append(int(session.connection().scalar(text("SELECT pg_backend_pid()")) or 0))
+        with structlog.testing.capture_logs() as logs, pytest.raises(StoreUnavailable):
+            ingest_batch(session, items, ctx)
+    finally:
+        session.close()
+    assert not [e for e in logs if e["event"] in ("ingest.batch_split", "ingest.failed")]
+    with store.sessions() as fresh:
+        assert fresh.scalar(select(func.count()).select_from(schema.messages)) == 0
+        assert fresh.scalar(select(func.count()).select_from(schema.quarantine)) == 0
