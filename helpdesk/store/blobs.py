@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, func, insert
 
-from helpdesk.store.direct import Direct
+from helpdesk.store.direct import Direct, NewRow
 
 __all__ = ["LARGE_BLOB", "insert_many", "insert_one"]
 
@@ -30,12 +30,15 @@ _CHUNK = 1 << 20
 _SIZE = "_blob_size"
 
 _statements: dict[tuple[str, str | None, bool], Direct] = {}
+_new_rows: dict[str, NewRow] = {}
 
 
 def insert_one(conn: Connection, table: Table, row: Mapping[str, Any], column: str) -> int:
     """INSERT `row` into `table` and return its id; a large `column` value is streamed."""
     data = row[column]
-    if not (_streams(conn) and _large(data)):
+    if not _streams(conn):
+        return _new_row(table).insert(conn, row)  # PostgreSQL: an id reserved ahead, maybe
+    if not _large(data):
         return int(_statement(table, None, returning=True).scalar_one(conn, row))
     values = {key: value for key, value in row.items() if key != column}
     values[_SIZE] = len(data)
@@ -64,6 +67,13 @@ def _streams(conn: Connection) -> bool:
 
 def _large(value: object) -> bool:
     return isinstance(value, bytes | bytearray | memoryview) and len(value) >= LARGE_BLOB
+
+
+def _new_row(table: Table) -> NewRow:
+    found = _new_rows.get(table.name)
+    if found is None:
+        found = _new_rows[table.name] = NewRow(table)
+    return found
 
 
 def _statement(table: Table, streamed: str | None, *, returning: bool) -> Direct:

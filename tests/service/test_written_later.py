@@ -21,11 +21,11 @@ from sqlalchemy.exc import IntegrityError
 from helpdesk.errors import StoreUnavailable
 from helpdesk.flow.ingest import filing, ingest_batch
 from helpdesk.store import schema
-from helpdesk.store.direct import Direct, WrittenLaterFailed, written_later
+from helpdesk.store.direct import RESERVED, Direct, NewRow, WrittenLaterFailed, written_later
 from helpdesk.values import OutcomeKind
 from tests.conftest import Store
 from tests.service.test_batch_reads import imap, prepare, request
-from tests.service.test_direct import new_ticket
+from tests.service.test_direct import WHEN, new_ticket
 from tests.service.test_ingest_batch import shipped_rules_context
 
 POSTGRES = pytest.mark.parametrize(
@@ -187,3 +187,36 @@ def test_a_connection_lost_with_writes_waiting_is_an_outage_not_the_mails_fault(
     with store.sessions() as fresh:
         assert fresh.scalar(select(func.count()).select_from(schema.messages)) == 0
         assert fresh.scalar(select(func.count()).select_from(schema.quarantine)) == 0
+
+
+def contact_row(n: int) -> dict[str, Any]:
+    return {"address": f"p{n}@example.com", "name": f"Person {n}", "created_at": WHEN}
+
+
+@POSTGRES
+def test_a_new_rows_id_is_reserved_ahead_and_its_insert_waits(store: Store) -> None:
+    """`NewRow` inside the block: ids from the table's sequence, `RESERVED` at a time (one
+    read), each INSERT waiting like any write; the rows are there with those ids."""
+    new_contact = NewRow(schema.contacts)
+    count = RESERVED + 8
+    with store.engine.begin() as conn:
+        pid = int(conn.scalar(text("SELECT pg_backend_pid()")) or 0)
+        with written_later(conn):
+            ids = [new_contact.insert(conn, contact_row(0))]
+            assert "nextval" in last_query(store.engine, pid)  # the reservation, no INSERT
+            ids += [new_contact.insert(conn, contact_row(n)) for n in range(1, count)]
+            assert "generate_series" in last_query(store.engine, pid)  # the second one
+        assert ids == sorted(set(ids))
+        stored = dict(conn.execute(select(schema.contacts.c.address, schema.contacts.c.id)).all())
+        assert stored == {f"p{n}@example.com": ids[n] for n in range(count)}
+        # Two blocks reserved, the rest of the second skipped.
+        assert conn.scalar(text("SELECT last_value FROM contacts_id_seq")) == 2 * RESERVED
+
+
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+                         indirect=True)
+def test_a_new_row_outside_the_block_returns_the_databases_id(store: Store) -> None:
+    with store.engine.begin() as conn:
+        first = NewRow(schema.contacts).insert(conn, contact_row(1))
+        second = NewRow(schema.contacts).insert(conn, contact_row(2))
+        assert (first, second) == (1, 2)
