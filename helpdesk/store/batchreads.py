@@ -33,8 +33,7 @@ from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
 from helpdesk.store import schema
-from helpdesk.values import Direction
-from helpdesk.values import Origin as MailOrigin
+from helpdesk.values import Direction, Origin
 
 __all__ = ["Ahead", "Copy", "Wanted", "ahead_of", "kept", "origin_key", "read_ahead", "stored"]
 
@@ -57,7 +56,7 @@ _BY_UIDS = select(
 _CONTACTS = select(_contacts.c.address, _contacts.c.id, _contacts.c.name).where(
     _contacts.c.address.in_(bindparam("keys", expanding=True)))
 
-Origin = tuple[str, int, int]  # mailbox, UIDVALIDITY, UID
+ServerCopy = tuple[str, int, int]  # mailbox, UIDVALIDITY, UID
 K = TypeVar("K")
 
 
@@ -66,7 +65,7 @@ class Wanted:
     """What the mails of a batch will look up."""
 
     message_ids: frozenset[str] = frozenset()  # as stored (rows.storable_id)
-    origins: frozenset[Origin] = frozenset()
+    origins: frozenset[ServerCopy] = frozenset()
     addresses: frozenset[str] = frozenset()  # senders, as contacts are keyed
 
 
@@ -87,7 +86,7 @@ class Ahead:
 
     wanted: Wanted
     copies: dict[str, list[Copy]] = field(default_factory=dict)  # by Message-ID
-    origins: dict[Origin, Copy] = field(default_factory=dict)
+    origins: dict[ServerCopy, Copy] = field(default_factory=dict)
     # address -> (id, name); an address of `wanted` missing here has no contact yet.
     contacts: dict[str, tuple[int, str]] = field(default_factory=dict)
     # The autocommit connection that new contacts are committed on (PostgreSQL,
@@ -97,7 +96,7 @@ class Ahead:
     def knows_message_id(self, message_id: str) -> bool:
         return message_id in self.wanted.message_ids
 
-    def knows_origin(self, origin: Origin) -> bool:
+    def knows_origin(self, origin: ServerCopy) -> bool:
         return origin in self.wanted.origins
 
     def knows_address(self, address: str) -> bool:
@@ -149,7 +148,7 @@ def kept(session: Session, ahead: Ahead) -> Iterator[Ahead]:
             ahead.apart = None
 
 
-def origin_key(origin: MailOrigin) -> Origin | None:
+def origin_key(origin: Origin) -> ServerCopy | None:
     """The server copy a mail came from (mailbox, UIDVALIDITY, UID), if it came from one."""
     if origin.mailbox is None or origin.uidvalidity is None or origin.uid is None:
         return None
@@ -161,7 +160,7 @@ def ahead_of(session: Session) -> Ahead | None:
     return session.info.get(_KEY)
 
 
-def stored(session: Session, copy: Copy, origin: Origin | None) -> None:
+def stored(session: Session, copy: Copy, origin: ServerCopy | None) -> None:
     """Tell the batch's answers that a message was written, so later lookups see it."""
     ahead = ahead_of(session)
     if ahead is None:

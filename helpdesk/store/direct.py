@@ -262,20 +262,20 @@ def _pipelines(conn: Connection) -> bool:
 def _after(conn: Connection, waiting: list[_Write], read: _Write | None,
            then: Callable[[Any], Any]) -> Any:
     """Send the waiting writes, and `read` if given, in one pipeline; `then` on its cursor."""
-    writes = list(waiting)
+    statements = [*waiting, read] if read else list(waiting)
     waiting.clear()
     driver: Any = conn.connection.dbapi_connection
-    cursors = [driver.cursor() for _ in range(len(writes) + 1)]
-    last = read or writes[-1]
+    cursors = [driver.cursor() for _ in statements]
+    last = statements[-1]
     try:
         # The pipeline's end sends one Sync and waits for every result before it.
         with driver.pipeline():
-            for cursor, write in zip(cursors, [*writes, *([read] if read else [])], strict=False):
-                if write.many:
-                    cursor.executemany(write.sql, write.args)
+            for cursor, statement in zip(cursors, statements, strict=True):
+                if statement.many:
+                    cursor.executemany(statement.sql, statement.args)
                 else:
-                    cursor.execute(write.sql, write.args[0])
-        return then(cursors[len(writes)] if read else cursors[0])
+                    cursor.execute(statement.sql, statement.args[0])
+        return then(cursors[-1])  # the read's (the last write's when there is none)
     except conn.dialect.loaded_dbapi.Error as exc:
         # The pipeline stops at the failing statement; which one it was, psycopg does not
         # say here: named by the last one sent.

@@ -110,7 +110,7 @@ def _all_in_one_savepoint(
 def _wanted(items: Sequence[tuple[bytes, Origin, Prepared]]) -> batchreads.Wanted:
     """What `_ingest` will look up for these mails: their copies and their senders."""
     message_ids: set[str] = set()
-    origins: set[batchreads.Origin] = set()
+    origins: set[batchreads.ServerCopy] = set()
     addresses: set[str] = set()
     for _raw, origin, prepared in items:
         key = batchreads.origin_key(origin)
