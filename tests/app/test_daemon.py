@@ -366,8 +366,10 @@ def test_sigkill_at_random_points_stores_sends_and_moves_each_mail_once(
         # so that each kill lands amid fetching, storing, moving or sending.
         daemon.wait_event("imap.lease_acquired", timeout=30)
         time.sleep(rng.uniform(0.2, 1.5))
-        killed_at.append(time.monotonic())
         daemon.kill()
+        # Taken once the process is reaped: whatever it handed to the relay, it
+        # handed before this moment.
+        killed_at.append(time.monotonic())
         stored_at_kills.append(len(incoming_ids(store)))
     note(request, "stored_at_kills", stored_at_kills)
     last = daemons(config, name="final").start()
@@ -395,7 +397,8 @@ def test_sigkill_at_random_points_stores_sends_and_moves_each_mail_once(
                    if kill is None or kill - first > RECORD_WINDOW_S]
     assert unexplained == [], f"seed {seed}: sent twice, not just before a kill"
     per_kill = collections.Counter(kill for _, _, kill in copies)
-    assert all(n <= 1 for n in per_kill.values()), f"seed {seed}: {per_kill}"
+    assert all(n <= 1 for n in per_kill.values()), \
+        f"seed {seed}: per kill {dict(per_kill)}, kills {killed_at}, first {copies[:4]}"
 
 
 # How long after the relay's 250 a result may still be uncommitted. Milliseconds
@@ -409,19 +412,24 @@ RECORD_WINDOW_S = 10.0
 def first_copies_of_duplicates(
     sink: SmtpSink, killed_at: list[float]
 ) -> list[tuple[str, float, float | None]]:
-    """(Message-ID, first acceptance, the first kill after it) of every mail received twice."""
-    first: dict[str, float] = {}
+    """(Message-ID, first acceptance, kill of the run that sent it) of each mail received twice.
+
+    The run is told by when the relay answered the first copy's RCPT, not by its
+    acceptance: a dot sent just before a kill can be read and accepted after it.
+    """
+    first: dict[str, tuple[float, float]] = {}
     twice: list[str] = []
     for received in sink.messages:
         mid = bare(header(received.data, "Message-ID") or "")
         if mid in first:
             twice.append(mid)
         else:
-            first[mid] = received.accepted_at
+            first[mid] = (received.handed_at, received.accepted_at)
     out = []
     for mid in twice:
-        after = [k for k in killed_at if k >= first[mid]]
-        out.append((mid, first[mid], min(after) if after else None))
+        handed, accepted = first[mid]
+        after = [k for k in killed_at if k >= handed]
+        out.append((mid, accepted, min(after) if after else None))
     return out
 
 

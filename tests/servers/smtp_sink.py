@@ -18,8 +18,12 @@ class Received:
     sender: str
     recipients: list[str]
     data: bytes
-    # When the 250 was given (time.monotonic, the test process's clock).
+    # When the 250 was given (time.monotonic, the test process's clock). The
+    # client may be dead by then: its final dot can wait in the socket's buffer.
     accepted_at: float = field(default_factory=time.monotonic)
+    # When the first RCPT was answered: the client was alive then, since it
+    # sends DATA, the content and the dot only after that answer.
+    handed_at: float = 0.0
 
 
 @dataclass
@@ -33,10 +37,18 @@ class RecordingHandler:
         if self.refuse_next:
             return self.refuse_next.popleft()
         content: Any = envelope.original_content or envelope.content
-        self.messages.append(
-            Received(str(envelope.mail_from), list(envelope.rcpt_tos), bytes(content))
-        )
+        handed_at = getattr(envelope, "handed_at", None) or time.monotonic()
+        self.messages.append(Received(str(envelope.mail_from), list(envelope.rcpt_tos),
+                                      bytes(content), handed_at=handed_at))
         return "250 2.0.0 Message accepted for delivery"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if not envelope.rcpt_tos:
+            envelope.handed_at = time.monotonic()  # type: ignore[attr-defined]
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
 
 
 class SmtpSink:
