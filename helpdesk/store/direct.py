@@ -35,6 +35,7 @@ events and echo do not see these statements.
 
 from __future__ import annotations
 
+import logging
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -256,7 +257,28 @@ def _pipelines(conn: Connection) -> bool:
         return False
     import psycopg  # loaded already: the dialect's driver
 
-    return bool(psycopg.Pipeline.is_supported())
+    if not psycopg.Pipeline.is_supported():
+        return False
+    _quiet_pipeline_exit(logging.getLogger("psycopg"))
+    return True
+
+
+class _PipelineExitFilter(logging.Filter):
+    """Drops psycopg's warning that closing a pipeline failed after a statement in it did.
+
+    That failure is the statement's error again, which `_after` raises: logged
+    as well, one failed write made two log lines.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (record.msg == "error ignored terminating %r: %s"
+                    and bool(args) and type(args[0]).__name__ == "Pipeline")
+
+
+def _quiet_pipeline_exit(logger: logging.Logger) -> None:
+    if not any(isinstance(f, _PipelineExitFilter) for f in logger.filters):
+        logger.addFilter(_PipelineExitFilter())
 
 
 def _after(conn: Connection, waiting: list[_Write], read: _Write | None,

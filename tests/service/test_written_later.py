@@ -11,8 +11,11 @@ batch again and quarantines the one mail whose write failed.
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
+import psycopg
 import pytest
 import structlog
 from sqlalchemy import Connection, Engine, bindparam, func, select, text
@@ -103,6 +106,33 @@ def test_a_failing_write_is_reported_by_the_read_it_went_with(store: Store) -> N
         assert isinstance(failed.value.__cause__, IntegrityError)  # SQLAlchemy's, as ever
         savepoint.rollback()
         assert tags(conn, ticket) == ["vpn"]
+
+
+@POSTGRES
+def test_psycopgs_warning_about_the_same_failure_is_not_logged(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When a failure reaches psycopg before the pipeline ends, it warns that closing the
+    pipeline failed too: the same error again, which we raise and log once already."""
+    caplog.set_level(logging.WARNING, logger="psycopg")
+    with store.engine.connect() as conn:
+        with written_later(conn):
+            pass  # as every batch's first pass begins
+        driver = conn.connection.dbapi_connection
+        assert driver is not None
+        driver.execute("CREATE TEMPORARY TABLE once (k integer PRIMARY KEY)")
+        driver.execute("INSERT INTO once VALUES (1)")
+
+        def fail_inside_the_pipeline() -> None:
+            with driver.pipeline():
+                driver.execute("INSERT INTO once VALUES (1)")
+                time.sleep(0.2)  # the error is in by the next statement: raised in the block
+                driver.execute("SELECT 1")
+
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            fail_inside_the_pipeline()
+        conn.rollback()
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
 
 
 @POSTGRES
