@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session, selectinload
 from helpdesk.delivery.outbox import OutboxPolicy, recipient_row
 from helpdesk.delivery.views import FAILED, PENDING, SENT
 from helpdesk.store import schema
+from helpdesk.store.direct import Direct
 from helpdesk.store.events import INSERT_EVENT
 from helpdesk.store.models import OutboxItem
 from helpdesk.store.schema import UTCDateTime
@@ -310,11 +311,13 @@ def _answered(
     return new
 
 
-# The statements `record` runs, built once: it runs once per mail the relay
-# accepts, and building SQLAlchemy statements costs more than executing them.
+# The statements `record` runs, compiled once and run on the driver's cursor
+# (`Direct`): it runs once per mail the relay accepts, in the daemon's process
+# beside the ingest writer, and SQLAlchemy's execution of Core statements was
+# most of its CPU (issue 13).
 _OUTBOX = schema.outbox
 _RECIPIENTS = schema.outbox_recipients
-_LOAD = (
+_LOAD_ONE = (
     select(
         _OUTBOX.c.id, _OUTBOX.c.ticket_id, _OUTBOX.c.message_id, _OUTBOX.c.attempts,
         _OUTBOX.c.created_at, _OUTBOX.c.next_attempt_at, _OUTBOX.c.sent_at,
@@ -323,29 +326,30 @@ _LOAD = (
         _RECIPIENTS.c.permanent_failures, _RECIPIENTS.c.last_reply, _RECIPIENTS.c.sent_at,
     )
     .select_from(_OUTBOX.outerjoin(_RECIPIENTS, _RECIPIENTS.c.outbox_id == _OUTBOX.c.id))
-    .where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+    .where(_OUTBOX.c.id == bindparam("item_id"))
     .order_by(_RECIPIENTS.c.id)
 )
-_LOAD_LOCKED = _LOAD.with_for_update(of=_OUTBOX)
+_LOAD = Direct(_LOAD_ONE)
+_LOAD_LOCKED = Direct(_LOAD_ONE.with_for_update(of=_OUTBOX))
 _ROW_FIELDS = ("state", "attempts", "permanent_failures", "next_attempt_at", "sent_at",
                "last_error", "claimed_by", "claimed_until")
-_UPDATE_ROW = (
+_UPDATE_ROW = Direct(
     update(_OUTBOX).where(_OUTBOX.c.id == bindparam("row_id"))
     .values({name: bindparam(f"new_{name}", type_=_OUTBOX.c[name].type)
              for name in _ROW_FIELDS})
 )
 _RECIPIENT_FIELDS = ("state", "attempts", "permanent_failures", "last_reply", "sent_at",
                      "updated_at")
-_UPDATE_RECIPIENT = (
+_UPDATE_RECIPIENT = Direct(
     update(_RECIPIENTS).where(_RECIPIENTS.c.id == bindparam("recipient_id"))
     .values({name: bindparam(f"new_{name}", type_=_RECIPIENTS.c[name].type)
              for name in _RECIPIENT_FIELDS})
 )
-_INSERT_ATTEMPT = insert(schema.outbox_attempts)
+_INSERT_ATTEMPT = Direct(insert(schema.outbox_attempts))
 
 
 def record(
-    session: Session,
+    conn: Connection,
     reports: Sequence[DeliveryReport],
     *,
     holder: str,
@@ -361,7 +365,6 @@ def record(
     """
     if not reports:
         return []
-    conn = session.connection()
     rows, recipients = _load(conn, [r.item_id for r in reports])
     plans = [
         found for report in reports if report.item_id in rows
@@ -370,20 +373,20 @@ def record(
     ]
     if not plans:
         return []
-    conn.execute(_UPDATE_ROW, [
+    _UPDATE_ROW.executemany(conn, [
         {"row_id": p.row["id"], **{f"new_{k}": p.row[k] for k in _ROW_FIELDS}} for p in plans])
     changed = [{"recipient_id": r.id, "new_state": r.state, "new_attempts": r.attempts,
                 "new_permanent_failures": r.permanent_failures, "new_last_reply": r.last_reply,
                 "new_sent_at": r.sent_at, "new_updated_at": now}
                for p in plans for r in p.recipients]
     if changed:
-        conn.execute(_UPDATE_RECIPIENT, changed)
+        _UPDATE_RECIPIENT.executemany(conn, changed)
     # The log keeps what needs explaining: a first attempt that reached everyone
     # is told by the recipients' sent_at.
     attempts = [p.attempt for p in plans
                 if p.row["attempts"] > 1 or p.recorded.outcome != "sent"]
     if attempts:
-        conn.execute(_INSERT_ATTEMPT, attempts)
+        _INSERT_ATTEMPT.executemany(conn, attempts)
     events = [_dead_event(rows[p.row["id"]], r, now) for p in plans for r in p.dead
               if rows[p.row["id"]].ticket_id is not None]
     if events:
@@ -394,10 +397,13 @@ def record(
 def _load(
     conn: Connection, ids: list[int]
 ) -> tuple[dict[int, RowState], dict[int, list[RecipientState]]]:
+    # One query a row: `record` gets one or two reports at a time (the sender
+    # holds each mail's dot until the results before it are written).
     query = _LOAD_LOCKED if conn.dialect.name == "postgresql" else _LOAD
     rows: dict[int, RowState] = {}
     recipients: dict[int, list[RecipientState]] = {}
-    for r in conn.execute(query, {"ids": ids}):
+    found = [r for item_id in sorted(set(ids)) for r in query.all(conn, {"item_id": item_id})]
+    for r in found:
         (item_id, ticket_id, message_id, attempts, created_at, next_attempt_at, sent_at,
          claimed_by, claimed_until, rid, address, state, tries, refusals, reply, at) = r
         if item_id not in rows:

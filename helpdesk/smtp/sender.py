@@ -41,7 +41,7 @@ from datetime import datetime, timedelta
 from typing import NoReturn, TypeVar
 
 import structlog
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from helpdesk.delivery import claims, outbox
@@ -424,9 +424,19 @@ class Sender:
             claims.release_claims(session, self.holder, item_ids)
 
     def _write(self, reports: list[claims.DeliveryReport]) -> list[claims.Recorded]:
+        # A Core transaction: once per mail, and an ORM session cost more than the
+        # statements it would run.
+        bind = self.sessions.kw.get("bind")
+        if isinstance(bind, Engine):
+            with bind.begin() as conn:
+                return self._record(conn, reports)
         with self.sessions.begin() as session:
-            return claims.record(session, reports, holder=self.holder, now=self.clock(),
-                                 policy=self.policy, rng=self.rng)
+            return self._record(session.connection(), reports)
+
+    def _record(self, conn: Connection, reports: list[claims.DeliveryReport]
+                ) -> list[claims.Recorded]:
+        return claims.record(conn, reports, holder=self.holder, now=self.clock(),
+                             policy=self.policy, rng=self.rng)
 
     def _log_recorded(self, recorded: Sequence[claims.Recorded], rows: Sequence[Claimed]) -> None:
         by_id = {row.item_id: row for row in rows}
