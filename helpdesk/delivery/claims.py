@@ -37,15 +37,19 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
-from helpdesk.delivery.outbox import OutboxPolicy, recipient_row
+from helpdesk.delivery.outbox import OutboxPolicy
 from helpdesk.delivery.views import FAILED, PENDING, SENT
 from helpdesk.store import schema
 from helpdesk.store.direct import Direct
 from helpdesk.store.events import INSERT_EVENT
 from helpdesk.store.models import OutboxItem
 from helpdesk.store.schema import UTCDateTime
+
+_OUTBOX = schema.outbox
+_RECIPIENTS = schema.outbox_recipients
+
 
 # -- claims ------------------------------------------------------------------------
 
@@ -71,10 +75,52 @@ def _pg_now() -> ColumnElement[datetime]:
     return func.now(type_=UTCDateTime())
 
 
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A claimed row: what the sender needs to hand it to the relay."""
+
+    id: int
+    envelope_from: str
+    recipients: tuple[str, ...]  # still to be sent, in the envelope's order
+    raw: bytes
+    correlation_id: str | None
+    claimed_until: datetime
+
+
+# Built once: `claim_due` runs for every batch the sender takes. Core, not the
+# ORM: loading and flushing outbox objects was most of the sender's CPU after
+# the conversation itself (issue 13).
+_DUE = (
+    select(_OUTBOX.c.id, _OUTBOX.c.envelope_from, _OUTBOX.c.envelope_to, _OUTBOX.c.raw,
+           _OUTBOX.c.correlation_id)
+    .where(
+        _OUTBOX.c.state == PENDING,
+        _OUTBOX.c.next_attempt_at <= bindparam("now", type_=UTCDateTime()),
+        or_(_OUTBOX.c.claimed_until.is_(None),
+            _OUTBOX.c.claimed_until < bindparam("db_now", type_=UTCDateTime())),
+    )
+    .order_by(_OUTBOX.c.next_attempt_at, _OUTBOX.c.id)
+    .limit(bindparam("limit"))
+)
+_DUE_LOCKED = _DUE.with_for_update(skip_locked=True, of=_OUTBOX)
+_DUE_RECIPIENTS = (
+    select(_RECIPIENTS.c.outbox_id, _RECIPIENTS.c.address, _RECIPIENTS.c.state)
+    .where(_RECIPIENTS.c.outbox_id.in_(bindparam("ids", expanding=True)))
+    .order_by(_RECIPIENTS.c.id)
+)
+_CLAIM = (
+    update(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+    .values(claimed_by=bindparam("holder"),
+            claimed_until=bindparam("until", type_=UTCDateTime()))
+)
+_SETTLE = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("row_id")).values(
+    state=bindparam("new_state"))
+
+
 def claim_due(
     session: Session, *, holder: str, limit: int, now: datetime, lease: timedelta
-) -> list[OutboxItem]:
-    """Claim up to `limit` due rows for `holder` for `lease`, their pending recipients loaded.
+) -> list[Due]:
+    """Claim up to `limit` due rows for `holder` for `lease`, with their pending recipients.
 
     Due means `next_attempt_at <= now` (the sender's clock: a retry a second
     early or late does no harm); the claim and its expiry are on the
@@ -83,33 +129,40 @@ def claim_due(
     serialises writers anyway.
     """
     db_now = database_now(session, now)
-    query = (
-        select(OutboxItem)
-        .where(
-            OutboxItem.state == PENDING,
-            OutboxItem.next_attempt_at <= now,
-            or_(OutboxItem.claimed_until.is_(None), OutboxItem.claimed_until < db_now),
-        )
-        .order_by(OutboxItem.next_attempt_at, OutboxItem.id)
-        .limit(limit)
-        .options(selectinload(OutboxItem.recipients))
-    )
-    if _postgres(session):
-        query = query.with_for_update(skip_locked=True, of=OutboxItem)
-    items = []
-    for item in session.scalars(query):
-        if not item.recipients:
+    conn = session.connection()
+    query = _DUE_LOCKED if _postgres(session) else _DUE
+    rows = conn.execute(query, {"now": now, "db_now": db_now, "limit": limit}).all()
+    if not rows:
+        return []
+    states: dict[int, list[tuple[str, str]]] = {}
+    for outbox_id, address, state in conn.execute(_DUE_RECIPIENTS,
+                                                   {"ids": [r.id for r in rows]}):
+        states.setdefault(outbox_id, []).append((address, state))
+    until = db_now + lease
+    due: list[Due] = []
+    missing: list[dict[str, Any]] = []
+    settled: list[dict[str, Any]] = []
+    for row in rows:
+        found = states.get(row.id)
+        if found is None:
             # A row written by something other than `enqueue`: its envelope is the truth.
-            item.recipients = [recipient_row(a) for a in dict.fromkeys(item.envelope_to)]
-        if not any(r.state == PENDING for r in item.recipients):
+            found = [(address, PENDING) for address in dict.fromkeys(row.envelope_to)]
+            missing += [{"outbox_id": row.id, "address": address, "state": PENDING,
+                         "attempts": 0, "permanent_failures": 0} for address, _ in found]
+        pending = tuple(address for address, state in found if state == PENDING)
+        if not pending:
             # Nothing left to send (rows edited by hand): settle it instead of sending.
-            item.state = SENT if any(r.state == SENT for r in item.recipients) else FAILED
+            sent = any(state == SENT for _, state in found)
+            settled.append({"row_id": row.id, "new_state": SENT if sent else FAILED})
             continue
-        item.claimed_by = holder
-        item.claimed_until = db_now + lease
-        items.append(item)
-    session.flush()
-    return items
+        due.append(Due(row.id, row.envelope_from, pending, row.raw, row.correlation_id, until))
+    if missing:
+        conn.execute(insert(_RECIPIENTS), missing)
+    if settled:
+        conn.execute(_SETTLE, settled)
+    if due:
+        conn.execute(_CLAIM, {"ids": [d.id for d in due], "holder": holder, "until": until})
+    return due
 
 
 def renew_claims(session: Session, *, holder: str, lease: timedelta, now: datetime) -> int:
@@ -315,8 +368,6 @@ def _answered(
 # (`Direct`): it runs once per mail the relay accepts, in the daemon's process
 # beside the ingest writer, and SQLAlchemy's execution of Core statements was
 # most of its CPU (issue 13).
-_OUTBOX = schema.outbox
-_RECIPIENTS = schema.outbox_recipients
 _LOAD_ONE = (
     select(
         _OUTBOX.c.id, _OUTBOX.c.ticket_id, _OUTBOX.c.message_id, _OUTBOX.c.attempts,

@@ -409,11 +409,8 @@ class Sender:
             items = claims.claim_due(
                 session, holder=self.holder, limit=self.batch, now=self.clock(), lease=self.lease
             )
-            return [
-                Claimed(i.id, Envelope(i.envelope_from, tuple(outbox.pending_recipients(i)), i.raw),
-                        i.correlation_id)
-                for i in items
-            ]
+            return [Claimed(i.id, Envelope(i.envelope_from, i.recipients, i.raw), i.correlation_id)
+                    for i in items]
 
     def _renew(self) -> None:
         with self.sessions.begin() as session:

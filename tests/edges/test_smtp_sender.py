@@ -23,6 +23,7 @@ from sqlalchemy import select, text
 from helpdesk.delivery import claims, outbox, views
 from helpdesk.settings import SmtpSettings
 from helpdesk.smtp import Sender
+from helpdesk.store import schema
 from helpdesk.store.models import OutboxItem
 from tests.conftest import Clock, Store
 from tests.faults.helpers import FAST, items, make_sender, queue
@@ -169,6 +170,44 @@ def test_expired_claim_is_taken_over(store: Store, relay: ScriptedRelay, clock: 
     clock.advance(seconds=2)
     time.sleep(1.1)
     assert asyncio.run(s.run_once()) == 1
+
+
+def test_claiming_settles_rows_with_nothing_to_send_and_fills_in_missing_recipients(
+    store: Store, clock: Clock
+) -> None:
+    """A row without recipient rows (written by hand, or before they existed) is sent to
+    its envelope, each address once; a row whose recipients are all done is settled, not
+    claimed: sent when any was sent, else failed."""
+    bare, done, dead, normal = queue(store, 4, now=clock.now)
+    recipients = schema.outbox_recipients
+    with store.engine.begin() as conn:
+        conn.execute(recipients.delete().where(recipients.c.outbox_id == bare))
+        conn.execute(schema.outbox.update().where(schema.outbox.c.id == bare)
+                     .values(envelope_to=["x@example.org", "y@example.org", "x@example.org"]))
+        conn.execute(recipients.update().where(recipients.c.outbox_id == done)
+                     .values(state="sent"))
+        conn.execute(recipients.update().where(recipients.c.outbox_id == dead)
+                     .values(state="failed"))
+    with store.sessions.begin() as session:
+        claimed = claims.claim_due(session, holder="a", limit=10, now=clock.now,
+                                   lease=timedelta(minutes=5))
+    assert [(c.id, c.recipients) for c in claimed] == [
+        (bare, ("x@example.org", "y@example.org")), (normal, ("user3@example.org",))]
+    with store.engine.connect() as conn:
+        rows = dict(conn.execute(select(schema.outbox.c.id,
+                                        schema.outbox.c.state)).all())
+        holders = dict(conn.execute(select(schema.outbox.c.id,
+                                           schema.outbox.c.claimed_by)).all())
+        filled = conn.execute(select(recipients.c.address, recipients.c.state)
+                              .where(recipients.c.outbox_id == bare)
+                              .order_by(recipients.c.id)).all()
+    assert (rows[done], rows[dead]) == ("sent", "failed")
+    assert holders == {bare: "a", done: None, dead: None, normal: "a"}
+    assert [tuple(r) for r in filled] == [("x@example.org", "pending"),
+                                          ("y@example.org", "pending")]
+    with store.sessions.begin() as session:  # claimed: nobody else takes them meanwhile
+        assert claims.claim_due(session, holder="b", limit=10, now=clock.now,
+                                lease=timedelta(minutes=5)) == []
 
 
 @POSTGRES
