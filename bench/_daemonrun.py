@@ -50,6 +50,7 @@ from bench._servers import (
     outbox_ids,
     stored,
 )
+from tests.servers import free_port
 
 WAIT_ARRIVAL = 30.0  # s, before an arrival counts as lost
 GAP = 0.25  # s, after an acknowledgement before the next arrival
@@ -172,6 +173,7 @@ class Shape:
     store: str = "sqlite"
     lease: float | None = None  # [daemon] lease_seconds
     maildir: bool = False  # a [[maildir]] instead of IMAP mailboxes
+    relay: bool = True  # False: the configured relay is a closed port, the sender idles
 
 
 class ImapFeed:
@@ -291,8 +293,11 @@ class Bench:
                       ImapFeed(self.imap, [self.imap.new_user() for _ in range(shape.mailboxes)]))
         boxes = [Mailbox(f"box{i + 1}", self.imap.server.port, u, p) for i, (u, p) in
                  enumerate(feed.users)]
+        # With no relay, the sender finds nothing listening and backs off: what ingest
+        # does without a sender beside it in the process.
+        smtp_port = self.relay.port if shape.relay else free_port()
         config = write_config(run_dir / "helpdesk.toml", side, db_url=url, rules=shape.rules,
-                              smtp_port=self.relay.port, mailboxes=boxes, workers=shape.workers,
+                              smtp_port=smtp_port, mailboxes=boxes, workers=shape.workers,
                               lease_seconds=shape.lease,
                               maildir=feed.path if isinstance(feed, MaildirFeed) else None)
         feed.stage(raws)
@@ -307,7 +312,8 @@ class Bench:
                                "daemon.started")
             self._settle(procs, [b.name for b in boxes], shape.lease)
             cold = self._warm_up(procs, feed)
-            result, latencies = self._measure(procs, feed, url, raws, after)
+            result, latencies = self._measure(procs, feed, url, raws, after,
+                                              relay=shape.relay)
             result.cold_ms = cold
         finally:
             for proc in procs:
@@ -318,7 +324,7 @@ class Bench:
             self.reapers[-1].start()
         result.mailboxes = shape.mailboxes
         result.moved = feed.moved()
-        result.checks = self._check(url, raws, result.tickets, relay_from)
+        result.checks = self._check(url, raws, result.tickets, relay_from, relay=shape.relay)
         return result, latencies
 
     def _settle(self, procs: list[DaemonProcess], names: list[str], lease: float | None) -> None:
@@ -357,7 +363,8 @@ class Bench:
         return first
 
     def _measure(self, procs: list[DaemonProcess], feed: Feed, url: str,
-                 raws: Sequence[bytes], after: After | None) -> tuple[Backlog, Latencies | None]:
+                 raws: Sequence[bytes], after: After | None, *,
+                 relay: bool = True) -> tuple[Backlog, Latencies | None]:
         groups = {"helpdesk": [p.pid for p in procs], "dovecot": self.imap.pids(),
                   "relay": [self.relay.pid]}
         if self.pg is not None and url.startswith("postgresql"):
@@ -392,7 +399,8 @@ class Bench:
             # Counting lines first keeps the check cheap: it runs at every log line.
             procs[0].wait(lambda: (sum(len(p.commits) for p in procs) - sum(before) >= n
                                    and complete() is not None), 120 + n / 5, f"{n} commits")
-            ack_done, queued = self._acks_accepted(url, queued_before, 60 + n / 20)
+            ack_done, queued = (self._acks_accepted(url, queued_before, 60 + n / 20) if relay
+                                else (None, len(set(outbox_ids(url)) - queued_before)))
             usage = watch.stop()
         last = complete()
         assert last is not None
@@ -424,12 +432,14 @@ class Bench:
             self.relay.wait(lambda: False, 0.1)
         return None, len(wanted)
 
-    def _check(self, url: str, raws: Sequence[bytes], tickets: int, relay_from: int) -> Checks:
-        """After the daemons stopped: the store and the relay, counted."""
+    def _check(self, url: str, raws: Sequence[bytes], tickets: int, relay_from: int, *,
+               relay: bool = True) -> Checks:
+        """After the daemons stopped: the store and the relay, counted (the relay's losses
+        only when it could be reached)."""
         in_store = stored(url, {message_id_of(raw) for raw in raws})
         queued = outbox_ids(url)
         seen = Counter(a.message_id for a in self.relay.since(relay_from))
-        lost = sum(1 for m in queued if not seen[m])
+        lost = sum(1 for m in queued if not seen[m]) if relay else 0
         duplicates = sum(seen[m] - 1 for m in queued if seen[m] > 1)
         return Checks(in_store, tickets, len(queued), lost, duplicates)
 

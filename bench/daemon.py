@@ -39,8 +39,11 @@ bench/_daemonrun.py holds one run and its checks.
     short so that leases are shared out within seconds): one daemon with
     `[intake] workers = 1` against `workers = 2`, and `--daemons` daemons
     (started one after another) against one, with two mailboxes (half the
-    backlog each) and with one. Where a ratio misses, the CPU each process
-    tree used says what limits it.
+    backlog each) and with one; and the one-daemon run again with its relay
+    unreachable (the sender finds nothing listening and backs off), to show
+    what the sender, in the daemon's process beside the writer, costs
+    ingest. Where a ratio misses, the CPU each process tree used says what
+    limits it.
 
 With `--baseline DIR` every figure is measured for the old code in the same
 run too (its own venv, rules and templates; runs alternate between the two);
@@ -267,9 +270,22 @@ def scaling_runs(bench: Bench, figures: Figures, raws: list[bytes], rows: list[R
         top, bottom = rate(label, side), rate(base, side)
         return top / bottom if top and bottom else None
 
+    # The same as the first run with the sender idle (its relay unreachable): what the
+    # sender, in the daemon's process beside the writer, costs ingest.
+    idle = f"{labels[0]}, relay unreachable"
+    for side in figures.sides:
+        shape = Shape(workers=1 if side.has_intake else None, store="postgres", lease=lease,
+                      relay=False)
+        found[(idle, side.label)] = figures.keep(side, f"PostgreSQL {idle}",
+                                                 bench.backlog(side, raws, shape)[0])
+
     n = len(raws)
     rows.append(row(f"(e) PostgreSQL backlog {n}, {labels[0]} (msg/s)", rate(labels[0], "now"),
                     rate(labels[0], "before")))
+    rows.append(row("    the same, relay unreachable (sender idle) (msg/s)", rate(idle, "now"),
+                    rate(idle, "before")))
+    rows.append(row("    sending / sender idle", scale(labels[0], idle, "now"),
+                    scale(labels[0], idle, "before"), digits=2))
     rows.append(row("    1 daemon, 2 workers / 1 worker", scale(labels[1], labels[0], "now"),
                     None, at_least=TARGET_SCALING, digits=2, na=figures.na(NO_WORKERS)))
     if d >= 2:

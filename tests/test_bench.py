@@ -45,6 +45,8 @@ DAEMON_ROWS = (
     "(d) peak memory, daemon tree, backlog 60: sum of VmRSS (MB)",
     "flat: peak VmRSS at 60 / at 30",
     "(e) PostgreSQL backlog 20, 1 daemon, 1 mailbox, 1 worker (msg/s)",
+    "the same, relay unreachable (sender idle) (msg/s)",
+    "sending / sender idle",
     "1 daemon, 2 workers / 1 worker",
     "2 daemons / 1, one mailbox",
     "2 daemons / 1, two mailboxes",
