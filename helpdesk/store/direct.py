@@ -257,10 +257,7 @@ def _pipelines(conn: Connection) -> bool:
         return False
     import psycopg  # loaded already: the dialect's driver
 
-    if not psycopg.Pipeline.is_supported():
-        return False
-    _quiet_pipeline_exit(logging.getLogger("psycopg"))
-    return True
+    return bool(psycopg.Pipeline.is_supported())
 
 
 class _PipelineExitFilter(logging.Filter):
@@ -276,9 +273,7 @@ class _PipelineExitFilter(logging.Filter):
                     and bool(args) and type(args[0]).__name__ == "Pipeline")
 
 
-def _quiet_pipeline_exit(logger: logging.Logger) -> None:
-    if not any(isinstance(f, _PipelineExitFilter) for f in logger.filters):
-        logger.addFilter(_PipelineExitFilter())
+logging.getLogger("psycopg").addFilter(_PipelineExitFilter())
 
 
 def _after(conn: Connection, waiting: list[_Write], read: _Write | None,
