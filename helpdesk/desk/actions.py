@@ -25,7 +25,7 @@ from helpdesk.desk import notices, tickets
 from helpdesk.desk.notices import AUTO_GENERATED, AUTO_REPLIED, AutomaticFields
 from helpdesk.errors import InvalidInput
 from helpdesk.rules.regexes import regex_timed_out
-from helpdesk.store import queries, schema
+from helpdesk.store import batchreads, queries, schema
 from helpdesk.store.direct import Direct
 from helpdesk.store.models import Ticket
 from helpdesk.templates import (
@@ -368,6 +368,7 @@ def _auto_reply(
     item = outbox.enqueue(session, mail, ctx.signer, now=now, correlation_id=correlation_id)
     _INSERT_AUTO_REPLY.execute(session.connection(), {"address": recipient.address,
                                                       "ticket_id": ticket_id, "sent_at": now})
+    batchreads.auto_replied(session, recipient.address, now)
     work.event(rule, "auto_reply.queued", {"template": action.template, "to": recipient.address,
                                            "message_id": item.message_id})
     applied.mails.append(f"auto_reply:{action.template}")

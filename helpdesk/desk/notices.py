@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from helpdesk.delivery import anchors, outbox
 from helpdesk.mail.classify import is_noreply_address
-from helpdesk.store import queries, schema
+from helpdesk.store import batchreads, queries, schema
 from helpdesk.store.direct import Direct
 from helpdesk.store.models import AutoReplyLog, Event, Message, Ticket
 from helpdesk.templates import (
@@ -144,6 +144,7 @@ def resolution_notice(
     item = outbox.enqueue(session, mail, ctx.signer, now=now,
                           correlation_id=notice.correlation_id)
     session.add(AutoReplyLog(address=requester.address, ticket_id=ticket.id, sent_at=now))
+    batchreads.auto_replied(session, requester.address, now)
     event("notice.queued", {"to": requester.address, "message_id": item.message_id})
     return item
 
@@ -170,10 +171,13 @@ def why_no_automatic_mail(
         return "own_address: mail from one of our own addresses", 0
     if is_noreply_address(address):
         return f"noreply: {address} does not take replies", 0
-    # Both guards of the store in one statement: asked for every automatic mail.
-    guards = _GUARDS.first(session.connection(),
-                           {"address": address, "since": now - ctx.auto_reply_window})
-    assert guards is not None  # a SELECT without FROM returns its one row
+    since = now - ctx.auto_reply_window
+    ahead = batchreads.ahead_of(session)
+    guards = ahead.guards(address, since) if ahead is not None else None
+    if guards is None:
+        # Both guards of the store in one statement: asked for every automatic mail.
+        guards = _GUARDS.first(session.connection(), {"address": address, "since": since})
+        assert guards is not None  # a SELECT without FROM returns its one row
     suppressed, count = guards
     if suppressed is not None and suppressed > now:
         return f"bounced: {address} bounced permanently; suppressed until {suppressed:%Y-%m-%d}", 0

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
+from helpdesk.store import batchreads
 from helpdesk.store.models import Suppression
 from helpdesk.values import BounceReport
 
@@ -64,3 +65,4 @@ def _suppress(
         row.reason = reason[:1000]
         row.ticket_id = ticket_id
     session.flush()
+    batchreads.suppressed(session, address, until)

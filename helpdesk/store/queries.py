@@ -115,9 +115,12 @@ _IDS_PER_QUERY = 500
 
 def tickets_by_message_ids(session: Session, message_ids: Sequence[str]) -> dict[str, int]:
     """Map each known Message-ID (incoming or outgoing) to the ticket it is on."""
+    unique = list(dict.fromkeys(message_ids))
+    ahead = batchreads.ahead_of(session)
+    if ahead is not None and all(ahead.knows_message_id(mid) for mid in unique):
+        return ahead.tickets_by_message_ids(unique)
     found: dict[str, tuple[int, int]] = {}  # id -> (row id, ticket)
     conn = session.connection()
-    unique = list(dict.fromkeys(message_ids))
     for start in range(0, len(unique), _IDS_PER_QUERY):
         chunk = unique[start:start + _IDS_PER_QUERY]
         if len(chunk) <= _FIXED_IN_LISTS:

@@ -1,21 +1,25 @@
 """A batch's lookups read ahead: one query per kind for the batch, not a round trip a mail.
 
 `ingest_batch` reads what its mails will look up (earlier copies by Message-ID
-and content, by server copy, and their senders' contacts) before filing them
+and content, by server copy, the tickets of the ids they answer, their senders'
+contacts, bounce suppressions and automatic replies) before filing them
 (`store.batchreads`). These tests check that the mails then ask the database
 nothing of the kind, that the answers are those the database would give at that
-point of the batch (a second copy of a mail, a second mail from a new sender),
+point of the batch (a second copy of a mail, a second mail from a new sender, a
+reply to a mail of the same batch, a sender over the rate limit or bounced in it),
 and that what another writer commits after the read is still found.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 import structlog
 from sqlalchemy import event, func, select
 
+from helpdesk.desk import notices
 from helpdesk.flow.ingest import IngestContext, ingest_batch
 from helpdesk.mail.prepare import Prepared, prepare_with
 from helpdesk.store import batchreads, queries, schema
@@ -23,6 +27,7 @@ from helpdesk.values import Origin, OutcomeKind
 from tests.conftest import Clock, Store
 from tests.mailfactory import make_mail
 from tests.service.test_ingest_batch import SUPPORT, shipped_rules_context
+from tests.service.test_pipeline import dsn
 
 BOX = ("INBOX", 7)  # mailbox, UIDVALIDITY
 
@@ -130,6 +135,67 @@ def test_the_answers_read_ahead_are_the_databases(
                                      .where(schema.tickets.c.id.in_(
                                          [after[2].ticket_id, after[3].ticket_id]))).all()
         assert requesters == [dana, dana]
+
+
+def test_threads_and_the_auto_reply_guards_come_from_the_read_and_the_batchs_own_writes(
+    store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replies to a mail of an earlier batch and of the same batch are threaded, a sender
+    reaches the rate limit inside the batch, and a bounce in the batch suppresses its
+    address for a later mail of the batch: without a lookup of ids or guards a mail."""
+    ctx = shipped_rules_context(store, clock)
+    assert ctx.actions is not None
+    ctx = dataclasses.replace(ctx, actions=dataclasses.replace(ctx.actions, auto_reply_limit=3))
+    dana, lee, pat = ("Dana <dana@example.com>", "Lee <lee@example.com>",
+                      "Pat <pat@example.com>")
+    with store.sessions.begin() as session:
+        before = ingest_batch(session, [prepare(request(n, who), imap(n), ctx)
+                                        for n, who in ((1, dana), (2, lee), (6, pat))], ctx)
+    with store.sessions() as session:
+        acks = session.scalars(select(schema.outbox.c.message_id)
+                               .order_by(schema.outbox.c.id)).all()
+    assert len(acks) == 3  # one auto reply each; Dana's counts towards her limit
+    bounce = dsn(acks[2], "5.1.1").replace(b"dana.reyes@example.com", b"pat@example.com")
+
+    def reply(n: int, who: str, to: int) -> bytes:
+        return make_mail(subject=f"Re: Request {to}", message_id=f"<a{n}@mail.example.com>",
+                         sender=who, in_reply_to=f"<r{to}@mail.example.com>",
+                         body="Thanks, one more thing.\n")
+
+    raws = [reply(2, lee, 2), request(3, dana), reply(3, dana, 3), request(4, dana),
+            request(5, dana), bounce, request(7, pat)]
+    items = [prepare(raw, imap(10 + n), ctx) for n, raw in enumerate(raws)]
+    asked = {"guards": 0, "ids": 0}
+    guards, by_ids = notices._GUARDS, queries._tickets_by_n_ids
+
+    class CountedGuards:
+        def first(self, conn: Any, params: Any) -> Any:
+            asked["guards"] += 1
+            return guards.first(conn, params)
+
+    def counted_ids(count: int) -> Any:
+        asked["ids"] += 1
+        return by_ids(count)
+
+    monkeypatch.setattr(notices, "_GUARDS", CountedGuards())
+    monkeypatch.setattr(queries, "_tickets_by_n_ids", counted_ids)
+    with structlog.testing.capture_logs() as logs, store.sessions.begin() as session:
+        after = ingest_batch(session, items, ctx)
+    assert not [e for e in logs if e["event"] == "ingest.batch_split"]
+    assert asked == {"guards": 0, "ids": 0}
+    new, answered = OutcomeKind.NEW_TICKET, OutcomeKind.REPLY
+    assert [o.kind for o in after] == [answered, new, answered, new, new, answered, new]
+    assert after[0].ticket_id == before[1].ticket_id  # an earlier batch's mail
+    assert after[2].ticket_id == after[1].ticket_id  # this batch's mail
+    assert after[5].ticket_id == before[2].ticket_id  # the bounce, on Pat's ticket
+    # Dana had one reply before the batch: two more reach the limit of three.
+    assert [after[i].suppressed for i in (1, 3, 4)] == [(), (), ("rate_limit",)]
+    assert after[6].suppressed == ("bounced",)
+    with store.sessions() as session:
+        replies = session.scalars(select(schema.auto_replies.c.address)
+                                  .order_by(schema.auto_replies.c.id)).all()
+    assert replies.count("dana@example.com") == 3
+    assert replies.count("pat@example.com") == 1
 
 
 @pytest.mark.postgres

@@ -7,6 +7,7 @@ of automatic mail; `quiet` skips it.
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 from datetime import timedelta
@@ -21,7 +22,8 @@ from helpdesk.delivery.outbox import Signer
 from helpdesk.desk import directory, tickets, timers
 from helpdesk.desk.actions import ActionContext
 from helpdesk.desk.notices import Notice
-from helpdesk.flow.ingest import IngestContext, ingest
+from helpdesk.flow.ingest import IngestContext, ingest, ingest_batch
+from helpdesk.mail.prepare import prepare_with
 from helpdesk.mail.trust import TrustPolicy
 from helpdesk.rules import load_rules
 from helpdesk.store.models import AutoReplyLog, Event, OutboxItem, Suppression, Ticket
@@ -329,6 +331,28 @@ def test_a_rule_that_resolves_sends_the_notice(store: Store, ctx: IngestContext,
     assert (event.kind, event.actor) == ("notice.queued", "rule:thanks-resolves")
     with store.sessions() as session:
         assert session.get_one(Ticket, ticket_id).resolved_at == clock.now
+
+
+def test_a_notice_counts_towards_the_limit_for_the_rest_of_its_batch(
+    store: Store, ctx: IngestContext, clock: Clock
+) -> None:
+    """Filed in one batch, as the daemon files a backlog: the notice a rule sends Dana is
+    counted when her next mails ask for automatic replies (limit 2: one more, then none)."""
+    ticket_id = new_ticket(store, clock)
+    ctx = dataclasses.replace(ctx, actions=action_context(limit=2))
+    raws = [make_mail(subject=f"Re: [#{ticket_id}] Printer jammed", message_id="<r2@x>",
+                      body="It is fixed, thanks!\n"),
+            make_mail(subject="How do I print double-sided?", message_id="<r3@x>"),
+            make_mail(subject="How do I print in colour?", message_id="<r4@x>")]
+    items = [(raw, Origin("lmtp", recipient=SUPPORT),
+              prepare_with(raw, parse=ctx.parse, is_own_address=ctx.is_own_address,
+                           loop_id=ctx.loop_id, trust=ctx.trust)) for raw in raws]
+    with store.sessions.begin() as session:
+        outcomes = ingest_batch(session, items, ctx)
+    assert outcomes[0].ticket_id == ticket_id
+    assert [o.suppressed for o in outcomes] == [(), (), ("rate_limit",)]
+    assert len(notices_of(store)) == 1
+    assert [item.envelope_to for item in outbox(store)] == [[DANA], [DANA]]
 
 
 def test_a_rule_with_its_own_reply_sends_one_mail(store: Store, ctx: IngestContext) -> None:

@@ -91,7 +91,7 @@ def _all_in_one_savepoint(
     try:
         with session.begin_nested():
             conn = session.connection()
-            ahead = batchreads.read_ahead(conn, _wanted(items))
+            ahead = batchreads.read_ahead(conn, _wanted(items, ctx))
             # Writes go with the next read (PostgreSQL): a round trip each cost more
             # than the statements; a failing one splits the batch like any failure.
             with batchreads.kept(session, ahead), written_later(conn):
@@ -107,8 +107,10 @@ def _all_in_one_savepoint(
     return None
 
 
-def _wanted(items: Sequence[tuple[bytes, Origin, Prepared]]) -> batchreads.Wanted:
-    """What `_ingest` will look up for these mails: their copies and their senders."""
+def _wanted(
+    items: Sequence[tuple[bytes, Origin, Prepared]], ctx: IngestContext
+) -> batchreads.Wanted:
+    """What `_ingest` will look up for these mails: copies, threads, senders and guards."""
     message_ids: set[str] = set()
     origins: set[batchreads.ServerCopy] = set()
     addresses: set[str] = set()
@@ -120,9 +122,16 @@ def _wanted(items: Sequence[tuple[bytes, Origin, Prepared]]) -> batchreads.Wante
         if prepared.problem or msg is None:
             continue
         message_ids.add(storable_id(msg.message_id))
+        message_ids.update(storable_id(answered) for answered in msg.thread_ids)
+        bounce = prepared.verdict.bounce
+        if bounce is not None and bounce.original_message_id:
+            message_ids.add(storable_id(bounce.original_message_id))
         if msg.from_ is not None:
             addresses.add(msg.from_.address)
-    return batchreads.Wanted(frozenset(message_ids), frozenset(origins), frozenset(addresses))
+    # The oldest automatic reply the rate limit can count while the batch is filed.
+    since = ctx.clock() - ctx.actions.auto_reply_window if ctx.actions is not None else None
+    return batchreads.Wanted(frozenset(message_ids), frozenset(origins), frozenset(addresses),
+                             since)
 
 
 def _one(
