@@ -33,7 +33,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 # The newest revision in migrations/versions; keep it in step when adding one
 # (tests/service/test_store.py asks Alembic and fails otherwise).
-HEAD_REVISION = "0012"
+HEAD_REVISION = "0013"
 
 # How long a writer waits for another writer's lock before SQLite reports busy.
 SQLITE_BUSY_TIMEOUT_MS = 15_000
