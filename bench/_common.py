@@ -343,7 +343,8 @@ class Usage:
             if name == split:
                 roots = self.cpu_roots.get(name, 0.0)
                 text += (f" (main process{'es' if ',' in name else ''} {self.cores(roots):.2f}, "
-                         f"parsing workers {self.cores(seconds - roots):.2f})")
+                         f"its other processes: parsing workers, sender "
+                         f"{self.cores(seconds - roots):.2f})")
             parts.append(text)
         other = max(0.0, self.machine_busy - sum(self.cpu.values()))
         parts.append(f"everything else on the machine {self.cores(other):.2f}")

@@ -32,8 +32,8 @@ bench/_daemonrun.py holds one run and its checks.
 (c) **Replies.** Then `helpdesk tickets reply` (a whole process) on some of
     those tickets, one at a time: its start -> the relay accepted the reply.
 (d) **Memory.** The largest sum of VmRSS (and of Pss, shared pages counted
-    once) over the daemon's process tree (the daemon, its forkserver and
-    parsing workers), sampled every 50 ms from /proc from the release to the
+    once) over the daemon's process tree (the daemon, its forkserver,
+    parsing workers and sender process), sampled every 50 ms from /proc from the release to the
     last acknowledgement, at two backlog sizes (N and `--memory-messages`).
 (e) **Scaling** (always PostgreSQL, shipped rules, `[daemon] lease_seconds`
     short so that leases are shared out within seconds): one daemon with
@@ -41,7 +41,7 @@ bench/_daemonrun.py holds one run and its checks.
     (started one after another) against one, with two mailboxes (half the
     backlog each) and with one; and the one-daemon run again with its relay
     unreachable (the sender finds nothing listening and backs off), to show
-    what the sender, in the daemon's process beside the writer, costs
+    what sending (the daemon's sender process beside its writer) costs
     ingest. Where a ratio misses, the CPU each process tree used says what
     limits it.
 
@@ -270,8 +270,8 @@ def scaling_runs(bench: Bench, figures: Figures, raws: list[bytes], rows: list[R
         top, bottom = rate(label, side), rate(base, side)
         return top / bottom if top and bottom else None
 
-    # The same as the first run with the sender idle (its relay unreachable): what the
-    # sender, in the daemon's process beside the writer, costs ingest.
+    # The same as the first run with the sender idle (its relay unreachable): what
+    # sending (in a process of its own since issue 13) costs ingest.
     idle = f"{labels[0]}, relay unreachable"
     for side in figures.sides:
         shape = Shape(workers=1 if side.has_intake else None, store="postgres", lease=lease,

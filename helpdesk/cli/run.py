@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -11,7 +12,7 @@ import click
 from helpdesk.cli import AppContext, pass_app
 from helpdesk.daemon import STARTUP_FAILURE, Daemon
 from helpdesk.errors import HelpdeskError
-from helpdesk.logs import LogFormat, configure_logging
+from helpdesk.logs import LogFormat, again_to_stdout, configure_logging, configured
 
 
 @click.command()
@@ -38,7 +39,9 @@ def run(app: AppContext, log_format: LogFormat, log_level: str) -> None:
     except HelpdeskError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(STARTUP_FAILURE)
-    daemon = Daemon(settings, config_path=app.config_path, environ=os.environ)
+    fmt, level = configured() or (log_format, logging.INFO)
+    daemon = Daemon(settings, config_path=app.config_path, environ=os.environ,
+                    log_setup=functools.partial(again_to_stdout, fmt, level))
     code = daemon.run()
     if code == STARTUP_FAILURE:
         click.echo("Error: helpdesk could not start; see the log line above.", err=True)

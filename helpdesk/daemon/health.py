@@ -83,14 +83,17 @@ def worker_problems(workers: Iterable[Worker], now: float, progress: float) -> l
     return problems
 
 
-def liveness(workers: Iterable[Worker], intake: Any, sender: asyncio.Task[None] | None
-             ) -> list[str]:
+def liveness(workers: Iterable[Worker], intake: Any, sender: asyncio.Task[None] | None,
+             sender_down: str | None = None) -> list[str]:
     """The problems of a serving daemon's threads and tasks: its workers, the sender's
-    task, the intake's committer (`helpdesk.intake.Intake`, or None)."""
+    task and why its process does not run (`sender_down`), the intake's committer
+    (`helpdesk.intake.Intake`, or None)."""
     progress = intake.last_progress if intake is not None else 0.0
     problems = worker_problems(workers, time.monotonic(), progress)
     if sender is not None and sender.done():
         problems.append("sender: stopped")
+    elif sender_down is not None:
+        problems.append(f"sender: {sender_down}")
     if intake is not None and not intake.committer.running:
         problems.append("committer: stopped")
     return problems

@@ -52,6 +52,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from helpdesk import context
 from helpdesk.daemon import health, reload
+from helpdesk.daemon.sender_process import SenderProcess, SenderSpec
 from helpdesk.daemon.systemd import Notifier
 from helpdesk.daemon.workers import Polling, Runnable, Worker, join_all
 from helpdesk.delivery import wakeup
@@ -64,7 +65,6 @@ from helpdesk.observe import NULL_OBSERVER, Observer
 from helpdesk.rules import RuleError
 from helpdesk.settings import MailboxSettings, MaildirSettings, Settings, load_settings
 from helpdesk.settings.security import security_warnings
-from helpdesk.smtp import Sender
 from helpdesk.sources.imap import ImapSource
 from helpdesk.sources.lmtp import LmtpHandler, start_lmtp
 from helpdesk.sources.maildir import MaildirSource
@@ -134,8 +134,11 @@ class Daemon:
         environ: Mapping[str, str] | None = None,
         holder: str | None = None,
         clock: Callable[[], datetime] = utcnow,
+        log_setup: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
+        # How the sender's process sets up its logging (picklable); None: as it comes.
+        self.log_setup = log_setup
         self.config_path = config_path
         self.environ = dict(environ if environ is not None else os.environ)
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -146,7 +149,7 @@ class Daemon:
         self.ctx: IngestContext | None = None
         self.intake: Intake | None = None
         self.workers: dict[str, Worker] = {}
-        self.sender: Sender | None = None
+        self.sender: SenderProcess | None = None
         self.lmtp: Any = None
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
@@ -181,12 +184,16 @@ class Daemon:
         for maildir in s.maildirs:
             self._add_worker(self._maildir_worker(maildir, s))
         claim, batch = outbox_claim(s.daemon.lease_seconds, s.smtp.timeout)
-        self.sender = Sender(self.sessions, s.smtp, context.outbox_policy(s),
-                             holder=self.holder, interval=s.daemon.send_interval,
-                             clock=self.clock, lease=claim, batch=batch,
-                             observer=self.observer)
-        # A commit that queued mail (a group commit of ingest, timers) wakes the sender at once.
-        wakeup.install_commit_hooks(self.sessions, on_commit=self.sender.wake)
+        # In a process of its own (daemon/sender_process.py), with the real clock.
+        self.sender = SenderProcess(
+            SenderSpec(database_url=s.database.url, database_password=s.database.password_value,
+                       smtp=s.smtp, policy=context.outbox_policy(s), holder=self.holder,
+                       interval=s.daemon.send_interval, lease=claim, batch=batch,
+                       log_setup=self.log_setup),
+            observer=self.observer)
+        # A commit that queued mail (a group commit of ingest, timers) wakes the sender at
+        # once: NOTIFY on PostgreSQL (SQLite's watcher needs nothing from us).
+        wakeup.install_commit_hooks(self.sessions)
         warnings = security_warnings(s)
         if warnings:  # once per start, not per message (issue 12)
             log.warning("security.warned", warnings=warnings)
@@ -265,7 +272,8 @@ class Daemon:
         """What keeps this daemon from being healthy, besides the store (for /healthz)."""
         if not self.serving:
             return ["daemon: stopping" if self._stop.is_set() else "daemon: starting"]
-        return health.liveness(self.workers.values(), self.intake, self._sender_task)
+        return health.liveness(self.workers.values(), self.intake, self._sender_task,
+                               self.sender.down if self.sender is not None else None)
 
     # -- workers -------------------------------------------------------------------
 
@@ -542,8 +550,7 @@ class Daemon:
             self.metrics.observer.known_mailboxes(reload.source_names(settings))
         changed = self._reload_workers(settings)
         if self.sender is not None:
-            self.sender.settings = settings.smtp
-            self.sender.policy = context.outbox_policy(settings)
+            self.sender.update(settings.smtp, context.outbox_policy(settings))
         if self.intake is not None:
             self.intake.pool.time_limit = settings.intake.message_time_limit
             self.intake.committer.batch_max = settings.intake.batch_max

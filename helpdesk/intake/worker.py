@@ -49,7 +49,7 @@ def serve(conn: Connection, function: PrepareFunction) -> None:
     """A worker's life: prepare each mail it is sent until its pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent()
+    die_with_parent()
     while True:
         try:
             config, envelope_sender = conn.recv()
@@ -71,7 +71,7 @@ def serve(conn: Connection, function: PrepareFunction) -> None:
             return
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: have the kernel SIGKILL this worker when its parent process ends."""
     if not sys.platform.startswith("linux"):
         return
