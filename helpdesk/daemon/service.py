@@ -3,7 +3,8 @@
 start-up (settings are given; store checked; directory synced; rules and
 templates loaded; the intake's worker processes and writer started; sources
 built) -> supervise (one worker thread per IMAP mailbox and Maildir, the LMTP
-listener, the outbox sender, a status ticker that also watches every worker)
+listener, the outbox sender's process (`daemon/sender_process.py`), a status
+ticker that also watches every worker)
 -> shutdown (stop fetching, let the batch in hand commit, kill what the
 parsing workers still compute, release leases and claims, exit 0 within the
 grace period).
