@@ -114,7 +114,12 @@ class SenderProcess:
         try:
             while not stop.is_set():
                 self._restart.clear()
-                process, conn = self._start()
+                try:
+                    process, conn = self._start()
+                except Exception as exc:  # noqa: BLE001 - no fork (memory, limits): try again
+                    log.error("sender.start_failed", error=repr(exc), retry_in_s=RESTART_PAUSE)
+                    await self._pause(stop, f"its process could not be started ({exc!r})")
+                    continue
                 ended = await self._watch(process, conn, stop)
                 if ended is None:  # asked to stop or to restart: it is still running
                     await self._stop(process, conn)
@@ -129,15 +134,18 @@ class SenderProcess:
                     return
                 log.error("sender.process_died", exit_code=exit_code, detail=ended,
                           restart_in_s=RESTART_PAUSE)
-                self.down = (f"its process died (exit code {exit_code}); "
-                             f"started again {RESTART_PAUSE:g} s later")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), RESTART_PAUSE)
-                self.down = None
+                await self._pause(stop, f"its process died (exit code {exit_code})")
         except asyncio.CancelledError:
             if process is not None:
                 _kill(process)
             raise
+
+    async def _pause(self, stop: asyncio.Event, why: str) -> None:
+        """`RESTART_PAUSE` seconds (or until `stop`) with no process; /healthz says `why`."""
+        self.down = f"{why}; started again {RESTART_PAUSE:g} s later"
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), RESTART_PAUSE)
+        self.down = None
 
     # -- the process -------------------------------------------------------------------------
 

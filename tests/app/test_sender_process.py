@@ -8,13 +8,19 @@ that relay, and nothing of it outlives the daemon.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import structlog
 
+from helpdesk.daemon import sender_process
+from helpdesk.delivery.outbox import OutboxPolicy
+from helpdesk.settings import SmtpSettings
 from tests.app.daemon_helpers import (
     Daemon,
     append_all,
@@ -154,3 +160,41 @@ def test_an_unchanged_reload_keeps_the_sender_process(
     assert len(sender_pids(daemon)) == 1
     assert not daemon.events("sender.restarting")
     assert daemon.terminate()[0] == 0
+
+
+def test_a_sender_process_that_cannot_be_started_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No fork (memory, a process limit): the supervisor logs it, /healthz has the reason
+    during the pause, and it tries again instead of ending (which would stop sending)."""
+    monkeypatch.setattr(sender_process, "RESTART_PAUSE", 0.2)
+    spec = sender_process.SenderSpec(
+        database_url="sqlite://", database_password=None, smtp=SmtpSettings(),
+        policy=OutboxPolicy(), holder="test", interval=1.0, lease=timedelta(seconds=60),
+        batch=10)
+    supervisor = sender_process.SenderProcess(spec)
+    attempts: list[float] = []
+    seen_down: list[str | None] = []
+
+    def no_fork() -> None:
+        attempts.append(time.monotonic())
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(supervisor, "_start", no_fork)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(supervisor.run(stop))
+        deadline = time.monotonic() + 5
+        while len(attempts) < 3 and not task.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            seen_down.append(supervisor.down)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    with structlog.testing.capture_logs() as logs:
+        asyncio.run(scenario())
+    assert len(attempts) >= 3
+    assert [e for e in logs if e["event"] == "sender.start_failed"]
+    assert any(d and "could not be started" in d for d in seen_down)
+    assert supervisor.down is None
