@@ -118,8 +118,9 @@ class SenderProcess:
                 try:
                     process, conn = self._start()
                 except Exception as exc:  # noqa: BLE001 - no fork (memory, limits): try again
+                    self._down(f"its process could not be started ({exc!r})")
                     log.error("sender.start_failed", error=repr(exc), retry_in_s=RESTART_PAUSE)
-                    await self._pause(stop, f"its process could not be started ({exc!r})")
+                    await self._pause(stop)
                     continue
                 ended = await self._watch(process, conn, stop)
                 if ended is None:  # asked to stop or to restart: it is still running
@@ -133,17 +134,21 @@ class SenderProcess:
                 exit_code, process = process.exitcode, None
                 if stop.is_set():
                     return
+                # /healthz knows before the log says so (a reader of the log may ask it).
+                self._down(f"its process died (exit code {exit_code})")
                 log.error("sender.process_died", exit_code=exit_code, detail=ended,
                           restart_in_s=RESTART_PAUSE)
-                await self._pause(stop, f"its process died (exit code {exit_code})")
+                await self._pause(stop)
         except asyncio.CancelledError:
             if process is not None:
                 _kill(process)
             raise
 
-    async def _pause(self, stop: asyncio.Event, why: str) -> None:
-        """`RESTART_PAUSE` seconds (or until `stop`) with no process; /healthz says `why`."""
+    def _down(self, why: str) -> None:
         self.down = f"{why}; started again {RESTART_PAUSE:g} s later"
+
+    async def _pause(self, stop: asyncio.Event) -> None:
+        """`RESTART_PAUSE` seconds (or until `stop`) with no process, then healthy again."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), RESTART_PAUSE)
         self.down = None
