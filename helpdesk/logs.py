@@ -34,16 +34,6 @@ LogFormat = Literal["auto", "console", "json"]
 
 FOREIGN_EVENT = "library.logged"
 
-# The format and level `configure_logging` set last (the format resolved): for the
-# daemon's sender process, which logs as the daemon does (`configured`).
-_configured: tuple[LogFormat, int] | None = None
-
-
-def configured() -> tuple[LogFormat, int] | None:
-    """The format ("console" or "json") and level logging was configured with, if it was."""
-    return _configured
-
-
 def again_to_stdout(fmt: LogFormat, level: int) -> None:
     """`configure_logging` to standard output with the crash hooks: the daemon's logging,
     in a process of its own (the sender's)."""
@@ -90,8 +80,6 @@ def configure_logging(
     out = stream or sys.stderr
     if fmt == "auto":
         fmt = "console" if out.isatty() else "json"
-    global _configured
-    _configured = (fmt, level)
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,

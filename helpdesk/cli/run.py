@@ -12,7 +12,7 @@ import click
 from helpdesk.cli import AppContext, pass_app
 from helpdesk.daemon import STARTUP_FAILURE, Daemon
 from helpdesk.errors import HelpdeskError
-from helpdesk.logs import LogFormat, again_to_stdout, configure_logging, configured
+from helpdesk.logs import LogFormat, again_to_stdout, configure_logging
 
 
 @click.command()
@@ -32,16 +32,17 @@ def run(app: AppContext, log_format: LogFormat, log_level: str) -> None:
     Exits 0 on SIGTERM/SIGINT after finishing the message in hand, 3 when it
     cannot start (no mailbox configured, a broken rule file, an old schema).
     """
-    configure_logging(log_format, getattr(logging, log_level.upper()), stream=sys.stdout,
-                      hooks=True)
+    level = getattr(logging, log_level.upper())
+    configure_logging(log_format, level, stream=sys.stdout, hooks=True)
     try:
         settings = app.settings
     except HelpdeskError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(STARTUP_FAILURE)
-    fmt, level = configured() or (log_format, logging.INFO)
+    # The sender's process logs the same way, to the same standard output (it inherits
+    # it, so "auto" comes out the same there).
     daemon = Daemon(settings, config_path=app.config_path, environ=os.environ,
-                    log_setup=functools.partial(again_to_stdout, fmt, level))
+                    log_setup=functools.partial(again_to_stdout, log_format, level))
     code = daemon.run()
     if code == STARTUP_FAILURE:
         click.echo("Error: helpdesk could not start; see the log line above.", err=True)

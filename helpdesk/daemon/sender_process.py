@@ -71,7 +71,7 @@ class SenderSpec:
     lease: timedelta
     batch: int
     # Sets up logging in the process as the daemon's is (picklable: a module's function
-    # with its arguments, `logs.again_to_stdout`); None: left as it is.
+    # with its arguments: `logs.again_to_stdout`); None: left as it is.
     log_setup: Callable[[], None] | None = None
 
 
