@@ -155,19 +155,23 @@ class SqliteWatcher(_Thread):
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
         version, seen = -1, (0, 0)
-        while not self._stop.wait(SQLITE_POLL):
+        while not self._stop.is_set():
             try:
                 if conn is None:
                     conn = sqlite3.connect(self.path, timeout=1.0, isolation_level=None,
                                            check_same_thread=False)
                     version, seen = self._version(conn), self._outbox(conn)
-                current = self._version(conn)
-                if current != version:
-                    version = current
-                    now = self._outbox(conn)
-                    if now[0] > seen[0] or now[1] > seen[1]:
-                        self.wake()
-                    seen = now
+                    # Whatever was queued before this first look (or while the file could
+                    # not be read): compared with nothing, it would wait for the interval.
+                    self.wake()
+                else:
+                    current = self._version(conn)
+                    if current != version:
+                        version = current
+                        now = self._outbox(conn)
+                        if now[0] > seen[0] or now[1] > seen[1]:
+                            self.wake()
+                        seen = now
                 self._ok()
             except sqlite3.Error as exc:
                 self._failed(exc)
@@ -175,6 +179,7 @@ class SqliteWatcher(_Thread):
                     with contextlib.suppress(sqlite3.Error):
                         conn.close()
                 conn = None
+            self._stop.wait(SQLITE_POLL)
         if conn is not None:
             conn.close()
 

@@ -124,9 +124,10 @@ def test_sigterm_in_the_middle_of_50_mails_records_what_went_and_sends_the_rest_
 def test_mail_queued_by_ingest_and_by_the_cli_reaches_the_relay_without_waiting_for_a_poll(
     store: Store, relay: ScriptedRelay, tmp_path: Path, daemons: list[Daemon]
 ) -> None:
-    """With `send_interval = 30`, the acknowledgement of an ingested mail (in-process wake)
-    and `helpdesk tickets reply` run as another process (NOTIFY, or data_version on SQLite)
-    each reach the relay within 10 s: the wake-up, not the poll, sends them."""
+    """With `send_interval = 30`, the acknowledgement of an ingested mail and `helpdesk
+    tickets reply` run as another process each reach the relay within 10 s: the wake-up
+    (NOTIFY, or data_version on SQLite: the daemon's sender is a process of its own, so
+    both reach it that way), not the poll, sends them."""
     path = write_config(tmp_path, store, relay, send_interval=30.0)
     daemon = Daemon(path, tmp_path / "logs", name="daemon")
     daemons.append(daemon.start())

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
 from helpdesk.delivery.wakeup import CHANNEL, install_commit_hooks
+from helpdesk.smtp.watch import start_watcher
 from helpdesk.store.db import make_engine, make_session_factory
 from tests.conftest import Store
 from tests.faults.helpers import async_wait_until, make_sender, queue, running
@@ -136,4 +138,24 @@ def test_another_process_queueing_mail_wakes_the_sender(store: Store, relay: Scr
     try:
         asyncio.run(scenario())
     finally:
+        other.dispose()
+
+
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+def test_mail_queued_as_the_sqlite_watcher_starts_still_wakes_the_sender(store: Store) -> None:
+    """Mail committed before the watcher's first look (a sender process starting while the
+    daemon commits): the watcher wakes the sender once it has looked, as the PostgreSQL
+    listener does once it listens; compared with nothing, it would wait for the poll."""
+    calls = Calls()
+    other = make_engine(store.url)
+    watcher = start_watcher(store.engine, calls)
+    assert watcher is not None
+    try:
+        queue(store, 1, sessions=make_session_factory(other))  # before its first look
+        deadline = time.monotonic() + 3
+        while not calls.count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert calls.count >= 1
+    finally:
+        watcher.stop()
         other.dispose()
