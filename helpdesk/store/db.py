@@ -121,7 +121,12 @@ def _sqlite_engine(url: str, *, echo: bool) -> Engine:
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        # FULL: every commit is on disk before we acknowledge its mail to the source
+        # (IMAP MOVE, Maildir rename, LMTP 250, pipe exit 0). With NORMAL a commit in WAL
+        # mode survives our process dying but may roll back after a power loss or an OS
+        # crash, while the source has already let go of the mail. Group commit makes
+        # that one fsync a batch, not a mail.
+        cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()

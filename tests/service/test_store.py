@@ -63,10 +63,12 @@ def test_postgresqls_indexes_carry_the_columns_the_models_include(store: Store) 
 
 
 def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
-    """The embedded default uses WAL with foreign keys on."""
+    """The embedded default uses WAL with foreign keys on, and every commit is synced to disk."""
     engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        # 2 = FULL: NORMAL (1) loses commits to a power loss after their mail was acknowledged.
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 2
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
     engine.dispose()
 
