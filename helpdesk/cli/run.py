@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import sys
 
 import click
 
-from helpdesk.cli import AppContext, pass_app
+from helpdesk.cli import DEFAULT_GC_THRESHOLDS, AppContext, pass_app
 from helpdesk.daemon import STARTUP_FAILURE, Daemon
 from helpdesk.errors import HelpdeskError
 from helpdesk.logs import LogFormat, again_to_stdout, configure_logging
@@ -43,7 +44,20 @@ def run(app: AppContext, log_format: LogFormat, log_level: str) -> None:
     # it, so "auto" comes out the same there).
     daemon = Daemon(settings, config_path=app.config_path, environ=os.environ,
                     log_setup=functools.partial(again_to_stdout, log_format, level))
+    collect_as_a_daemon()
     code = daemon.run()
     if code == STARTUP_FAILURE:
         click.echo("Error: helpdesk could not start; see the log line above.", err=True)
     sys.exit(code)
+
+
+def collect_as_a_daemon() -> None:
+    """The cycle collector's default passes again, minus what start-up made.
+
+    A command collects rarely (`helpdesk.cli.COMMAND_GC_THRESHOLD`); the daemon
+    lives for months, so it gets the default back. What it has made so far
+    (modules, settings, rules, templates) lives as long as it does: frozen, no
+    full pass walks it again.
+    """
+    gc.freeze()
+    gc.set_threshold(*DEFAULT_GC_THRESHOLDS)

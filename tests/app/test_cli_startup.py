@@ -242,3 +242,31 @@ def test_reading_commands_validate_a_file_once_and_again_after_any_change(
     code, loaded, out = imported(listing, watched, tmp_path)
     assert code == 0, out
     assert "helpdesk.settings" in loaded
+
+
+def test_a_command_collects_rarely_and_the_daemon_as_python_does(tmp_path: Path) -> None:
+    """A command's cycle collector waits for 200,000 new objects; the daemon's is the default,
+    its start-up objects frozen (a command's start-up survives whole, walking it is waste)."""
+    probe = ("import atexit, gc, sys\n"
+             "atexit.register(lambda: print(gc.get_threshold(), file=sys.stderr))\n"
+             "from helpdesk.cli import main\nmain(['--version'])\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                            text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+                            timeout=120)
+    assert result.returncode == 0
+    assert result.stderr.strip().splitlines()[-1] == "(200000, 10, 10)"
+
+    # `helpdesk run` up to the daemon's start, which reports instead of running.
+    config = tmp_path / "helpdesk.toml"
+    database = tmp_path / "h.db"
+    config.write_text('[helpdesk]\nsupport_address = "support@example.org"\n'
+                      f'[database]\nurl = "sqlite:///{database}"\n')
+    daemon = ("import gc\nimport helpdesk.daemon\n"
+              "def report(self):\n"
+              "    print(gc.get_threshold(), gc.get_freeze_count() > 10000)\n    return 0\n"
+              "helpdesk.daemon.Daemon.run = report\n"
+              f"from helpdesk.cli import main\nmain(['--config', {str(config)!r}, 'run'])\n")
+    result = subprocess.run([sys.executable, "-c", daemon], cwd=tmp_path, capture_output=True,
+                            text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+                            timeout=120)
+    assert result.stdout.strip() == "(700, 10, 10) True", result.stderr
