@@ -117,19 +117,71 @@ def file_message(
     early: list[dict[str, object]] = []
     route = _route(session, msg, origin, prepared, ctx, early)
     place = _place(session, route, origin, ctx, now)
+    filed = _store(session, raw, origin, message_id, route, place, msg, verdict, now)
+    participants = place.known
+    if not verdict.automated:
+        participants |= _record_participants(session, route, place, filed.stored, ctx)
+    events = rows.message_events(place.ticket_id, filed.row_id, message_id, filed.stored,
+                                 route.match, place.kind, route.author, now)
+    events += [{**e, "ticket_id": place.ticket_id, "message_row_id": filed.row_id}
+               for e in early]
+    events += _ticket_changes(session, route, place, verdict, filed.row_id, now)
+    if verdict.bounce is not None:
+        events += bounces.record(session, verdict.bounce, ticket_id=place.ticket_id,
+                                 message_row_id=filed.row_id, now=now,
+                                 suppress_for=ctx.bounce_suppression)
+    fired, applied = _follow_up(session, route, place, filed, participants, prepared, origin,
+                                message_id, ctx, now, events, guard_actions=guard_actions)
+    return IngestOutcome(
+        place.kind,
+        ticket_id=place.ticket_id,
+        message_row_id=filed.row_id,
+        message_id=message_id,
+        notes=tuple(f"{n.kind}: {n.detail}" for n in route.match.notes),
+        mail_class=verdict.mail_class.value,
+        rules_fired=fired,
+        mails_queued=tuple(applied.mails),
+        suppressed=tuple(applied.suppressed),
+    )
+
+
+@dataclass(frozen=True)
+class _Filed:
+    """The mail as written on its ticket."""
+
+    row_id: int
+    kind: MessageKind
+    # As received, and as filed (an agent's mail without its #commands, the customer's
+    # mail inside a forward on their behalf); both with their attachments' bytes.
+    msg: ParsedMessage
+    stored: ParsedMessage
+
+
+def _store(
+    session: Session,
+    raw: bytes,
+    origin: Origin,
+    message_id: str,
+    route: _Route,
+    place: _Place,
+    msg: ParsedMessage,
+    verdict: Verdict,
+    now: datetime,
+) -> _Filed:
+    """Write the message row and its attachments."""
     if route.working:
         assert route.block is not None
-        message_kind = agentmail.classify_agent_mail(route.block, route.to_note)
+        kind = agentmail.classify_agent_mail(route.block, route.to_note)
         stored = dataclasses.replace(msg, new_text=route.block.remaining)
     else:
-        message_kind = _message_kind(verdict)
+        kind = _message_kind(verdict)
         stored = route.effective
     conn = session.connection()
     # The unique (message_id, content) constraint speaks here, inside the savepoint.
     row_id = blobs.insert_one(
         conn, rows.MESSAGES,
-        rows.message_values(stored, raw, origin, message_id, place.ticket_id, message_kind,
-                            verdict, now),
+        rows.message_values(stored, raw, origin, message_id, place.ticket_id, kind, verdict,
+                            now),
         "raw",
     )
     # A second copy of this mail later in the batch must find it (store.batchreads).
@@ -144,50 +196,54 @@ def file_message(
         blobs.insert_many(conn, rows.ATTACHMENTS,
                           [rows.attachment_values(row_id, a) for a in stored.attachments],
                           "content")
-    participants = place.known
-    if not verdict.automated:
-        participants |= _record_participants(session, route, place, stored, ctx)
-    events = rows.message_events(place.ticket_id, row_id, message_id, stored, route.match,
-                                 place.kind, route.author, now)
-    events += [{**e, "ticket_id": place.ticket_id, "message_row_id": row_id} for e in early]
-    events += _ticket_changes(session, route, place, verdict, row_id, now)
-    if verdict.bounce is not None:
-        events += bounces.record(session, verdict.bounce, ticket_id=place.ticket_id,
-                                 message_row_id=row_id, now=now,
-                                 suppress_for=ctx.bounce_suppression)
+    return _Filed(row_id, kind, msg, stored)
+
+
+def _follow_up(
+    session: Session,
+    route: _Route,
+    place: _Place,
+    filed: _Filed,
+    participants: frozenset[str],
+    prepared: Prepared,
+    origin: Origin,
+    message_id: str,
+    ctx: IngestContext,
+    now: datetime,
+    events: list[dict[str, object]],
+    *,
+    guard_actions: bool,
+) -> tuple[tuple[str, ...], Applied]:
+    """The agent's commands or the rules, then the assignee's notification; writes `events`.
+
+    Returns the rules that fired and what their actions did.
+    """
+    conn = session.connection()
     fired: tuple[str, ...] = ()
     applied = Applied()
     if route.working:
         assert route.block is not None
         rows.INSERT_EVENT.executemany(conn, events)
         events = []
-        agentmail.handle(session, ticket_id=place.ticket_id, message_row_id=row_id, msg=msg,
-                         block=route.block, kind=message_kind, ctx=ctx.actions, now=now)
+        agentmail.handle(session, ticket_id=place.ticket_id, message_row_id=filed.row_id,
+                         msg=filed.msg, block=route.block, kind=filed.kind, ctx=ctx.actions,
+                         now=now)
     elif ctx.rules is not None and ctx.actions is not None:
-        fired, applied = _run_rules(session, place, participants, row_id, stored, prepared,
-                                    origin, message_id, ctx, now, events,
+        fired, applied = _run_rules(session, place, participants, filed.row_id, filed.stored,
+                                    prepared, origin, message_id, ctx, now, events,
                                     guard_actions=guard_actions)
         events += applied.events
     # The mail's events and its rules' in one statement (unless written already).
     if events:
         rows.INSERT_EVENT.executemany(conn, events)
-    if (place.kind is OutcomeKind.REPLY and not route.agent_powers and not verdict.automated
-            and ctx.notify and ctx.actions is not None):
-        to = notify.customer_replied(session, ticket_id=place.ticket_id, message_row_id=row_id,
-                                     msg=msg, ctx=ctx.actions, now=now)
+    if (place.kind is OutcomeKind.REPLY and not route.agent_powers
+            and not prepared.verdict.automated and ctx.notify and ctx.actions is not None):
+        to = notify.customer_replied(session, ticket_id=place.ticket_id,
+                                     message_row_id=filed.row_id, msg=filed.msg,
+                                     ctx=ctx.actions, now=now)
         if to:
             applied.mails.append(f"notify:{to}")
-    return IngestOutcome(
-        place.kind,
-        ticket_id=place.ticket_id,
-        message_row_id=row_id,
-        message_id=message_id,
-        notes=tuple(f"{n.kind}: {n.detail}" for n in route.match.notes),
-        mail_class=verdict.mail_class.value,
-        rules_fired=fired,
-        mails_queued=tuple(applied.mails),
-        suppressed=tuple(applied.suppressed),
-    )
+    return fired, applied
 
 
 def _route(
@@ -432,15 +488,7 @@ def _run_rules(
         # which cost a few milliseconds a mail (issue 13).
         return (), Applied()
     ticket_id = place.ticket_id
-    # A ticket this mail opened is known without a query; another one is read
-    # by Core (the ORM's load and unit of work cost milliseconds a mail).
-    if place.opened is not None:
-        state = dataclasses.replace(
-            place.opened, view=dataclasses.replace(place.opened.view, participants=participants))
-    else:
-        found = queries.ticket_state(session, ticket_id, participants)
-        assert found is not None  # threading found it in this transaction
-        state = found
+    state = _ticket_state(session, place, participants)
     recipients = (origin.recipient,) if origin.recipient else ()
     rule_input = RuleInput(mailbox=origin.mailbox, recipients=recipients,
                            is_new=place.kind is OutcomeKind.NEW_TICKET, verdict=verdict)
@@ -476,6 +524,19 @@ def _run_rules(
                              "rules": list(evaluation.fired)}, now)
         return evaluation.fired, Applied(events=[failed])
     return evaluation.fired, applied
+
+
+def _ticket_state(session: Session, place: _Place,
+                  participants: frozenset[str]) -> queries.TicketState:
+    """The mail's ticket as rules see it."""
+    # A ticket this mail opened is known without a query; another one is read
+    # by Core (the ORM's load and unit of work cost milliseconds a mail).
+    if place.opened is not None:
+        return dataclasses.replace(
+            place.opened, view=dataclasses.replace(place.opened.view, participants=participants))
+    found = queries.ticket_state(session, place.ticket_id, participants)
+    assert found is not None  # threading found it in this transaction
+    return found
 
 
 def _open_ticket(
