@@ -48,16 +48,16 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import Engine
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
 from helpdesk import context
-from helpdesk.daemon import health, reload
+from helpdesk.daemon import duties, health, reload
 from helpdesk.daemon.sender_process import SenderProcess, SenderSpec
 from helpdesk.daemon.systemd import Notifier
 from helpdesk.daemon.workers import Polling, Runnable, Worker, join_all
 from helpdesk.delivery import wakeup
-from helpdesk.desk import directory, timers
+from helpdesk.desk import directory
 from helpdesk.errors import ConfigError, HelpdeskError
 from helpdesk.flow import mailboxes
 from helpdesk.flow.ingest import IngestContext
@@ -91,9 +91,6 @@ EXIT_DEADLINE_SECONDS = 9.0
 # sys.setswitchinterval for the daemon (run()): see there.
 SWITCH_INTERVAL_S = 0.0005
 STATUS_INTERVAL = 10.0
-TIMER_INTERVAL = 60.0
-# The lease row (in mailbox_state) that lets one daemon at a time run the timers.
-TIMERS_LEASE = "@timers"
 
 
 class StartupError(HelpdeskError):
@@ -369,8 +366,13 @@ class Daemon:
                                    socket=self.settings.lmtp.socket,
                                    max_message_bytes=self.settings.intake.max_message_bytes)
         ticker = asyncio.create_task(self._tick(), name="status")
-        clock_task = asyncio.create_task(self._timers(), name="timers")
-        beating = asyncio.create_task(self._beat(), name="heartbeat")
+        clock_task = asyncio.create_task(
+            duties.repeat(self.run_timers, duties.TIMER_INTERVAL, self._stop, at_once=True,
+                          failed="timers.pass_failed"), name="timers")
+        # Every third of a lease, so the other daemons count this one in.
+        beating = asyncio.create_task(
+            duties.repeat(self._heartbeat, self.settings.daemon.lease_seconds / 3, self._stop,
+                          at_once=False, failed="daemon.heartbeat_failed"), name="heartbeat")
         log.info("daemon.started", holder=self.holder, workers=list(self.workers),
                  lmtp=self.settings.lmtp is not None)
         self.notifier.send(ready="1", status=self.status())
@@ -429,72 +431,23 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.stop()
 
-    # -- heartbeat: several daemons share the mailboxes (mailboxes.py) -------------
-
-    async def _beat(self) -> None:
-        """Announce this daemon every third of a lease, so the others count it in."""
-        period = self.settings.daemon.lease_seconds / 3
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=period)
-            if not self._stop.is_set():
-                await asyncio.to_thread(self._heartbeat)
+    # -- duties: the heartbeat among the daemons, the timers (daemon/duties.py) ------
 
     def _heartbeat(self) -> None:
-        if self.sessions is None:
-            return
-        ttl = timedelta(seconds=self.settings.daemon.lease_seconds)
-        try:
-            with self.sessions.begin() as session:
-                mailboxes.heartbeat(session, self.holder, ttl, self.clock(),
-                                    pool=[m.name for m in self.settings.mailboxes])
-        except DBAPIError as exc:
-            log.warning("daemon.heartbeat_failed", error=str(exc.orig))
+        if self.sessions is not None:
+            duties.heartbeat(self.sessions, self.holder, self.settings.daemon.lease_seconds,
+                             [m.name for m in self.settings.mailboxes], self.clock)
 
     def _leave(self) -> None:
-        """Leave the heartbeat table, so the other daemons' shares grow at once."""
-        if self.sessions is None:
-            return
-        with contextlib.suppress(DBAPIError), self.sessions.begin() as session:
-            mailboxes.retire(session, self.holder)
-
-    async def _timers(self) -> None:
-        """Time-driven rules, once a minute, by whichever daemon holds the timers lease."""
-        while not self._stop.is_set():
-            try:
-                await asyncio.to_thread(self.run_timers)
-            except Exception:
-                # A failing pass (database away, a bug) must not end the daemon.
-                log.exception("timers.pass_failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=TIMER_INTERVAL)
+        if self.sessions is not None:
+            duties.leave(self.sessions, self.holder)
 
     def run_timers(self) -> int:
-        """One pass of the time-driven rules; returns how many fired.
-
-        The pass reads only tickets whose stored deadline has passed (helpdesk.desk.timers),
-        in chunks, one transaction each: a long first pass (after an upgrade or a
-        change of the timers) does not hold row locks that ingest waits for. Each
-        chunk re-takes the lease, so a daemon that lost it stops.
-        """
-        ctx = self.ctx
-        if self.sessions is None or ctx is None or ctx.rules is None or ctx.actions is None:
+        """One pass of the time-driven rules, if this daemon holds the timers lease."""
+        if self.sessions is None or self.ctx is None:
             return 0
-        if not ctx.rules.timers:
-            return 0
-        now = self.clock()
-        lease = timedelta(seconds=max(TIMER_INTERVAL * 2, self.settings.daemon.lease_seconds))
-        fired = 0
-        seen: set[int] = set()
-        while True:
-            with self.sessions.begin() as session:
-                if not mailboxes.acquire_lease(session, TIMERS_LEASE, self.holder, lease,
-                                               self.clock()):
-                    return fired
-                part = timers.run_chunk(session, ctx.rules.timers, ctx.actions, now, seen=seen)
-            fired += len(part.fired)
-            if part.done:
-                return fired
+        return duties.run_timers(self.sessions, self.ctx, self.holder,
+                                 self.settings.daemon.lease_seconds, self.clock)
 
     def request_stop(self) -> None:
         self._stop.set()
