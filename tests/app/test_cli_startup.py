@@ -196,6 +196,23 @@ def test_only_the_daemon_module_for_metrics_imports_prometheus_client() -> None:
     assert result.stdout.splitlines() == ["[]", "True"]
 
 
+def test_the_sender_process_loads_what_it_sends_with_not_the_whole_daemon() -> None:
+    """The outbox sender's process imports `daemon/sender_process.py` and what sending needs;
+    not the daemon's service, its sources, the IMAP and LMTP libraries or the rules (memory)."""
+    probe = ("import sys, helpdesk.daemon.sender_process\n"
+             "from helpdesk.smtp import Sender\n"
+             "from helpdesk.store.db import make_engine\n"
+             "print(sorted(m for m in sys.modules if m in ('helpdesk.daemon.service', "
+             "'helpdesk.sources', 'imapclient', 'aiosmtpd', 'helpdesk.rules', 'jinja2')))\n"
+             "from helpdesk.daemon import Daemon\n"
+             "print('helpdesk.daemon.service' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            cwd=ROOT, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[]", "True"]
+
+
 def test_reading_commands_validate_a_file_once_and_again_after_any_change(
     store: Store, tmp_path: Path
 ) -> None:
