@@ -21,8 +21,8 @@ __all__ = ["EXIT_DEADLINE_SECONDS", "GRACE_SECONDS", "STARTUP_FAILURE", "TIMERS_
            "Notifier", "StartupError", "outbox_claim"]
 
 # Imported on first use: the outbox sender's process runs `daemon/sender_process.py`,
-# which runs this file first, and must not load the whole daemon (its sources, the
-# IMAP and LMTP libraries, the ORM, the rules): 44 MB of its memory (issue 13 item 7).
+# which runs this file first, and need not load the whole daemon (its sources, the IMAP
+# and LMTP libraries, the rules): 4 MB of its memory (issue 13 item 7).
 _LAZY = {"EXIT_DEADLINE_SECONDS": "service", "GRACE_SECONDS": "service",
          "STARTUP_FAILURE": "service", "Daemon": "service", "StartupError": "service",
          "outbox_claim": "service", "TIMERS_LEASE": "duties", "Notifier": "systemd"}
