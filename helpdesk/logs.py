@@ -34,6 +34,7 @@ LogFormat = Literal["auto", "console", "json"]
 
 FOREIGN_EVENT = "library.logged"
 
+
 def again_to_stdout(fmt: LogFormat, level: int) -> None:
     """`configure_logging` to standard output with the crash hooks: the daemon's logging,
     in a process of its own (the sender's)."""

@@ -212,8 +212,7 @@ class Daemon:
         pool = PreparePool(workers, time_limit=intake.message_time_limit,
                            start_method="forkserver")
         committer = Committer(self.sessions, self._context, batch_max=intake.batch_max,
-                              batch_ms=intake.batch_ms, on_commit=self._committed,
-                              observer=self.observer).start()
+                              batch_ms=intake.batch_ms, observer=self.observer).start()
         return Intake(pool, committer, self._context)
 
     def _context(self) -> IngestContext:
@@ -238,9 +237,6 @@ class Daemon:
             return outcomes
 
         return committed
-
-    def _committed(self, outcomes: list[IngestOutcome]) -> None:
-        """After each group commit (in the writer thread)."""
 
     # -- metrics and health (`[metrics]`) ------------------------------------------
 

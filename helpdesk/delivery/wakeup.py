@@ -8,8 +8,10 @@ puts two SQLAlchemy session events on a sessionmaker:
   transaction commits, once per transaction whatever the number of mails,
   to every daemon's sender that LISTENs (`helpdesk.smtp.watch`); the idle
   one claims the rows with SKIP LOCKED as always;
-* after that commit, the in-process callback (the daemon passes
-  `Sender.wake`), called in the committing thread.
+* after that commit, the in-process callback if one was given (a `Sender`'s
+  `wake` in the same process), called in the committing thread. The daemon
+  gives none: its sender runs in a process of its own and hears the commit
+  as every other process does (NOTIFY, or SQLite's data_version).
 
 A savepoint's commit or rollback does neither: only the outermost
 transaction decides whether the mail exists. A savepoint that queued mail and

@@ -13,9 +13,8 @@ Only after the commit are the callers' futures resolved, so a source
 acknowledges a mail (IMAP move, Maildir rename, LMTP 250) only once it is
 durable. When the store fails (at BEGIN, inside, or at COMMIT) every request of
 the batch gets `StoreUnavailable`: nothing is acknowledged, everything comes
-again. The `message.ingested` lines are written after the commit, and
-`on_commit` runs then (the daemon wakes its sender there when mail was queued);
-so does the `observer` (metrics), once per mail.
+again. The `message.ingested` lines are written after the commit, and so is
+what the `observer` (metrics) hears, once per mail.
 
 One writer also means SQLite's write lock is never contended between the
 daemon's own sources.
@@ -91,7 +90,6 @@ class Committer:
         *,
         batch_max: int = 200,
         batch_ms: float = 0.0,
-        on_commit: Callable[[list[IngestOutcome]], None] | None = None,
         observer: Observer = NULL_OBSERVER,
     ) -> None:
         self.sessions = sessions
@@ -99,7 +97,6 @@ class Committer:
         self.context = context
         self.batch_max = batch_max
         self.batch_ms = batch_ms
-        self.on_commit = on_commit
         self.commits = 0
         self.stored = 0
         self.last_commit = time.monotonic()
@@ -189,9 +186,6 @@ class Committer:
             size = len(request.items)
             request.future.set_result(outcomes[position:position + size])
             position += size
-        if self.on_commit is not None:
-            with contextlib.suppress(Exception):
-                self.on_commit(outcomes)
 
     def _fail_queued(self) -> None:
         while True:

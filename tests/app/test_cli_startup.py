@@ -36,13 +36,18 @@ main({args!r})
 """
 
 
+def run_python(script: str, cwd: Path,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`script` in a fresh interpreter with this checkout on its path and `env`, nothing else."""
+    return subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+                                          **(env or {})}, timeout=120)
+
+
 def imported(args: list[str], watched: list[str], cwd: Path,
              env: dict[str, str] | None = None) -> tuple[int, list[str], str]:
     """Exit code, the watched modules a fresh `helpdesk ARGS` imported, and its stdout."""
-    script = PROBE.format(watched=watched, args=args)
-    result = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True,
-                            text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
-                                            **(env or {})}, timeout=120)
+    result = run_python(PROBE.format(watched=watched, args=args), cwd, env)
     report = json.loads(result.stderr.strip().splitlines()[-1])
     return result.returncode, report["loaded"], result.stdout
 
@@ -189,9 +194,7 @@ def test_only_the_daemon_module_for_metrics_imports_prometheus_client() -> None:
              "print(sorted(m for m in sys.modules if m.startswith('prometheus_client')))\n"
              "import helpdesk.daemon.metrics\n"
              "print('prometheus_client' in sys.modules)\n")
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                            cwd=ROOT, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
-                            timeout=120)
+    result = run_python(probe, ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["[]", "True"]
 
@@ -206,9 +209,7 @@ def test_the_sender_process_loads_what_it_sends_with_not_the_whole_daemon() -> N
              "'helpdesk.sources', 'imapclient', 'aiosmtpd', 'helpdesk.rules', 'jinja2')))\n"
              "from helpdesk.daemon import Daemon\n"
              "print('helpdesk.daemon.service' in sys.modules)\n")
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                            cwd=ROOT, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
-                            timeout=120)
+    result = run_python(probe, ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["[]", "True"]
 
@@ -267,9 +268,7 @@ def test_a_command_collects_rarely_and_the_daemon_as_python_does(tmp_path: Path)
     probe = ("import atexit, gc, sys\n"
              "atexit.register(lambda: print(gc.get_threshold(), file=sys.stderr))\n"
              "from helpdesk.cli import main\nmain(['--version'])\n")
-    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
-                            text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
-                            timeout=120)
+    result = run_python(probe, tmp_path)
     assert result.returncode == 0
     assert result.stderr.strip().splitlines()[-1] == "(200000, 10, 10)"
 
@@ -283,7 +282,5 @@ def test_a_command_collects_rarely_and_the_daemon_as_python_does(tmp_path: Path)
               "    print(gc.get_threshold(), gc.get_freeze_count() > 10000)\n    return 0\n"
               "helpdesk.daemon.Daemon.run = report\n"
               f"from helpdesk.cli import main\nmain(['--config', {str(config)!r}, 'run'])\n")
-    result = subprocess.run([sys.executable, "-c", daemon], cwd=tmp_path, capture_output=True,
-                            text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
-                            timeout=120)
+    result = run_python(daemon, tmp_path)
     assert result.stdout.strip() == "(700, 10, 10) True", result.stderr
